@@ -86,7 +86,7 @@ def validate_bucket_name(name, region=None, appid=None):
         )
     if appid is not None and appid_part != str(appid):
         raise errors.InvalidBucketName(
-            f"bucket name {short(name)}: APPID suffix {appid_part} does not match "
+            f"bucket name {short(name)}: APPID suffix {short(appid_part)} does not match "
             f"the configured APPID {short(str(appid))}"
         )
     if region is not None:

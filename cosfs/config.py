@@ -1,0 +1,499 @@
+"""The mount configuration: a YAML file turned into frozen dataclasses.
+
+The only module that imports :mod:`yaml`. :func:`load` reads a file,
+:func:`from_dict` validates an already parsed mapping (tests, the command
+line). Both return a :class:`Config` or raise :class:`errors.ConfigError`
+with one line of the form::
+
+    <file>:<line>: <key path>: <what was expected>, found <what was there>
+
+(``<line>`` is left out when unknown, e.g. for a missing top-level key or a
+mapping built in code). Plain blocking file I/O: call it before trio starts
+or from a worker thread. Every key is described in ``docs/config.md``.
+
+YAML is read with the safe loader only (no arbitrary tags). Line numbers come
+from the composed node tree, which is walked once before construction.
+"""
+
+import difflib
+import logging
+import os
+import re
+import reprlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import errors, names
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+DEFAULT_REGION = "ap-guangzhou"
+DEFAULT_CHUNK_SIZE = 1 * MiB
+MIN_CHUNK_SIZE = 64 * KiB
+MAX_CHUNK_SIZE = 64 * MiB
+CHUNK_ALIGN = 64 * KiB
+DEFAULT_CACHE_SIZE = 256 * MiB
+DEFAULT_WRITE_BUFFER = 64 * MiB
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CONFIG_ENCRYPTIONS = ("AES256", "SM4")
+
+TOP_KEYS = (
+    "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
+    "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
+    "allow_other", "writeback_cache", "fsync_on_close",
+)
+REQUIRED_KEYS = ("store", "keys", "appid")
+BUCKET_KEYS = ("name", "region", "encryption")
+
+# Binary multiples only. "KB"/"MB"/"GB" are refused rather than guessed, since
+# half the world reads them as powers of ten.
+_UNITS = {
+    "": 1, "b": 1,
+    "k": KiB, "kib": KiB,
+    "m": MiB, "mib": MiB,
+    "g": GiB, "gib": GiB,
+    "t": TiB, "tib": TiB,
+}
+_AMBIGUOUS_UNITS = {"kb": "KiB", "mb": "MiB", "gb": "GiB", "tb": "TiB"}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*\Z")
+
+_repr = reprlib.Repr()
+_repr.maxstring = 40
+_repr.maxother = 40
+_repr.maxlist = _repr.maxdict = 4
+_repr.maxlevel = 2
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """A bucket the mount creates at first start if it is missing.
+
+    ``name`` is a full ``<name>-<APPID>``; ``region`` one of the configured
+    regions; ``encryption`` the default encryption given to the bucket when it
+    is created (None, ``AES256`` or ``SM4``). An existing bucket's settings are
+    never changed by the configuration.
+    """
+
+    name: str
+    region: str
+    encryption: "str | None" = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated mount configuration; all paths are absolute."""
+
+    path: "Path | None"
+    mountpoint: "Path | None"
+    store: Path
+    keys: Path
+    appid: str
+    region: str
+    regions: "tuple[str, ...]"
+    buckets: "tuple[BucketSpec, ...]"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    cache_size: int = DEFAULT_CACHE_SIZE
+    write_buffer: int = DEFAULT_WRITE_BUFFER
+    log_file: "Path | None" = None
+    log_level: str = "warning"
+    allow_other: bool = False
+    writeback_cache: bool = False
+    fsync_on_close: bool = False
+
+    def bucket(self, name):
+        """The :class:`BucketSpec` called *name*, or None."""
+        for spec in self.buckets:
+            if spec.name == name:
+                return spec
+        return None
+
+
+def parse_size(value):
+    """Turn ``1048576``, ``"1MiB"``, ``"256 MiB"``, ``"64K"`` into bytes.
+
+    Units are binary and case-insensitive: B, K/KiB, M/MiB, G/GiB, T/TiB.
+    Raises ValueError with a short reason (booleans, floats, negative
+    numbers, KB/MB/GB and unknown units are refused).
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 1MiB or 1048576")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("expected a size that is not negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as 1MiB or 1048576")
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError("expected a whole number with an optional unit such as 1MiB")
+    number, unit = match.groups()
+    unit = unit.lower()
+    if unit in _AMBIGUOUS_UNITS:
+        raise ValueError(f"ambiguous unit {match.group(2)}: write {_AMBIGUOUS_UNITS[unit]} (powers of 1024)")
+    if unit not in _UNITS:
+        raise ValueError("expected a unit among B, K, KiB, M, MiB, G, GiB, T, TiB")
+    return int(number) * _UNITS[unit]
+
+
+def format_size(size):
+    """The shortest exact binary spelling of *size*: ``1MiB``, ``65536`` -> ``64KiB``."""
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def load(path, *, mountpoint=None):
+    """Read and validate the YAML configuration file at *path*.
+
+    Relative paths in the file resolve against the file's folder;
+    *mountpoint* (from the command line, relative to the current directory)
+    replaces the file's ``mountpoint``. Returns a :class:`Config`; raises
+    :class:`errors.ConfigError` (one line, see the module docstring).
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise errors.ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError(f"{source}: config file is not UTF-8 text (bad byte at offset {exc.start})") from None
+    lines = {}
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _collect_lines(node, (), lines, set(), _Context(source, lines))
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = exc.problem or exc.context or "syntax error"
+        raise errors.ConfigError(_one_line(f"{where}: malformed YAML: {problem}")) from None
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(_one_line(f"{source}: malformed YAML: {exc}")) from None
+    finally:
+        loader.dispose()
+    override = Path(mountpoint).expanduser().absolute() if mountpoint is not None else None
+    return _build(data, path.absolute().parent, _Context(source, lines),
+                  path=path.absolute(), mountpoint=override)
+
+
+def from_dict(data, *, base_dir, source="<config>", mountpoint=None):
+    """Validate an already parsed mapping (same keys as the file).
+
+    Relative paths resolve against *base_dir*; *source* names the origin in
+    error messages; *mountpoint* overrides ``data["mountpoint"]``. The result
+    has ``path=None``. Raises :class:`errors.ConfigError`.
+    """
+    override = Path(mountpoint).expanduser().absolute() if mountpoint is not None else None
+    return _build(data, Path(base_dir).expanduser().absolute(), _Context(source, {}),
+                  path=None, mountpoint=override)
+
+
+class _Context:
+    """Where errors point: the source name and a key path -> line map."""
+
+    def __init__(self, source, lines):
+        self.source = source
+        self.lines = lines
+
+    def line(self, path):
+        for end in range(len(path), 0, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
+
+    def fail(self, path, message):
+        line = self.line(path)
+        where = f"{self.source}:{line}" if line is not None else self.source
+        key = _key_path(path)
+        text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
+        raise errors.ConfigError(_one_line(text))
+
+
+def _key_path(path):
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _one_line(text):
+    return " ".join(text.split())
+
+
+def _collect_lines(node, path, lines, seen, ctx):
+    """Record the line of every key and list item; refuse duplicate keys.
+
+    Each node is visited once, so aliases can neither loop nor blow up.
+    """
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys_here = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            child = path + (key,)
+            lines[child] = key_node.start_mark.line + 1
+            if key in keys_here:
+                ctx.fail(child, "duplicate key")
+            keys_here.add(key)
+            _collect_lines(value_node, child, lines, seen, ctx)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = path + (index,)
+            lines[child] = item.start_mark.line + 1
+            _collect_lines(item, child, lines, seen, ctx)
+
+
+def _describe(value):
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()} (YAML reads yes/no/on/off as booleans)"
+    if isinstance(value, int):
+        return f"the number {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the text {_repr.repr(value)}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} {_repr.repr(value)}"
+
+
+def _check_keys(ctx, mapping, known, path):
+    for key in mapping:
+        if not isinstance(key, str):
+            ctx.fail(path, f"keys must be names, found {_describe(key)}")
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(known)}"
+            ctx.fail(path + (key,), f"unknown key{hint}")
+
+
+def _text(ctx, data, path, *, required=False, default=None):
+    key = path[-1]
+    if key not in data:
+        if required:
+            ctx.fail(path, "required key is missing")
+        return default
+    value = data[key]
+    if not isinstance(value, str) or not value.strip():
+        ctx.fail(path, f"expected text, found {_describe(value)}")
+    return value.strip()
+
+
+def _path(ctx, data, path, base_dir, *, required=False):
+    key = path[-1]
+    if key in data and data[key] is None and not required:
+        return None
+    text = _text(ctx, data, path, required=required)
+    if text is None:
+        return None
+    return Path(os.path.normpath(base_dir / Path(text).expanduser()))
+
+
+def _size(ctx, data, path, default):
+    key = path[-1]
+    if key not in data:
+        return default
+    try:
+        return parse_size(data[key])
+    except ValueError as exc:
+        ctx.fail(path, f"{exc}, found {_describe(data[key])}")
+
+
+def _flag(ctx, data, path):
+    value = data.get(path[-1], False)
+    if not isinstance(value, bool):
+        ctx.fail(path, f"expected true or false, found {_describe(value)}")
+    return value
+
+
+def _appid(ctx, data):
+    path = ("appid",)
+    if "appid" not in data:
+        ctx.fail(path, "required key is missing")
+    value = data["appid"]
+    # An unquoted APPID arrives as a YAML integer; accept it.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        value = str(value)
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+", value.strip()):
+        ctx.fail(path, f"expected the APPID as digits such as \"1250000000\", found {_describe(value)}")
+    return value.strip()
+
+
+def _region(ctx, value, path):
+    if not isinstance(value, str):
+        ctx.fail(path, f"expected a region name such as ap-guangzhou, found {_describe(value)}")
+    try:
+        names.validate_region(value)
+    except errors.InvalidArgument:
+        ctx.fail(path, f"expected a region name such as ap-guangzhou, found {_describe(value)}")
+    return value
+
+
+def _regions(ctx, data):
+    if "regions" not in data:
+        return None
+    value = data["regions"]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        ctx.fail(("regions",), f"expected a non-empty list of regions, found {_describe(value)}")
+    out = []
+    for index, item in enumerate(value):
+        region = _region(ctx, item, ("regions", index))
+        if region not in out:
+            out.append(region)
+    return tuple(out)
+
+
+def _buckets(ctx, data, appid, region, regions):
+    value = data.get("buckets", [])
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        ctx.fail(("buckets",), f"expected a list of buckets, found {_describe(value)}")
+    specs = []
+    seen = set()
+    for index, item in enumerate(value):
+        path = ("buckets", index)
+        if isinstance(item, str):
+            item = {"name": item}
+            name_path = path
+        elif isinstance(item, dict):
+            _check_keys(ctx, item, BUCKET_KEYS, path)
+            name_path = path + ("name",)
+        else:
+            ctx.fail(path, f"expected a bucket name or a mapping with name/region/encryption, "
+                           f"found {_describe(item)}")
+        if "name" not in item:
+            ctx.fail(name_path, "required key is missing")
+        name = item["name"]
+        if not isinstance(name, str):
+            ctx.fail(name_path, f"expected a bucket name such as photos-{appid}, found {_describe(name)}")
+        bucket_region = region
+        if item.get("region") is not None:
+            bucket_region = _region(ctx, item["region"], path + ("region",))
+            if bucket_region not in regions:
+                ctx.fail(path + ("region",),
+                         f"expected one of the configured regions ({', '.join(regions)}), "
+                         f"found {bucket_region!r}")
+        try:
+            names.validate_bucket_name(name, bucket_region, appid)
+        except errors.InvalidBucketName as exc:
+            ctx.fail(name_path, f"{exc.code}: {exc}")
+        if name in seen:
+            ctx.fail(name_path, f"bucket {name!r} is listed twice")
+        seen.add(name)
+        encryption = item.get("encryption")
+        if encryption is not None and encryption not in CONFIG_ENCRYPTIONS:
+            ctx.fail(path + ("encryption",),
+                     f"expected AES256, SM4 or nothing, found {_describe(encryption)}")
+        specs.append(BucketSpec(name=name, region=bucket_region, encryption=encryption))
+    return tuple(specs)
+
+
+def _nested(inner, outer):
+    """True when *inner* is *outer* or lies below it (symlinks resolved)."""
+    inner, outer = inner.resolve(), outer.resolve()
+    return inner == outer or outer in inner.parents
+
+
+def _build(data, base_dir, ctx, *, path, mountpoint):
+    if not isinstance(data, dict):
+        found = "an empty document" if data is None else _describe(data)
+        ctx.fail((), f"expected a mapping of settings at the top level, found {found}")
+    _check_keys(ctx, data, TOP_KEYS, ())
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            ctx.fail((key,), "required key is missing")
+
+    store = _path(ctx, data, ("store",), base_dir, required=True)
+    keys = _path(ctx, data, ("keys",), base_dir, required=True)
+    if mountpoint is None:
+        mountpoint = _path(ctx, data, ("mountpoint",), base_dir)
+    appid = _appid(ctx, data)
+
+    regions = _regions(ctx, data)
+    if "region" in data:
+        region = _region(ctx, data["region"], ("region",))
+    else:
+        region = regions[0] if regions else DEFAULT_REGION
+    if regions is None:
+        regions = (region,)
+    elif region not in regions:
+        ctx.fail(("region",), f"expected one of the configured regions ({', '.join(regions)}), "
+                              f"found {region!r}")
+    buckets = _buckets(ctx, data, appid, region, regions)
+
+    chunk_size = _size(ctx, data, ("chunk_size",), DEFAULT_CHUNK_SIZE)
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % CHUNK_ALIGN:
+        ctx.fail(("chunk_size",), "expected a multiple of 64KiB between 64KiB and 64MiB, "
+                                  f"found {format_size(chunk_size)}")
+    cache_size = _size(ctx, data, ("cache_size",), DEFAULT_CACHE_SIZE)
+    if 0 < cache_size < chunk_size:
+        ctx.fail(("cache_size",), f"expected 0 (no cache) or at least chunk_size "
+                                  f"({format_size(chunk_size)}), found {format_size(cache_size)}")
+    write_buffer = _size(ctx, data, ("write_buffer",), DEFAULT_WRITE_BUFFER)
+    if write_buffer < chunk_size:
+        ctx.fail(("write_buffer",), f"expected at least chunk_size ({format_size(chunk_size)}), "
+                                    f"found {format_size(write_buffer)}")
+
+    log_file = _path(ctx, data, ("log_file",), base_dir)
+    log_level = data.get("log_level", "warning")
+    if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+        ctx.fail(("log_level",), f"expected one of {', '.join(LOG_LEVELS)}, found {_describe(log_level)}")
+
+    # The key store must stay apart from the data it protects, and the daemon
+    # must never read or write its own backing files through its own mount.
+    if _nested(keys, store):
+        ctx.fail(("keys",), f"expected a folder outside store ({store}), found {keys}")
+    if _nested(store, keys):
+        ctx.fail(("store",), f"expected a folder outside keys ({keys}), found {store}")
+    if mountpoint is not None:
+        for key, folder in (("store", store), ("keys", keys)):
+            if _nested(folder, mountpoint) or _nested(mountpoint, folder):
+                ctx.fail((key,), f"expected a folder apart from the mountpoint ({mountpoint}), "
+                                 f"found {folder}")
+
+    return Config(
+        path=path,
+        mountpoint=mountpoint,
+        store=store,
+        keys=keys,
+        appid=appid,
+        region=region,
+        regions=regions,
+        buckets=buckets,
+        chunk_size=chunk_size,
+        cache_size=cache_size,
+        write_buffer=write_buffer,
+        log_file=log_file,
+        log_level=log_level.lower(),
+        allow_other=_flag(ctx, data, ("allow_other",)),
+        writeback_cache=_flag(ctx, data, ("writeback_cache",)),
+        fsync_on_close=_flag(ctx, data, ("fsync_on_close",)),
+    )
