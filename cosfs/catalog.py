@@ -1,0 +1,449 @@
+"""The catalog: every piece of metadata of a cosfs store, in one SQLite database.
+
+Tables (see docs/format.md, "Catalog"):
+  meta            key/value settings (schema version, key check values, chunk size)
+  inodes          one row per file, directory, symlink or special file; encryption state
+  dentries        (parent, name) -> inode; a directory has exactly one dentry
+  chunks          (inode, index) -> blob id and plaintext length
+  xattrs          user extended attributes
+  buckets         top-level directories: name, region
+  bucket_configs  per-bucket configuration documents (encryption, ...)
+  garbage         blobs no longer referenced, deleted from the store after commit
+
+Concurrency rule: the catalog is used only from the trio thread. A run of
+calls with no ``await`` in between is therefore atomic with respect to other
+FUSE requests; :meth:`Catalog.transaction` additionally makes it atomic on
+disk (one SQLite transaction). Never ``await`` inside a transaction.
+
+Durability: WAL journal with ``synchronous=NORMAL``: a commit survives a kill
+of the daemon; :meth:`Catalog.transaction` with ``durable=True`` syncs the WAL
+so that it, and every commit before it, survives a machine crash.
+"""
+
+import contextlib
+import errno
+import logging
+import os
+import sqlite3
+import stat
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import CosfsError, FsError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ROOT_INODE = 1
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE inodes (
+    id INTEGER PRIMARY KEY,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    bucket INTEGER NOT NULL DEFAULT 0,
+    object_id BLOB,
+    enc TEXT,
+    enc_request TEXT,
+    wrapped_key BLOB,
+    etag TEXT,
+    version_id TEXT,
+    target BLOB
+);
+CREATE TABLE dentries (
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    inode INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX dentries_inode ON dentries (inode);
+CREATE TABLE chunks (
+    inode INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    length INTEGER NOT NULL,
+    PRIMARY KEY (inode, idx)
+) WITHOUT ROWID;
+CREATE INDEX chunks_blob ON chunks (blob);
+CREATE TABLE xattrs (
+    inode INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (inode, name)
+) WITHOUT ROWID;
+CREATE TABLE buckets (
+    inode INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    region TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE TABLE bucket_configs (
+    bucket INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (bucket, kind)
+) WITHOUT ROWID;
+CREATE TABLE garbage (blob BLOB PRIMARY KEY, region TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+INODE_COLUMNS = ("id", "mode", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns",
+                 "ctime_ns", "nlink", "bucket", "object_id", "enc", "enc_request",
+                 "wrapped_key", "etag", "version_id", "target")
+_SELECT_INODE = "SELECT %s FROM inodes" % ", ".join(INODE_COLUMNS)
+
+
+@dataclass
+class Inode:
+    """One row of ``inodes``. Mutable copy; write back with :meth:`Catalog.update_inode`."""
+
+    id: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    bucket: int
+    object_id: Optional[bytes]
+    enc: Optional[str]
+    enc_request: Optional[str]
+    wrapped_key: Optional[bytes]
+    etag: Optional[str]
+    version_id: Optional[str]
+    target: Optional[bytes]
+
+    @property
+    def is_dir(self):
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self):
+        return stat.S_ISREG(self.mode)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    idx: int
+    blob: bytes
+    length: int
+
+
+def now_ns():
+    return time.time_ns()
+
+
+class Catalog:
+    """The SQLite catalog. Methods run on the trio thread and do not block for long."""
+
+    def __init__(self, path, *, create=False):
+        self.path = os.fspath(path)
+        self._depth = 0
+        exists = os.path.exists(self.path)
+        if not exists and not create:
+            raise CosfsError("no catalog at %s (mount once to create the store)" % self.path,
+                             errno=errno.ENOENT, code="NoSuchStore")
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if not exists:
+                os.chmod(self.path, 0o600)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            self.db.execute("PRAGMA cache_size=-65536")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            # Checkpoints are run by the data path after it synced the blobs that the
+            # checkpointed commits reference (see objects.ObjectStore.checkpoint).
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            if not exists or not self._has_schema():
+                self._create_schema()
+            else:
+                self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise CosfsError("catalog %s is unusable: %s" % (self.path, exc),
+                             code="CorruptCatalog") from None
+
+    # -- schema ----------------------------------------------------------
+    def _has_schema(self):
+        return self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None
+
+    def _create_schema(self):
+        t = now_ns()
+        with self.transaction():
+            # executescript() would COMMIT the open transaction: run statements one by one.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.set_meta("schema_version", SCHEMA_VERSION)
+            self.db.execute(
+                "INSERT INTO inodes (id, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 2)",
+                (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), t, t, t))
+
+    def _check_schema(self):
+        version = self.get_meta("schema_version")
+        if version != SCHEMA_VERSION:
+            raise CosfsError("catalog %s has schema version %r, this cosfs reads %d"
+                             % (self.path, version, SCHEMA_VERSION), code="CorruptCatalog")
+
+    def checkpoint(self):
+        """Copy the WAL into the database file (syncs both); call after blobs are synced."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self):
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            log.warning("catalog checkpoint at close failed", exc_info=True)
+        self.db.close()
+
+    # -- transactions ----------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, durable=False):
+        """One atomic SQLite transaction; nests (inner levels join the outer one).
+
+        ``durable=True`` (outermost level only) commits with a WAL sync so
+        the commit, and every earlier one, survives a machine crash.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if durable:
+            self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            if durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            raise
+        self._depth = 0
+        try:
+            if durable:
+                # An empty transaction writes nothing and would sync nothing.
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_sync', ?)", (now_ns(),))
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+            raise CosfsError("catalog commit failed: %s" % exc,
+                             errno=errno.ENOSPC if "full" in str(exc) else errno.EIO) from None
+        finally:
+            if durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    # -- meta ------------------------------------------------------------
+    def get_meta(self, key, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, key, value):
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- inodes ----------------------------------------------------------
+    def get_inode(self, ino) -> Inode:
+        row = self.db.execute(_SELECT_INODE + " WHERE id=?", (ino,)).fetchone()
+        if row is None:
+            raise FsError(errno.ENOENT, "no inode %d" % ino)
+        return Inode(*row)
+
+    def new_inode(self, *, mode, uid, gid, rdev=0, nlink=1, bucket=0, target=None,
+                  object_id=None, enc_request=None, t=None) -> Inode:
+        t = now_ns() if t is None else t
+        cur = self.db.execute(
+            "INSERT INTO inodes (mode, uid, gid, rdev, atime_ns, mtime_ns, ctime_ns, nlink,"
+            " bucket, object_id, enc_request, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mode, uid, gid, rdev, t, t, t, nlink, bucket, object_id, enc_request, target))
+        return self.get_inode(cur.lastrowid)
+
+    def update_inode(self, ino, **fields):
+        if not fields:
+            return
+        cols = ", ".join("%s=?" % k for k in fields)
+        self.db.execute("UPDATE inodes SET %s WHERE id=?" % cols, (*fields.values(), ino))
+
+    def delete_inode(self, ino, region):
+        """Remove an inode with its chunks (to garbage) and xattrs."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO garbage (blob, region) SELECT blob, ? FROM chunks"
+                " WHERE inode=?", (region, ino))
+            self.db.execute("DELETE FROM chunks WHERE inode=?", (ino,))
+            self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino,))
+            self.db.execute("DELETE FROM inodes WHERE id=?", (ino,))
+
+    def unlinked_inodes(self):
+        """Inodes without any name (left by a crash while they were open)."""
+        return [r[0] for r in self.db.execute("SELECT id FROM inodes WHERE nlink<=0")]
+
+    def inode_count(self):
+        return self.db.execute("SELECT count(*) FROM inodes").fetchone()[0]
+
+    # -- dentries --------------------------------------------------------
+    def lookup(self, parent, name) -> Optional[int]:
+        row = self.db.execute("SELECT inode FROM dentries WHERE parent=? AND name=?",
+                              (parent, name)).fetchone()
+        return None if row is None else row[0]
+
+    def add_dentry(self, parent, name, ino):
+        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
+
+    def remove_dentry(self, parent, name):
+        self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+
+    def set_dentry(self, parent, name, ino):
+        self.db.execute("INSERT OR REPLACE INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
+
+    def has_children(self, parent) -> bool:
+        return self.db.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1",
+                               (parent,)).fetchone() is not None
+
+    def parent_of(self, ino):
+        """(parent, name) of a directory's single dentry, or None for the root."""
+        return self.db.execute("SELECT parent, name FROM dentries WHERE inode=? LIMIT 1",
+                               (ino,)).fetchone()
+
+    def list_dir(self, parent, after=None, limit=None):
+        """[(name, Inode)] sorted by name; ``after`` resumes after a name."""
+        sql = ("SELECT d.name, %s FROM dentries d JOIN inodes i ON i.id=d.inode WHERE d.parent=?"
+               % ", ".join("i." + c for c in INODE_COLUMNS))
+        args = [parent]
+        if after is not None:
+            sql += " AND d.name>?"
+            args.append(after)
+        sql += " ORDER BY d.name"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [(r[0], Inode(*r[1:])) for r in self.db.execute(sql, args)]
+
+    def count_dir_subdirs(self, parent):
+        return self.db.execute(
+            "SELECT count(*) FROM dentries d JOIN inodes i ON i.id=d.inode"
+            " WHERE d.parent=? AND (i.mode & 61440)=16384", (parent,)).fetchone()[0]
+
+    # -- chunks ----------------------------------------------------------
+    def chunks(self, ino):
+        return [Chunk(*r) for r in self.db.execute(
+            "SELECT idx, blob, length FROM chunks WHERE inode=? ORDER BY idx", (ino,))]
+
+    def chunk(self, ino, idx) -> Optional[Chunk]:
+        row = self.db.execute("SELECT idx, blob, length FROM chunks WHERE inode=? AND idx=?",
+                              (ino, idx)).fetchone()
+        return None if row is None else Chunk(*row)
+
+    def chunk_map(self, ino):
+        return {c.idx: c for c in self.chunks(ino)}
+
+    def set_chunk(self, ino, idx, blob, length, region):
+        """Point chunk ``idx`` at a new blob; the blob it replaces goes to garbage."""
+        old = self.chunk(ino, idx)
+        if old is not None and old.blob != blob:
+            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old.blob, region))
+        self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
+                        (ino, idx, blob, length))
+
+    def drop_chunks_from(self, ino, first_idx, region):
+        """Remove chunks with index >= first_idx (truncate)."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks WHERE inode=? AND idx>=?",
+            (region, ino, first_idx))
+        self.db.execute("DELETE FROM chunks WHERE inode=? AND idx>=?", (ino, first_idx))
+
+    def referenced_blobs(self):
+        return {r[0] for r in self.db.execute("SELECT blob FROM chunks")}
+
+    def chunk_rows(self):
+        """Every (inode, Chunk) in the catalog (for fsck and re-wrap)."""
+        for r in self.db.execute("SELECT inode, idx, blob, length FROM chunks ORDER BY inode, idx"):
+            yield r[0], Chunk(r[1], r[2], r[3])
+
+    # -- garbage ---------------------------------------------------------
+    def garbage(self, limit=1000):
+        return list(self.db.execute("SELECT blob, region FROM garbage LIMIT ?", (limit,)))
+
+    def add_garbage(self, blob, region):
+        self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, region))
+
+    def forget_garbage(self, blobs):
+        with self.transaction():
+            self.db.executemany("DELETE FROM garbage WHERE blob=?", [(b,) for b in blobs])
+
+    # -- xattrs ----------------------------------------------------------
+    def get_xattr(self, ino, name):
+        row = self.db.execute("SELECT value FROM xattrs WHERE inode=? AND name=?",
+                              (ino, name)).fetchone()
+        return None if row is None else row[0]
+
+    def set_xattr(self, ino, name, value):
+        self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+
+    def remove_xattr(self, ino, name) -> bool:
+        return self.db.execute("DELETE FROM xattrs WHERE inode=? AND name=?",
+                               (ino, name)).rowcount > 0
+
+    def list_xattrs(self, ino):
+        return [r[0] for r in self.db.execute(
+            "SELECT name FROM xattrs WHERE inode=? ORDER BY name", (ino,))]
+
+    def xattr_bytes(self, ino):
+        row = self.db.execute("SELECT coalesce(sum(length(name) + length(value)), 0) FROM xattrs"
+                              " WHERE inode=?", (ino,)).fetchone()
+        return row[0]
+
+    # -- buckets ---------------------------------------------------------
+    def buckets(self):
+        """[(inode, name, region)] sorted by name."""
+        return list(self.db.execute("SELECT inode, name, region FROM buckets ORDER BY name"))
+
+    def bucket_by_name(self, name):
+        return self.db.execute("SELECT inode, name, region FROM buckets WHERE name=?",
+                               (name,)).fetchone()
+
+    def bucket_by_inode(self, ino):
+        return self.db.execute("SELECT inode, name, region FROM buckets WHERE inode=?",
+                               (ino,)).fetchone()
+
+    def add_bucket(self, ino, name, region):
+        self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?)", (ino, name, region, now_ns()))
+
+    def remove_bucket(self, ino):
+        self.db.execute("DELETE FROM buckets WHERE inode=?", (ino,))
+        self.db.execute("DELETE FROM bucket_configs WHERE bucket=?", (ino,))
+
+    def get_bucket_config(self, bucket_ino, kind):
+        row = self.db.execute("SELECT doc FROM bucket_configs WHERE bucket=? AND kind=?",
+                              (bucket_ino, kind)).fetchone()
+        return None if row is None else row[0]
+
+    def set_bucket_config(self, bucket_ino, kind, doc):
+        self.db.execute("INSERT OR REPLACE INTO bucket_configs VALUES (?, ?, ?)",
+                        (bucket_ino, kind, doc))
+
+    def delete_bucket_config(self, bucket_ino, kind):
+        self.db.execute("DELETE FROM bucket_configs WHERE bucket=? AND kind=?", (bucket_ino, kind))
+
+    # -- statistics ------------------------------------------------------
+    def total_size(self):
+        return self.db.execute("SELECT coalesce(sum(size), 0) FROM inodes").fetchone()[0]

@@ -1,0 +1,683 @@
+"""POSIX semantics in COS terms, without pyfuse3.
+
+The mount root lists buckets; everything below a bucket is objects and
+directories (key prefixes). This layer decides what each request means
+(COS naming rules, EXDEV between buckets, xattr conventions, lookup counts)
+and delegates object content to :mod:`cosfs.objects`.
+
+Runs on the trio thread. Catalog changes of one request happen without an
+``await`` in between, inside one catalog transaction, so each request is
+atomic for other requests and for a crash.
+
+Errors: raises :class:`~cosfs.errors.CosfsError` subclasses; the FUSE adapter
+turns them into errno values.
+"""
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from . import names
+from .bucketconf import parse_encryption, render_encryption
+from .catalog import ROOT_INODE, Inode
+from .errors import (BucketNotEmpty, CosfsError, FsError, InvalidArgument, NotAnObject,
+                     ReadOnlyAttribute, NoSuchEncryptionConfiguration)
+from .resolver import parse_override
+
+log = logging.getLogger(__name__)
+
+SSE_XATTR = b"user.cos.server-side-encryption"
+BUCKET_ENC_XATTR = b"user.cos.bucket-encryption"
+STATUS_XATTRS = (b"user.cos.etag", b"user.cos.version-id", b"user.cos.replication-status")
+BUCKET_RO_XATTRS = (b"user.cos.bucket-region",)
+COS_PREFIX = b"user.cos."
+XATTR_VALUE_MAX = 64 * 1024
+XATTR_TOTAL_MAX = 256 * 1024
+NAME_MAX = 255
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass
+class Ctx:
+    """Who asks: the caller's uid, gid and umask (from the FUSE request)."""
+
+    uid: int = 0
+    gid: int = 0
+    umask: int = 0o022
+
+
+@dataclass
+class DirHandle:
+    ino: int
+    names: list
+
+
+class FileSystem:
+    """The filesystem operations. One instance per mount."""
+
+    def __init__(self, catalog, objects, *, appid, region, regions):
+        self.catalog = catalog
+        self.objects = objects
+        self.appid = appid
+        self.region = region
+        self.regions = tuple(regions)
+        self.lookups: Dict[int, int] = {}
+        self.handles: Dict[int, int] = {}
+        self.dirs: Dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self.daemon_info = {}
+
+    # -- helpers ------------------------------------------------------------
+    def _fh(self):
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def attr(self, ino) -> Inode:
+        return self.objects.overlay(self.catalog.get_inode(ino))
+
+    def _dir(self, ino) -> Inode:
+        inode = self.catalog.get_inode(ino)
+        if not inode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return inode
+
+    def _child(self, parent, name) -> Inode:
+        ino = self.catalog.lookup(parent, name)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        return self.catalog.get_inode(ino)
+
+    def _check_name(self, parent_inode, name):
+        """Validate a new entry name below a directory (object key rules)."""
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if name in (b".", b"..") or b"/" in name or not name:
+            raise FsError(errno.EINVAL)
+        if parent_inode.id == ROOT_INODE:
+            return
+        key = self.key_of(parent_inode.id, name)
+        names.validate_key(key)
+
+    def key_of(self, dir_ino, name=None) -> bytes:
+        """The object key of ``name`` in directory ``dir_ino`` (path inside its bucket)."""
+        parts = [] if name is None else [name]
+        ino = dir_ino
+        while True:
+            row = self.catalog.parent_of(ino)
+            if row is None or row[0] == ROOT_INODE:
+                break
+            parts.append(row[1])
+            ino = row[0]
+        return b"/".join(reversed(parts))
+
+    def _touch_dir(self, ino, t):
+        self.catalog.update_inode(ino, mtime_ns=t, ctime_ns=t)
+
+    def remember(self, ino, n=1):
+        """The kernel now holds ``n`` more references (lookup, create, readdirplus)."""
+        self.lookups[ino] = self.lookups.get(ino, 0) + n
+
+    def _new_mode(self, mode, ctx, kind):
+        return kind | (stat.S_IMODE(mode) & ~ctx.umask & 0o7777)
+
+    # -- buckets --------------------------------------------------------------
+    def create_bucket(self, name, *, region=None, uid=0, gid=0, mode=0o755, encryption=None):
+        """Create bucket ``name`` (COS rules). Returns its Inode. Raises InvalidBucketName..."""
+        region = region or self.region
+        names.validate_bucket_name(name, region, self.appid)
+        if region not in self.regions:
+            raise InvalidArgument("region %s is not configured for this store" % region)
+        bname = name.encode()
+        if self.catalog.lookup(ROOT_INODE, bname) is not None:
+            from .errors import BucketAlreadyExists
+            raise BucketAlreadyExists("bucket %s already exists" % name)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            inode = self.catalog.new_inode(mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid,
+                                           nlink=2, t=t)
+            self.catalog.update_inode(inode.id, bucket=inode.id)
+            self.catalog.add_dentry(ROOT_INODE, bname, inode.id)
+            self.catalog.add_bucket(inode.id, name, region)
+            root = self.catalog.get_inode(ROOT_INODE)
+            self.catalog.update_inode(ROOT_INODE, nlink=root.nlink + 1, mtime_ns=t, ctime_ns=t)
+            if encryption:
+                cfg = parse_encryption(encryption)
+                self.catalog.set_bucket_config(inode.id, "encryption", render_encryption(cfg))
+        log.info("created bucket %s in %s", name, region)
+        return self.catalog.get_inode(inode.id)
+
+    def bucket_inode(self, name) -> int:
+        row = self.catalog.bucket_by_name(name)
+        if row is None:
+            from .errors import NoSuchBucket
+            raise NoSuchBucket("no bucket %s" % name)
+        return row[0]
+
+    def get_bucket_encryption(self, bucket_ino) -> bytes:
+        doc = self.catalog.get_bucket_config(bucket_ino, "encryption")
+        if doc is None:
+            raise NoSuchEncryptionConfiguration(
+                "The specified bucket does not have an encryption configuration")
+        return doc
+
+    def put_bucket_encryption(self, bucket_ino, doc):
+        """PUT: replace the default; objects already stored are not touched."""
+        cfg = parse_encryption(doc)
+        with self.catalog.transaction():
+            self.catalog.set_bucket_config(bucket_ino, "encryption", render_encryption(cfg))
+        log.info("bucket %s: default encryption set to %s",
+                 self.catalog.bucket_by_inode(bucket_ino)[1], cfg.algorithm)
+
+    def delete_bucket_encryption(self, bucket_ino):
+        with self.catalog.transaction():
+            self.catalog.delete_bucket_config(bucket_ino, "encryption")
+
+    # -- lookups --------------------------------------------------------------
+    async def lookup(self, parent, name, ctx=None) -> Inode:
+        if name == b".":
+            inode = self.attr(parent)
+        elif name == b"..":
+            row = self.catalog.parent_of(parent)
+            inode = self.attr(ROOT_INODE if row is None else row[0])
+        else:
+            self._dir(parent)
+            ino = self.catalog.lookup(parent, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            inode = self.attr(ino)
+        self.remember(inode.id)
+        return inode
+
+    def forget(self, items):
+        for ino, n in items:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            self._maybe_purge(ino)
+
+    def _maybe_purge(self, ino):
+        """Delete an inode once it has no name, no kernel reference and no open handle."""
+        if ino in self.lookups or ino == ROOT_INODE:
+            return
+        st = self.objects.states.get(ino)
+        if st is not None and st.busy:
+            return
+        try:
+            inode = self.catalog.get_inode(ino)
+        except FsError:
+            return
+        if inode.nlink <= 0:
+            self.objects.forget_object(inode)
+
+    async def getattr(self, ino, ctx=None) -> Inode:
+        return self.attr(ino)
+
+    async def setattr(self, ino, *, mode=None, uid=None, gid=None, size=None, atime_ns=None,
+                      mtime_ns=None, ctx=None) -> Inode:
+        """chmod/chown/utimens/truncate. Never changes an object's encryption."""
+        inode = self.catalog.get_inode(ino)
+        t = time.time_ns()
+        if size is not None:
+            if not inode.is_reg:
+                raise FsError(errno.EISDIR if inode.is_dir else errno.EINVAL)
+            await self.objects.truncate(ino, size)
+        fields = {}
+        if mode is not None:
+            fields["mode"] = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            fields["uid"] = uid
+        if gid is not None:
+            fields["gid"] = gid
+        if atime_ns is not None:
+            fields["atime_ns"] = atime_ns
+        if mtime_ns is not None:
+            fields["mtime_ns"] = mtime_ns
+            st = self.objects.states.get(ino)
+            if st is not None:
+                st.mtime_ns = mtime_ns
+        if fields or size is not None:
+            fields["ctime_ns"] = t
+            st = self.objects.states.get(ino)
+            if st is not None:
+                st.ctime_ns = t
+            with self.catalog.transaction():
+                self.catalog.update_inode(ino, **fields)
+        return self.attr(ino)
+
+    async def readlink(self, ino, ctx=None) -> bytes:
+        inode = self.catalog.get_inode(ino)
+        if not stat.S_ISLNK(inode.mode):
+            raise FsError(errno.EINVAL)
+        return inode.target
+
+    # -- creating entries ---------------------------------------------------
+    def _bucket_of_parent(self, parent_inode):
+        return parent_inode.bucket
+
+    def _make(self, parent, name, mode, ctx, *, rdev=0, target=None) -> Inode:
+        """Insert a non-directory entry (one transaction)."""
+        pinode = self._dir(parent)
+        if parent == ROOT_INODE:
+            log.warning("refused to create %r at the mount root: objects must live inside a "
+                        "bucket", name)
+            raise NotAnObject("objects must live inside a bucket")
+        self._check_name(pinode, name)
+        if self.catalog.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev,
+                                           nlink=1, bucket=pinode.bucket, target=target,
+                                           object_id=os.urandom(16), t=t)
+            if target is not None:
+                self.catalog.update_inode(inode.id, size=len(target))
+            self.catalog.add_dentry(parent, name, inode.id)
+            self._touch_dir(parent, t)
+        self.remember(inode.id)
+        return self.catalog.get_inode(inode.id)
+
+    async def mknod(self, parent, name, mode, rdev, ctx) -> Inode:
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL)
+        return self._make(parent, name, self._new_mode(mode, ctx, kind), ctx, rdev=rdev)
+
+    async def symlink(self, parent, name, target, ctx) -> Inode:
+        return self._make(parent, name, stat.S_IFLNK | 0o777, ctx, target=target)
+
+    async def create(self, parent, name, mode, flags, ctx):
+        """Create and open a regular file. Returns (fh, Inode)."""
+        inode = self._make(parent, name, self._new_mode(mode, ctx, stat.S_IFREG), ctx)
+        fh = self._fh()
+        self.handles[fh] = inode.id
+        self.objects.opened(inode.id)
+        return fh, inode
+
+    async def mkdir(self, parent, name, mode, ctx) -> Inode:
+        pinode = self._dir(parent)
+        dmode = self._new_mode(mode, ctx, stat.S_IFDIR)
+        if parent == ROOT_INODE:
+            try:
+                inode = self.create_bucket(name.decode("utf-8", "surrogateescape"),
+                                           uid=ctx.uid, gid=ctx.gid, mode=dmode)
+            except CosfsError as exc:
+                log.warning("mkdir %r at the mount root: %s (%s)", name, exc, exc.code)
+                raise
+            self.remember(inode.id)
+            return inode
+        self._check_name(pinode, name)
+        if self.catalog.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            inode = self.catalog.new_inode(mode=dmode, uid=ctx.uid, gid=ctx.gid, nlink=2,
+                                           bucket=pinode.bucket, t=t)
+            self.catalog.add_dentry(parent, name, inode.id)
+            self.catalog.update_inode(parent, nlink=pinode.nlink + 1, mtime_ns=t, ctime_ns=t)
+        self.remember(inode.id)
+        return self.catalog.get_inode(inode.id)
+
+    async def link(self, ino, new_parent, new_name, ctx) -> Inode:
+        inode = self.catalog.get_inode(ino)
+        pinode = self._dir(new_parent)
+        if inode.is_dir:
+            raise FsError(errno.EPERM)
+        if new_parent == ROOT_INODE:
+            raise NotAnObject("objects must live inside a bucket")
+        if pinode.bucket != inode.bucket:
+            raise FsError(errno.EXDEV)
+        self._check_name(pinode, new_name)
+        if self.catalog.lookup(new_parent, new_name) is not None:
+            raise FsError(errno.EEXIST)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            self.catalog.add_dentry(new_parent, new_name, ino)
+            self.catalog.update_inode(ino, nlink=inode.nlink + 1, ctime_ns=t)
+            self._touch_dir(new_parent, t)
+        self.remember(ino)
+        return self.attr(ino)
+
+    # -- removing entries ---------------------------------------------------
+    def _drop_link(self, inode, t):
+        """One name of ``inode`` went away (inside a transaction)."""
+        self.catalog.update_inode(inode.id, nlink=inode.nlink - 1, ctime_ns=t)
+
+    async def unlink(self, parent, name, ctx=None):
+        self._dir(parent)
+        inode = self._child(parent, name)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            self.catalog.remove_dentry(parent, name)
+            self._drop_link(inode, t)
+            self._touch_dir(parent, t)
+        self._maybe_purge(inode.id)
+
+    async def rmdir(self, parent, name, ctx=None):
+        pinode = self._dir(parent)
+        inode = self._child(parent, name)
+        if not inode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if self.catalog.has_children(inode.id):
+            if parent == ROOT_INODE:
+                log.warning("rmdir of bucket %r refused: BucketNotEmpty", name)
+                raise BucketNotEmpty("bucket %s is not empty" % name.decode(errors="replace"))
+            raise FsError(errno.ENOTEMPTY)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            self.catalog.remove_dentry(parent, name)
+            self.catalog.update_inode(inode.id, nlink=0, ctime_ns=t)
+            self.catalog.update_inode(parent, nlink=pinode.nlink - 1, mtime_ns=t, ctime_ns=t)
+            if parent == ROOT_INODE:
+                self.catalog.remove_bucket(inode.id)
+        self._maybe_purge(inode.id)
+
+    # -- rename ---------------------------------------------------------------
+    def _is_ancestor(self, anc, ino):
+        """True if directory ``anc`` is ``ino`` or one of its ancestors."""
+        while True:
+            if ino == anc:
+                return True
+            row = self.catalog.parent_of(ino)
+            if row is None:
+                return False
+            ino = row[0]
+
+    async def rename(self, old_parent, old_name, new_parent, new_name, flags=0, ctx=None):
+        """Atomic rename inside a bucket; EXDEV between buckets (so ``mv`` copies)."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FsError(errno.EINVAL)
+        op = self._dir(old_parent)
+        np = self._dir(new_parent)
+        src = self._child(old_parent, old_name)
+        if ROOT_INODE in (old_parent, new_parent):
+            log.warning("rename %r -> %r at the mount root refused: buckets cannot be "
+                        "renamed and objects must live inside a bucket", old_name, new_name)
+            raise FsError(errno.EPERM if old_parent == new_parent else errno.EXDEV)
+        if op.bucket != np.bucket:
+            raise FsError(errno.EXDEV)
+        self._check_name(np, new_name)
+        dst_ino = self.catalog.lookup(new_parent, new_name)
+        dst = None if dst_ino is None else self.catalog.get_inode(dst_ino)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise FsError(errno.EEXIST)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise FsError(errno.ENOENT)
+            return self._exchange(op, old_name, src, np, new_name, dst)
+        if dst is not None and dst.id == src.id:
+            return
+        if src.is_dir and self._is_ancestor(src.id, new_parent):
+            raise FsError(errno.EINVAL)
+        if dst is not None:
+            if src.is_dir and not dst.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if not src.is_dir and dst.is_dir:
+                raise FsError(errno.EISDIR)
+            if dst.is_dir and self.catalog.has_children(dst.id):
+                raise FsError(errno.ENOTEMPTY)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            self.catalog.remove_dentry(old_parent, old_name)
+            self.catalog.set_dentry(new_parent, new_name, src.id)
+            self.catalog.update_inode(src.id, ctime_ns=t)
+            nlink_delta = {}
+            if dst is not None:
+                if dst.is_dir:
+                    self.catalog.update_inode(dst.id, nlink=0, ctime_ns=t)
+                    nlink_delta[new_parent] = nlink_delta.get(new_parent, 0) - 1
+                else:
+                    self._drop_link(dst, t)
+            if src.is_dir and old_parent != new_parent:
+                nlink_delta[old_parent] = nlink_delta.get(old_parent, 0) - 1
+                nlink_delta[new_parent] = nlink_delta.get(new_parent, 0) + 1
+            for d in {old_parent, new_parent}:
+                cur = self.catalog.get_inode(d)
+                self.catalog.update_inode(d, nlink=cur.nlink + nlink_delta.get(d, 0),
+                                          mtime_ns=t, ctime_ns=t)
+        if dst is not None:
+            self._maybe_purge(dst.id)
+
+    def _exchange(self, op, old_name, src, np, new_name, dst):
+        if src.is_dir and self._is_ancestor(src.id, np.id):
+            raise FsError(errno.EINVAL)
+        if dst.is_dir and self._is_ancestor(dst.id, op.id):
+            raise FsError(errno.EINVAL)
+        t = time.time_ns()
+        with self.catalog.transaction():
+            self.catalog.set_dentry(op.id, old_name, dst.id)
+            self.catalog.set_dentry(np.id, new_name, src.id)
+            if op.id != np.id and src.is_dir != dst.is_dir:
+                delta = 1 if dst.is_dir else -1
+                self.catalog.update_inode(op.id, nlink=op.nlink + delta)
+                self.catalog.update_inode(np.id, nlink=np.nlink - delta)
+            for ino in (src.id, dst.id):
+                self.catalog.update_inode(ino, ctime_ns=t)
+            for d in {op.id, np.id}:
+                self._touch_dir(d, t)
+
+    # -- files ------------------------------------------------------------------
+    async def open(self, ino, flags, ctx=None) -> int:
+        inode = self.catalog.get_inode(ino)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and inode.is_reg:
+            await self.objects.truncate(ino, 0)
+        fh = self._fh()
+        self.handles[fh] = ino
+        self.objects.opened(ino)
+        return fh
+
+    def _ino(self, fh):
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF) from None
+
+    async def read(self, fh, offset, size) -> bytes:
+        return await self.objects.read(self._ino(fh), offset, size)
+
+    async def write(self, fh, offset, data) -> int:
+        return await self.objects.write(self._ino(fh), offset, data)
+
+    async def flush(self, fh):
+        """close(2) of one descriptor: commit so the content survives a daemon kill."""
+        await self.objects.commit(self._ino(fh))
+
+    async def release(self, fh):
+        ino = self.handles.pop(fh, None)
+        if ino is None:
+            return
+        try:
+            await self.objects.released(ino)
+        finally:
+            self._maybe_purge(ino)
+
+    async def fsync(self, fh, datasync=False):
+        """Commit durably: the content survives a machine crash once this returns."""
+        await self.objects.commit(self._ino(fh), durable=True)
+
+    async def fsyncdir(self, fh, datasync=False):
+        await self.objects.sync_catalog()
+
+    # -- directories --------------------------------------------------------------
+    async def opendir(self, ino, ctx=None) -> int:
+        self._dir(ino)
+        fh = self._fh()
+        self.dirs[fh] = DirHandle(ino, [])
+        return fh
+
+    def readdir(self, fh, start, batch=1000):
+        """Yield (name, Inode, next_offset, counted) from offset ``start``.
+
+        Offsets: 0 is ".", 1 is "..", 2+i is the i-th entry in name order.
+        ``counted`` is False for "." and "..", which the kernel does not add
+        to lookup counts. The adapter calls :meth:`readdir_sent` for each
+        entry the kernel took; it records the name so that a later call
+        resumes right after it, whatever was created or removed meanwhile.
+        """
+        h = self.dirs.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        if start == 0:
+            yield b".", self.attr(h.ino), 1, False
+            start = 1
+        if start == 1:
+            row = self.catalog.parent_of(h.ino)
+            yield b"..", self.attr(ROOT_INODE if row is None else row[0]), 2, False
+            start = 2
+        index = start - 2
+        del h.names[index:]
+        if index > len(h.names):
+            return
+        after = h.names[index - 1] if index > 0 else None
+        pos = start
+        while True:
+            rows = self.catalog.list_dir(h.ino, after=after, limit=batch)
+            for name, inode in rows:
+                pos += 1
+                yield name, self.objects.overlay(inode), pos, True
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def readdir_sent(self, fh, name, ino):
+        self.dirs[fh].names.append(name)
+        self.remember(ino)
+
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    async def statfs(self, ctx=None):
+        store = next(iter(self.objects.stores.values()))
+        sv = store.statvfs()
+        files = self.catalog.inode_count()
+        return dict(f_bsize=sv.f_bsize, f_frsize=sv.f_frsize, f_blocks=sv.f_blocks,
+                    f_bfree=sv.f_bfree, f_bavail=sv.f_bavail, f_files=files + 10 ** 9,
+                    f_ffree=10 ** 9, f_favail=10 ** 9, f_namemax=NAME_MAX)
+
+    # -- xattrs ---------------------------------------------------------------------
+    @staticmethod
+    def _namespace_ok(name):
+        if not name.startswith(b"user."):
+            raise FsError(errno.ENOTSUP, "only the user namespace is supported")
+
+    def _is_bucket(self, inode):
+        return inode.is_dir and inode.bucket == inode.id
+
+    async def getxattr(self, ino, name, ctx=None) -> bytes:
+        self._namespace_ok(name)
+        inode = self.catalog.get_inode(ino)
+        if name.startswith(COS_PREFIX):
+            return await self._get_cos_xattr(inode, name)
+        value = self.catalog.get_xattr(ino, name)
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return value
+
+    async def _get_cos_xattr(self, inode, name):
+        if inode.id == ROOT_INODE and name == b"user.cos.daemon-pid" and self.daemon_info:
+            return str(self.daemon_info["pid"]).encode()
+        if self._is_bucket(inode):
+            if name == BUCKET_ENC_XATTR:
+                return self.get_bucket_encryption(inode.id)
+            if name == b"user.cos.bucket-region":
+                return self.catalog.bucket_by_inode(inode.id)[2].encode()
+            raise FsError(errno.ENODATA)
+        if not inode.is_reg:
+            raise FsError(errno.ENODATA)
+        if name == SSE_XATTR:
+            if not inode.enc:
+                raise FsError(errno.ENODATA)
+            return inode.enc.encode()
+        if name == b"user.cos.etag":
+            return (await self.objects.etag(inode.id)).encode()
+        if name == b"user.cos.version-id":
+            return (inode.version_id or "null").encode()
+        raise FsError(errno.ENODATA)
+
+    async def setxattr(self, ino, name, value, ctx=None):
+        self._namespace_ok(name)
+        inode = self.catalog.get_inode(ino)
+        if name.startswith(COS_PREFIX):
+            return await self._set_cos_xattr(inode, name, value)
+        if len(value) > XATTR_VALUE_MAX:
+            raise FsError(errno.E2BIG)
+        old = self.catalog.get_xattr(ino, name)
+        total = self.catalog.xattr_bytes(ino) - (0 if old is None else len(name) + len(old))
+        if total + len(name) + len(value) > XATTR_TOTAL_MAX:
+            raise FsError(errno.ENOSPC, "too many extended attributes on this object")
+        with self.catalog.transaction():
+            self.catalog.set_xattr(ino, name, value)
+            self.catalog.update_inode(ino, ctime_ns=time.time_ns())
+
+    async def _set_cos_xattr(self, inode, name, value):
+        if self._is_bucket(inode) and name == BUCKET_ENC_XATTR:
+            try:
+                self.put_bucket_encryption(inode.id, value)
+            except CosfsError as exc:
+                log.warning("bucket %d: rejected encryption configuration: %s (%s)",
+                            inode.id, exc, exc.code)
+                raise
+            return
+        if name in STATUS_XATTRS or name in BUCKET_RO_XATTRS:
+            raise ReadOnlyAttribute("%s is read-only" % name.decode())
+        if name == SSE_XATTR and inode.is_reg:
+            try:
+                spec = parse_override(value)
+            except CosfsError as exc:
+                log.warning("inode %d: invalid %s value: %s", inode.id, SSE_XATTR.decode(), exc)
+                raise
+            request = value.strip(b"\0 \n\t").decode()
+            with self.catalog.transaction():
+                self.catalog.update_inode(inode.id, enc_request=request,
+                                          ctime_ns=time.time_ns())
+            await self.objects.rewrite(inode.id)
+            log.debug("inode %d: encryption request %s", inode.id, spec.algorithm)
+            return
+        raise InvalidArgument("%s cannot be set here" % name.decode(errors="replace"))
+
+    async def listxattr(self, ino, ctx=None):
+        inode = self.catalog.get_inode(ino)
+        result = self.catalog.list_xattrs(ino)
+        if inode.is_reg and inode.enc:
+            result.append(SSE_XATTR)
+        return result
+
+    async def removexattr(self, ino, name, ctx=None):
+        self._namespace_ok(name)
+        inode = self.catalog.get_inode(ino)
+        if name.startswith(COS_PREFIX):
+            if self._is_bucket(inode) and name == BUCKET_ENC_XATTR:
+                self.get_bucket_encryption(inode.id)  # ENODATA when absent
+                self.delete_bucket_encryption(inode.id)
+                return
+            if name in STATUS_XATTRS or name in BUCKET_RO_XATTRS:
+                raise ReadOnlyAttribute("%s is read-only" % name.decode())
+            if name == SSE_XATTR and inode.is_reg:
+                if not inode.enc and not inode.enc_request:
+                    raise FsError(errno.ENODATA)
+                with self.catalog.transaction():
+                    self.catalog.update_inode(ino, enc_request=None, ctime_ns=time.time_ns())
+                await self.objects.rewrite(ino)
+                return
+            raise FsError(errno.ENODATA)
+        with self.catalog.transaction():
+            if not self.catalog.remove_xattr(ino, name):
+                raise FsError(errno.ENODATA)
+            self.catalog.update_inode(ino, ctime_ns=time.time_ns())
+
+    # -- lifecycle -------------------------------------------------------------------
+    def purge_unlinked(self):
+        """At mount: delete inodes that lost their last name while open before a crash."""
+        for ino in self.catalog.unlinked_inodes():
+            self.objects.forget_object(self.catalog.get_inode(ino))

@@ -1,0 +1,215 @@
+"""The FUSE adapter: pyfuse3.Operations over :class:`cosfs.filesystem.FileSystem`.
+
+Each handler converts arguments, calls one filesystem method and converts
+the result. Errors are translated here and only here: a CosfsError becomes
+its errno; anything unexpected is logged with a traceback and answered EIO,
+so the mount stays up (pyfuse3 would end the mount on any other exception).
+"""
+
+import errno
+import functools
+import logging
+
+import pyfuse3
+
+from .errors import CosfsError
+from .filesystem import Ctx
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 10.0
+ENTRY_TIMEOUT = 10.0
+
+
+def _translate(fn):
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except CosfsError as exc:
+            if exc.errno == errno.EIO:
+                log.error("%s: %s (%s)", fn.__name__, exc, exc.code)
+            else:
+                log.debug("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            log.error("%s failed: %s", fn.__name__, exc, exc_info=True)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _ctx(ctx):
+    if ctx is None:
+        return Ctx()
+    return Ctx(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask)
+
+
+class Operations(pyfuse3.Operations):
+    """Thin adapter; see the module docstring."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs, *, blksize=131072, writeback_cache=False):
+        super().__init__()
+        self.fs = fs
+        self.blksize = blksize
+        self.enable_writeback_cache = writeback_cache
+
+    def entry(self, inode):
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode.id
+        e.generation = 0
+        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = ATTR_TIMEOUT
+        e.st_mode = inode.mode
+        e.st_nlink = max(inode.nlink, 0)
+        e.st_uid = inode.uid
+        e.st_gid = inode.gid
+        e.st_rdev = inode.rdev
+        e.st_size = inode.size
+        e.st_blksize = self.blksize
+        e.st_blocks = (inode.size + 511) // 512
+        e.st_atime_ns = inode.atime_ns
+        e.st_mtime_ns = inode.mtime_ns
+        e.st_ctime_ns = inode.ctime_ns
+        return e
+
+    @_translate
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self.entry(await self.fs.lookup(parent_inode, name, _ctx(ctx)))
+
+    @_translate
+    async def forget(self, inode_list):
+        self.fs.forget(inode_list)
+
+    @_translate
+    async def getattr(self, inode, ctx=None):
+        return self.entry(await self.fs.getattr(inode))
+
+    @_translate
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        return self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+
+    @_translate
+    async def readlink(self, inode, ctx):
+        return await self.fs.readlink(inode)
+
+    @_translate
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self.entry(await self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
+
+    @_translate
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self.entry(await self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
+
+    @_translate
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, name)
+
+    @_translate
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, name)
+
+    @_translate
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self.entry(await self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
+
+    @_translate
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_translate
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self.entry(await self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
+
+    @_translate
+    async def open(self, inode, flags, ctx):
+        return pyfuse3.FileInfo(fh=await self.fs.open(inode, flags, _ctx(ctx)), keep_cache=True)
+
+    @_translate
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, inode = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.entry(inode)
+
+    @_translate
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_translate
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    @_translate
+    async def flush(self, fh):
+        await self.fs.flush(fh)
+
+    @_translate
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    @_translate
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh, datasync)
+
+    @_translate
+    async def opendir(self, inode, ctx):
+        return await self.fs.opendir(inode)
+
+    @_translate
+    async def readdir(self, fh, start_id, token):
+        for name, inode, next_id, counted in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self.entry(inode), next_id):
+                break
+            if counted:
+                self.fs.readdir_sent(fh, name, inode.id)
+
+    @_translate
+    async def releasedir(self, fh):
+        await self.fs.releasedir(fh)
+
+    @_translate
+    async def fsyncdir(self, fh, datasync):
+        await self.fs.fsyncdir(fh, datasync)
+
+    @_translate
+    async def statfs(self, ctx):
+        info = await self.fs.statfs()
+        s = pyfuse3.StatvfsData()
+        for k, v in info.items():
+            setattr(s, k, v)
+        return s
+
+    @_translate
+    async def setxattr(self, inode, name, value, ctx):
+        await self.fs.setxattr(inode, name, value)
+
+    @_translate
+    async def getxattr(self, inode, name, ctx):
+        return await self.fs.getxattr(inode, name)
+
+    @_translate
+    async def listxattr(self, inode, ctx):
+        return await self.fs.listxattr(inode)
+
+    @_translate
+    async def removexattr(self, inode, name, ctx):
+        await self.fs.removexattr(inode, name)

@@ -1,0 +1,747 @@
+"""The object data path: buffering, chunking, sealing, commit order.
+
+An object's content is split into fixed-size chunks (``chunk_size``); chunk
+``i`` covers plaintext bytes ``[i*chunk_size, (i+1)*chunk_size)`` and is
+stored as one immutable blob (sealed by :mod:`cosfs.cipher` when the object is
+encrypted). A chunk may hold fewer bytes than its span: the rest, up to the
+object's size, reads as zeros (holes, extension by truncate).
+
+Write path, per object (:class:`ObjectState`, shared by all handles of an inode):
+  1. the first change after a commit opens a *write session*: the resolver is
+     asked once which encryption the new content gets (override xattr, bucket
+     default); if that differs from the stored state, the commit re-encrypts
+     every chunk of the object, so an object is always wholly in one state;
+  2. writes modify chunk buffers in memory; a chunk that a sequential writer
+     completes is sealed and stored at once in a worker thread; when the dirty
+     bytes of a file exceed ``write_buffer`` the writer waits for buffers to be
+     sealed (memory stays bounded whatever the file size);
+  3. ``commit`` (close, flush, fsync, truncate) seals what is left, syncs the
+     blobs when durability is asked for, then records the new chunk map, size
+     and encryption in ONE catalog transaction. Replaced blobs go to the
+     ``garbage`` table and are deleted after the commit.
+So the catalog never references a blob that was not completely written, and
+a crash leaves the old or the new version (plus orphan blobs for fsck).
+
+Threading: everything here runs on the trio thread except the functions
+passed to ``trio.to_thread.run_sync`` (sealing, opening, store I/O), which
+touch no shared state besides the stores (thread-safe) and the key store.
+"""
+
+import errno
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import trio
+
+from . import cipher
+from .catalog import Chunk
+from .errors import CosfsError, FsError, IntegrityError, StoreError
+from .resolver import EncryptionSpec, WriterKind, resolve, parse_override
+
+log = logging.getLogger(__name__)
+
+SEG = cipher.SEGMENT_SIZE
+#: Plaintext reads below this size are decrypted on the trio thread: the
+#: thread hop would cost more than the work (S3QL does the same).
+INLINE_READ_LIMIT = 2 * SEG
+
+#: The cipher algorithm that seals data of a stored encryption label.
+CIPHER_OF = {"AES256": "AES256", "SM4": "SM4", "cos/kms": "AES256"}
+
+
+@dataclass(frozen=True)
+class Crypt:
+    """How a blob is sealed: algorithm label, data key and object identity. Never logged."""
+
+    label: str
+    key: bytes = field(repr=False)
+    object_id: bytes
+    wrapped: bytes = field(repr=False, default=b"")
+
+    @property
+    def algorithm(self):
+        return CIPHER_OF[self.label]
+
+    def context(self, idx, blob):
+        return cipher.BlobContext(object_id=self.object_id, chunk_index=idx, blob_id=blob)
+
+
+def data_key_aad(object_id, label):
+    """Associated data binding a wrapped data key to its object and algorithm label."""
+    return b"cosfs-data-key\0" + object_id + b"\0" + label.encode()
+
+
+def stored_label(spec):
+    """The label an object's encryption is recorded (and reported) under, or None."""
+    if spec is None:
+        return None
+    return "cos/kms" if spec.algorithm in ("KMS", "cos/kms") else spec.algorithm
+
+
+class ObjectState:
+    """In-memory state of one object with open handles or uncommitted changes."""
+
+    def __init__(self, inode, region):
+        self.ino = inode.id
+        self.region = region
+        self.size = inode.size
+        self.mtime_ns = inode.mtime_ns
+        self.ctime_ns = inode.ctime_ns
+        self.open_count = 0
+        self.dirty: Dict[int, bytearray] = {}
+        self.gens: Dict[int, int] = {}
+        self.pending: Dict[int, Chunk] = {}
+        self.flushing: Dict[int, trio.Event] = {}
+        self.cut_from: Optional[int] = None
+        self.modified = False
+        self.session = None  # (Crypt or None, rewrite_all: bool) while a write session is open
+        self.error: Optional[BaseException] = None
+        self.commit_lock = trio.Lock()
+        self.dirty_bytes = 0
+
+    @property
+    def busy(self):
+        return bool(self.open_count or self.modified or self.flushing or self.pending)
+
+
+class SegmentCache:
+    """Bounded LRU of plaintext segments keyed by (blob id, segment index).
+
+    Blobs are immutable, so entries never go stale; a deleted blob's entries
+    simply age out.
+    """
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.used = 0
+        self.entries = OrderedDict()
+
+    def get(self, key):
+        data = self.entries.get(key)
+        if data is not None:
+            self.entries.move_to_end(key)
+        return data
+
+    def put(self, key, data):
+        if self.capacity <= 0 or key in self.entries:
+            return
+        self.entries[key] = data
+        self.used += len(data)
+        while self.used > self.capacity and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.used -= len(old)
+
+
+class ObjectStore:
+    """The data path over a catalog, per-region chunk stores and a key store.
+
+    ``nursery`` must be set (``attach``) before writes: background sealing and
+    garbage collection run in it.
+    """
+
+    def __init__(self, catalog, stores, keystore, *, chunk_size, cache_size, write_buffer,
+                 threads=None):
+        self.catalog = catalog
+        self.stores = stores
+        self.keys = keystore
+        self.chunk_size = chunk_size
+        self.write_buffer = max(write_buffer, 2 * chunk_size)
+        self.cache = SegmentCache(cache_size)
+        self.headers = SegmentCache(4 * 1024 * 1024)
+        self.limiter = trio.CapacityLimiter(threads or max(2, (os.cpu_count() or 2) + 1))
+        self.states: Dict[int, ObjectState] = {}
+        self._keycache = {}
+        self._reading = {}
+        self._nursery = None
+        self._gc_wakeup = trio.Event()
+        self._last_checkpoint = time.monotonic()
+
+    def attach(self, nursery):
+        """Start background work (garbage collection) in ``nursery``."""
+        self._nursery = nursery
+        nursery.start_soon(self._gc_loop)
+
+    # -- states ----------------------------------------------------------
+    def region_of(self, inode):
+        row = self.catalog.bucket_by_inode(inode.bucket)
+        if row is None:
+            raise FsError(errno.EIO, "inode %d has no bucket" % inode.id)
+        return row[2]
+
+    def store_of(self, region):
+        try:
+            return self.stores[region]
+        except KeyError:
+            raise CosfsError("no chunk store for region %s" % region) from None
+
+    def state(self, ino) -> ObjectState:
+        st = self.states.get(ino)
+        if st is None:
+            inode = self.catalog.get_inode(ino)
+            st = ObjectState(inode, self.region_of(inode))
+            self.states[ino] = st
+        return st
+
+    def opened(self, ino):
+        self.state(ino).open_count += 1
+
+    async def released(self, ino):
+        """Last step of a close: commit, then drop the state if nothing holds it."""
+        st = self.states.get(ino)
+        if st is None:
+            return
+        st.open_count -= 1
+        try:
+            await self.commit(ino)
+        finally:
+            self._maybe_drop(st)
+
+    def _maybe_drop(self, st):
+        if not st.busy and self.states.get(st.ino) is st:
+            del self.states[st.ino]
+
+    def overlay(self, inode):
+        """Patch an Inode's size and times with uncommitted changes (for getattr)."""
+        st = self.states.get(inode.id)
+        if st is not None and st.modified:
+            inode.size = st.size
+            inode.mtime_ns = st.mtime_ns
+            inode.ctime_ns = st.ctime_ns
+        return inode
+
+    def size_of(self, ino):
+        st = self.states.get(ino)
+        return st.size if st is not None else self.catalog.get_inode(ino).size
+
+    # -- encryption --------------------------------------------------------
+    def bucket_default(self, bucket_ino) -> Optional[EncryptionSpec]:
+        from .bucketconf import parse_encryption, spec_from_config
+        doc = self.catalog.get_bucket_config(bucket_ino, "encryption")
+        if doc is None:
+            return None
+        return spec_from_config(parse_encryption(doc))
+
+    def resolve_for(self, inode, writer=WriterKind.NORMAL, **extra) -> Optional[EncryptionSpec]:
+        override = parse_override(inode.enc_request.encode()) if inode.enc_request else None
+        return resolve(override=override, bucket_default=self.bucket_default(inode.bucket),
+                       writer=writer, **extra)
+
+    @staticmethod
+    def _aad(object_id, label):
+        return data_key_aad(object_id, label)
+
+    def stored_crypt(self, inode) -> Optional[Crypt]:
+        """The Crypt of an object's committed chunks (None when plain)."""
+        if not inode.enc:
+            return None
+        wrapped = inode.wrapped_key
+        key = self._keycache.get(wrapped)
+        if key is None:
+            key = self.keys.unwrap(wrapped, self._aad(inode.object_id, inode.enc))
+            if len(self._keycache) > 4096:
+                self._keycache.clear()
+            self._keycache[wrapped] = key
+        return Crypt(inode.enc, key, inode.object_id, wrapped)
+
+    def _new_crypt(self, label, object_id):
+        """A fresh data key for a new encryption generation of an object, wrapped at once."""
+        key = cipher.new_data_key(CIPHER_OF[label])
+        return Crypt(label, key, object_id, self.keys.wrap(key, self._aad(object_id, label)))
+
+    def _begin(self, st, force_spec=False, spec=None):
+        """Open a write session: decide the encryption of the new content (once)."""
+        if st.session is not None and not force_spec:
+            return st.session
+        inode = self.catalog.get_inode(st.ino)
+        if not force_spec:
+            spec = self.resolve_for(inode)
+        label = stored_label(spec)
+        has_data = inode.size > 0
+        if label == inode.enc and inode.enc and has_data:
+            crypt, rewrite = self.stored_crypt(inode), False
+        elif label is None:
+            crypt, rewrite = None, inode.enc is not None and has_data
+        else:
+            crypt = self._new_crypt(label, inode.object_id)
+            rewrite = has_data
+        st.session = (crypt, rewrite)
+        return st.session
+
+    # -- reading ----------------------------------------------------------
+    async def read(self, ino, offset, size) -> bytes:
+        """Plaintext of ``[offset, offset+size)`` clipped to the object's size."""
+        st = self.states.get(ino)
+        inode = self.catalog.get_inode(ino)
+        fsize = st.size if st is not None else inode.size
+        end = min(offset + size, fsize)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        committed = None
+        parts = []
+        for idx in range(offset // cs, (end - 1) // cs + 1):
+            c0 = idx * cs
+            lo, hi = max(offset, c0) - c0, min(end, c0 + cs) - c0
+            if st is not None and idx in st.dirty:
+                buf = st.dirty[idx]
+                piece = bytes(buf[lo:hi])
+            elif st is not None and idx in st.pending:
+                ch = st.pending[idx]
+                piece = await self._read_blob(st.region, st.session[0], ino, idx, ch, lo, hi)
+            else:
+                if st is not None and st.cut_from is not None and idx >= st.cut_from:
+                    ch = None
+                else:
+                    if committed is None:
+                        committed = (self.region_of(inode), self.stored_crypt(inode))
+                    ch = self.catalog.chunk(ino, idx)
+                piece = b"" if ch is None else await self._read_blob(
+                    committed[0], committed[1], ino, idx, ch, lo, hi)
+            if len(piece) < hi - lo:
+                piece += bytes(hi - lo - len(piece))
+            parts.append(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_blob(self, region, crypt, ino, idx, ch, lo, hi) -> bytes:
+        """Bytes [lo, hi) of a chunk's stored content (may be shorter: the rest is a hole)."""
+        hi = min(hi, ch.length)
+        if lo >= hi:
+            return b""
+        s0, s1 = lo // SEG, (hi - 1) // SEG
+        segs = {}
+        missing = []
+        for s in range(s0, s1 + 1):
+            data = self.cache.get((ch.blob, s))
+            if data is None:
+                missing.append(s)
+            else:
+                segs[s] = data
+        if missing:
+            first, last = missing[0], missing[-1]
+            store = self.store_of(region)
+            header = None
+            if crypt is not None:
+                header = self.headers.get((ch.blob, 0))
+            self._reading[ch.blob] = self._reading.get(ch.blob, 0) + 1
+            try:
+                args = (store, crypt, idx, ch, first, last, header)
+                if (last - first + 1) * SEG <= INLINE_READ_LIMIT:
+                    header, plain = self._fetch(*args)
+                else:
+                    header, plain = await trio.to_thread.run_sync(
+                        self._fetch, *args, limiter=self.limiter)
+            except CosfsError as exc:
+                log.error("cannot read inode %d chunk %d (blob %s): %s",
+                          ino, idx, ch.blob.hex(), exc)
+                raise
+            finally:
+                n = self._reading[ch.blob] - 1
+                if n:
+                    self._reading[ch.blob] = n
+                else:
+                    del self._reading[ch.blob]
+            if header is not None:
+                self.headers.put((ch.blob, 0), header)
+            for s in range(first, last + 1):
+                data = plain[(s - first) * SEG:(s - first + 1) * SEG]
+                segs[s] = data
+                self.cache.put((ch.blob, s), data)
+        if s0 == s1:
+            base = s0 * SEG
+            return segs[s0][lo - base:hi - base]
+        whole = b"".join(segs[s] for s in range(s0, s1 + 1))
+        base = s0 * SEG
+        return whole[lo - base:hi - base]
+
+    @staticmethod
+    def _fetch(store, crypt, idx, ch, first, last, header):
+        """Read and open segments [first, last] of a chunk. Runs inline or in a worker."""
+        lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
+        if crypt is None:
+            data = store.get_range(ch.blob, lo, hi - lo)
+            return None, data
+        if header is None:
+            header = store.get_range(ch.blob, 0, cipher.HEADER_SIZE)
+        seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
+        data = store.get_range(ch.blob, coff, clen)
+        plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),
+                                  header, data, seg0, ch.length)
+        return header, plain
+
+    # -- writing ----------------------------------------------------------
+    def _existing_length(self, st, idx, inode=None):
+        """How many bytes of chunk idx exist in pending or committed form (within size)."""
+        if idx in st.pending:
+            n = st.pending[idx].length
+        elif st.cut_from is not None and idx >= st.cut_from:
+            return 0
+        else:
+            ch = self.catalog.chunk(st.ino, idx)
+            n = 0 if ch is None else ch.length
+        return max(0, min(n, st.size - idx * self.chunk_size))
+
+    async def _load(self, st, idx, upto):
+        """Chunk buffer for idx with its current content (up to ``upto`` bytes)."""
+        buf = st.dirty.get(idx)
+        if buf is not None:
+            return buf
+        existing = self._existing_length(st, idx)
+        if existing:
+            data = await self.read(st.ino, idx * self.chunk_size, existing)
+            # read() may have awaited: another task may have created the buffer meanwhile
+            buf = st.dirty.get(idx)
+            if buf is not None:
+                return buf
+            buf = bytearray(data)
+        else:
+            buf = bytearray()
+        st.dirty[idx] = buf
+        st.gens[idx] = st.gens.get(idx, 0) + 1
+        st.dirty_bytes += len(buf)
+        return buf
+
+    async def write(self, ino, offset, data) -> int:
+        """Write ``data`` at ``offset``; returns len(data). Raises StoreError on store failure."""
+        st = self.state(ino)
+        if st.error is not None:
+            err, st.error = st.error, None
+            raise err
+        self._begin(st)
+        cs = self.chunk_size
+        view = memoryview(data)
+        pos = offset
+        end = offset + len(view)
+        now = time.time_ns()
+        while pos < end:
+            idx, o = divmod(pos, cs)
+            n = min(cs - o, end - pos)
+            piece = view[pos - offset:pos - offset + n]
+            buf = st.dirty.get(idx)
+            if buf is None:
+                existing = self._existing_length(st, idx)
+                if o == 0 and n >= existing:
+                    buf = bytearray()
+                    st.dirty[idx] = buf
+                    st.gens[idx] = st.gens.get(idx, 0) + 1
+                else:
+                    buf = await self._load(st, idx, existing)
+            before = len(buf)
+            if before < o:
+                buf.extend(bytes(o - before))
+            buf[o:o + n] = piece
+            st.gens[idx] = st.gens.get(idx, 0) + 1
+            st.dirty_bytes += len(buf) - before
+            pos += n
+            if pos > st.size:
+                st.size = pos
+            if o + n == cs and self._nursery is not None and idx not in st.flushing:
+                # a sequential writer completed this chunk: seal it in the background
+                self._nursery.start_soon(self._flush_bg, st, idx)
+        st.modified = True
+        st.mtime_ns = st.ctime_ns = now
+        if st.dirty_bytes > self.write_buffer:
+            await self._relieve(st)
+        return len(view)
+
+    async def _relieve(self, st):
+        """Seal dirty chunks until the buffer is under its limit (back-pressure)."""
+        while st.dirty_bytes > self.write_buffer and st.dirty:
+            if st.flushing:
+                ev = next(iter(st.flushing.values()))
+                await ev.wait()
+                continue
+            idx = next(iter(st.dirty))
+            await self._flush_chunk(st, idx)
+            if st.error is not None:
+                err, st.error = st.error, None
+                raise err
+
+    async def _flush_bg(self, st, idx):
+        try:
+            await self._flush_chunk(st, idx)
+        except BaseException as exc:  # surfaced by the next write/commit of this object
+            if isinstance(exc, trio.Cancelled):
+                raise
+            st.error = exc
+
+    async def _flush_chunk(self, st, idx):
+        """Seal and store the dirty buffer of chunk idx, making it pending."""
+        while idx in st.flushing:
+            await st.flushing[idx].wait()
+        buf = st.dirty.get(idx)
+        if buf is None:
+            return
+        gen = st.gens[idx]
+        data = bytes(buf)
+        crypt = self._begin(st)[0]
+        blob = os.urandom(16)
+        ev = trio.Event()
+        st.flushing[idx] = ev
+        store = self.store_of(st.region)
+        try:
+            await trio.to_thread.run_sync(self._seal_put, store, crypt, idx, blob, data,
+                                          limiter=self.limiter)
+        except CosfsError as exc:
+            log.error("cannot store chunk %d of inode %d: %s", idx, st.ino, exc)
+            raise
+        finally:
+            del st.flushing[idx]
+            ev.set()
+        if (st.gens.get(idx) == gen and idx in st.dirty and st.session is not None
+                and st.session[0] is crypt):
+            old = st.dirty.pop(idx)
+            st.dirty_bytes -= len(old)
+            prev = st.pending.get(idx)
+            st.pending[idx] = Chunk(idx, blob, len(data))
+            if prev is not None:
+                self._discard(prev.blob, st.region)
+        else:
+            self._discard(blob, st.region)
+
+    @staticmethod
+    def _seal_put(store, crypt, idx, blob, data):
+        if crypt is not None:
+            data = cipher.seal_blob(crypt.algorithm, crypt.key, crypt.context(idx, blob), data)
+        store.put(blob, data)
+
+    def _discard(self, blob, region):
+        """A blob that was stored but will never be committed: collect it."""
+        with self.catalog.transaction():
+            self.catalog.add_garbage(blob, region)
+        self._gc_wakeup.set()
+
+    async def truncate(self, ino, size):
+        """Set the object's size (zeros when growing) and commit."""
+        st = self.state(ino)
+        try:
+            self._begin(st)
+            cs = self.chunk_size
+            keep = (size + cs - 1) // cs  # chunks [0, keep) may hold data
+            if size < st.size:
+                last = keep - 1
+                cut = size - last * cs
+                if size % cs and last >= 0 and (last in st.dirty or
+                                                self._existing_length(st, last) > cut):
+                    buf = await self._load(st, last, cut)
+                    if len(buf) > cut:
+                        st.dirty_bytes -= len(buf) - cut
+                        del buf[cut:]
+                        st.gens[last] += 1
+                for idx in [i for i in st.dirty if i >= keep]:
+                    st.dirty_bytes -= len(st.dirty.pop(idx))
+                    st.gens[idx] = st.gens.get(idx, 0) + 1
+                for idx in [i for i in st.pending if i >= keep]:
+                    self._discard(st.pending.pop(idx).blob, st.region)
+                st.cut_from = keep if st.cut_from is None else min(st.cut_from, keep)
+            st.size = size
+            st.modified = True
+            st.mtime_ns = st.ctime_ns = time.time_ns()
+            await self.commit(ino)
+        finally:
+            self._maybe_drop(st)
+
+    # -- commit -----------------------------------------------------------
+    async def commit(self, ino, durable=False):
+        """Make the object's changes visible in the catalog (and durable if asked).
+
+        Raises StoreError/CosfsError if data could not be stored; the previous
+        committed version stays intact and the changes stay buffered for a retry.
+        """
+        st = self.states.get(ino)
+        if st is None:
+            if durable:
+                await self.sync_catalog()
+            return
+        async with st.commit_lock:
+            if st.error is not None:
+                err, st.error = st.error, None
+                log.warning("retrying storage of inode %d after: %s", ino, err)
+            if not st.modified and not st.pending and not st.dirty:
+                if durable:
+                    await self.sync_catalog()
+                return
+            crypt, rewrite = self._begin(st)
+            await self._flush_all(st)
+            if rewrite:
+                await self._rewrite_rest(st, crypt)
+            if durable:
+                await self._sync_stores()
+            self._record(st, crypt, durable)
+        self._gc_wakeup.set()
+
+    async def _flush_all(self, st):
+        while st.dirty or st.flushing:
+            if st.flushing:
+                await next(iter(st.flushing.values())).wait()
+                continue
+            async with trio.open_nursery() as n:
+                for idx in list(st.dirty)[:8]:
+                    n.start_soon(self._flush_chunk, st, idx)
+
+    async def _rewrite_rest(self, st, crypt):
+        """Re-seal every committed chunk not replaced in this session (re-encryption)."""
+        inode = self.catalog.get_inode(st.ino)
+        old = self.stored_crypt(inode)
+        store = self.store_of(st.region)
+        for ch in self.catalog.chunks(st.ino):
+            if ch.idx in st.pending or (st.cut_from is not None and ch.idx >= st.cut_from):
+                continue
+            length = max(0, min(ch.length, st.size - ch.idx * self.chunk_size))
+            blob = os.urandom(16)
+            self._reading[ch.blob] = self._reading.get(ch.blob, 0) + 1
+            try:
+                await trio.to_thread.run_sync(self._reseal, store, old, crypt, ch, length, blob,
+                                              limiter=self.limiter)
+            finally:
+                self._reading[ch.blob] -= 1
+                if not self._reading[ch.blob]:
+                    del self._reading[ch.blob]
+            st.pending[ch.idx] = Chunk(ch.idx, blob, length)
+
+    @staticmethod
+    def _reseal(store, old, new, ch, length, blob):
+        data = store.get(ch.blob)
+        if old is not None:
+            data = cipher.open_blob(old.algorithm, old.key, old.context(ch.idx, ch.blob),
+                                    data, ch.length)
+        ObjectStore._seal_put(store, new, ch.idx, blob, memoryview(data)[:length])
+
+    def _record(self, st, crypt, durable):
+        """The one catalog transaction that publishes a new version (no awaits)."""
+        cat = self.catalog
+        fields = dict(size=st.size, mtime_ns=st.mtime_ns, ctime_ns=st.ctime_ns, etag=None)
+        if crypt is None:
+            fields.update(enc=None, wrapped_key=None)
+        else:
+            fields.update(enc=crypt.label, wrapped_key=crypt.wrapped)
+        with cat.transaction(durable=durable):
+            if st.cut_from is not None:
+                cat.drop_chunks_from(st.ino, st.cut_from, st.region)
+            for idx, ch in st.pending.items():
+                cat.set_chunk(st.ino, idx, ch.blob, ch.length, st.region)
+            cat.update_inode(st.ino, **fields)
+        st.pending.clear()
+        st.cut_from = None
+        # writes that arrived while this commit awaited stay buffered for the next one
+        st.modified = bool(st.dirty)
+        if not st.dirty:
+            st.session = None
+        if crypt is not None:
+            self._keycache[crypt.wrapped] = crypt.key
+
+    async def rewrite(self, ino):
+        """Re-resolve the object's encryption now and re-encrypt it if its state changes.
+
+        Used after the override xattr was set or removed (COS: copy the object
+        onto itself with new SSE headers). Streams chunk by chunk; atomic.
+        """
+        st = self.state(ino)
+        try:
+            await self.commit(ino)
+            async with st.commit_lock:
+                st.session = None
+                crypt, rewrite = self._begin(st)
+                inode = self.catalog.get_inode(ino)
+                label = None if crypt is None else crypt.label
+                if rewrite or label != inode.enc:
+                    st.mtime_ns, st.ctime_ns = inode.mtime_ns, time.time_ns()
+                    st.size = inode.size
+                    if rewrite:
+                        await self._rewrite_rest(st, crypt)
+                    self._record(st, crypt, False)
+                st.session = None
+        finally:
+            self._maybe_drop(st)
+        self._gc_wakeup.set()
+
+    async def commit_all(self, durable=False):
+        """Commit every object with changes (unmount, SIGTERM, syncfs)."""
+        for ino in list(self.states):
+            try:
+                await self.commit(ino, durable=durable)
+            except CosfsError as exc:
+                log.error("could not commit inode %d: %s", ino, exc)
+        if durable:
+            await self.sync_catalog()
+
+    async def _sync_stores(self):
+        for store in self.stores.values():
+            await trio.to_thread.run_sync(store.sync_all, limiter=self.limiter)
+
+    async def sync_catalog(self):
+        """Everything committed so far survives a machine crash after this returns."""
+        await self._sync_stores()
+        with self.catalog.transaction(durable=True):
+            pass
+
+    # -- content helpers ----------------------------------------------------
+    async def etag(self, ino):
+        """MD5 hex of the plaintext (cached in the catalog until the next commit)."""
+        await self.commit(ino)
+        inode = self.catalog.get_inode(ino)
+        if inode.etag:
+            return inode.etag
+        md5 = hashlib.md5()
+        pos = 0
+        while pos < inode.size:
+            data = await self.read(ino, pos, self.chunk_size)
+            if not data:
+                break
+            md5.update(data)
+            pos += len(data)
+        etag = md5.hexdigest()
+        if self.catalog.get_inode(ino).mtime_ns == inode.mtime_ns:
+            with self.catalog.transaction():
+                self.catalog.update_inode(ino, etag=etag)
+        return etag
+
+    def forget_object(self, inode):
+        """Delete an object that has no names left and no users."""
+        st = self.states.pop(inode.id, None)
+        region = self.region_of(inode)
+        if st is not None:
+            for ch in st.pending.values():
+                self.catalog.add_garbage(ch.blob, region)
+        self.catalog.delete_inode(inode.id, region)
+        self._gc_wakeup.set()
+
+    # -- garbage collection ------------------------------------------------
+    async def _gc_loop(self):
+        while True:
+            with trio.move_on_after(5):
+                await self._gc_wakeup.wait()
+            self._gc_wakeup = trio.Event()
+            try:
+                await self.collect_garbage()
+                if time.monotonic() - self._last_checkpoint > 10:
+                    await self.checkpoint()
+            except Exception:
+                log.exception("background garbage collection failed; will retry")
+
+    async def collect_garbage(self):
+        """Delete blobs listed in ``garbage`` that no read is using."""
+        while True:
+            rows = [(b, r) for b, r in self.catalog.garbage(500) if b not in self._reading]
+            if not rows:
+                return
+            done = []
+            for blob, region in rows:
+                store = self.stores.get(region)
+                if store is None:
+                    continue
+                await trio.to_thread.run_sync(store.delete, blob, limiter=self.limiter)
+                done.append(blob)
+            self.catalog.forget_garbage(done)
+            if len(rows) < 500:
+                return
+
+    async def checkpoint(self):
+        """Sync blobs, then let SQLite checkpoint its WAL (which syncs the catalog)."""
+        self._last_checkpoint = time.monotonic()
+        await self._sync_stores()
+        self.catalog.checkpoint()
