@@ -210,7 +210,10 @@ class KeyStore:
 
     @staticmethod
     def wrapped_version(wrapped: bytes) -> str:
-        """The master key version named by a wrapped key, e.g. ``"v2"``; IntegrityError if malformed."""
+        """The master key version a wrapped key names, e.g. ``"v2"``.
+
+        Needs no key; IntegrityError when ``wrapped`` is malformed.
+        """
         return "v%d" % _wrapped_number(bytes(wrapped))
 
     def _pick_up(self, number):

@@ -407,7 +407,8 @@ def write_golden():
     manifest = GOLDEN / "manifest.json"
     entries = golden_manifest()
     if manifest.exists() and json.loads(manifest.read_text()) != entries:
-        sys.exit("golden/manifest.json differs from the specs; add new samples, never edit old ones")
+        sys.exit("golden/manifest.json differs from the specs: "
+                 "add new samples, never edit old ones")
     for e in entries:
         path = GOLDEN / e["file"]
         if path.exists():
