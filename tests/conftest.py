@@ -1,0 +1,190 @@
+"""Shared fixtures: a config in a temporary folder and a real cosfs mount of it.
+
+Every mount has a readiness timeout and a teardown that cannot hang: a
+normal unmount first, then a lazy unmount (``fusermount3 -uz``) and a kill of
+the daemon by its pid. The daemon log is checked at teardown: an ERROR or a
+traceback that the test did not declare with ``expect_log`` fails the test.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+APPID = "1250000000"
+PLAIN = "plain-" + APPID
+ENC = "enc-" + APPID
+
+CONFIG_TEMPLATE = """\
+mountpoint: ./mnt
+store: ./data
+keys: ./keys
+appid: "{appid}"
+region: ap-guangzhou
+regions: [ap-guangzhou, ap-shanghai]
+buckets:
+  - name: {plain}
+  - name: {enc}
+    encryption: AES256
+chunk_size: {chunk_size}
+cache_size: 64MiB
+write_buffer: {write_buffer}
+log_level: {log_level}
+"""
+
+
+def fuse_available():
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+
+def write_config(folder, *, chunk_size="1MiB", write_buffer="16MiB", log_level="info", extra=""):
+    """Write a config into ``folder`` (data, keys and mnt live beside it). Returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "cosfs.yaml")
+    with open(path, "w") as f:
+        f.write(CONFIG_TEMPLATE.format(appid=APPID, plain=PLAIN, enc=ENC, chunk_size=chunk_size,
+                                       write_buffer=write_buffer, log_level=log_level) + extra)
+    return path
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def cosfs_cmd(*args):
+    return [sys.executable, "-m", "cosfs.cli", *args]
+
+
+class Mount:
+    """A cosfs daemon in the foreground, driven by a test."""
+
+    READY_TIMEOUT = 30
+
+    def __init__(self, config_path):
+        self.config = config_path
+        self.folder = os.path.dirname(config_path)
+        self.mnt = os.path.join(self.folder, "mnt")
+        self.store = os.path.join(self.folder, "data")
+        self.keys = os.path.join(self.folder, "keys")
+        self.log = os.path.join(self.folder, "daemon.log")
+        self.proc = None
+        self.allowed = []
+        self._log_offset = 0
+
+    @property
+    def plain(self):
+        return os.path.join(self.mnt, PLAIN)
+
+    @property
+    def enc(self):
+        return os.path.join(self.mnt, ENC)
+
+    def start(self, *extra):
+        os.makedirs(self.mnt, exist_ok=True)
+        logf = open(self.log, "ab")
+        self._log_offset = logf.tell()
+        self.proc = subprocess.Popen(cosfs_cmd("mount", self.config, "-f", "-v", *extra),
+                                     stdout=logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        logf.close()
+        deadline = time.monotonic() + self.READY_TIMEOUT
+        while not is_mounted(self.mnt):
+            if self.proc.poll() is not None:
+                raise RuntimeError("cosfs exited with %s before mounting:\n%s"
+                                   % (self.proc.returncode, self.log_text()))
+            if time.monotonic() > deadline:
+                self.kill9()
+                raise RuntimeError("cosfs did not mount within %ss" % self.READY_TIMEOUT)
+            time.sleep(0.05)
+        return self
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def expect_log(self, pattern):
+        """Declare that an ERROR/traceback matching ``pattern`` is expected in the log."""
+        self.allowed.append(re.compile(pattern))
+
+    def unexpected_log_lines(self):
+        bad = []
+        for line in self.log_text().splitlines():
+            if " ERROR " in line or "Traceback" in line or " CRITICAL " in line:
+                if not any(p.search(line) for p in self.allowed):
+                    bad.append(line)
+        return bad
+
+    def stop(self, timeout=60):
+        """Clean unmount (commits everything); falls back to lazy unmount and kill."""
+        if self.proc is None:
+            return
+        try:
+            if is_mounted(self.mnt):
+                subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, timeout=30)
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+        finally:
+            self._force_cleanup()
+
+    def kill9(self):
+        """Simulate a daemon crash: SIGKILL, then lazily detach the dead mount."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self._force_cleanup()
+
+    def _force_cleanup(self):
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True, timeout=30)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cli(self, *args, check=True, input=None):
+        """Run ``cosfs ARGS``; returns CompletedProcess (text)."""
+        res = subprocess.run(cosfs_cmd(*args), capture_output=True, text=True, timeout=120,
+                             input=input, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and res.returncode != 0:
+            raise AssertionError("cosfs %s failed (%d): %s" % (" ".join(args), res.returncode,
+                                                               res.stderr))
+        return res
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    return write_config(str(tmp_path / "fs"))
+
+
+@pytest.fixture
+def mount(config_path):
+    if not fuse_available():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    m = Mount(config_path).start()
+    try:
+        yield m
+    finally:
+        m.stop()
+    bad = m.unexpected_log_lines()
+    assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
