@@ -347,8 +347,9 @@ class ObjectStore:
                     del self._reading[ch.blob]
             if header is not None:
                 self.headers.put((ch.blob, 0), header)
+            view = memoryview(plain)
             for s in range(first, last + 1):
-                data = plain[(s - first) * SEG:(s - first + 1) * SEG]
+                data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])
                 segs[s] = data
                 self.cache.put((ch.blob, s), data)
         if s0 == s1:
