@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import cipher
 from .errors import CosfsError
+from .objects import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,10 @@ class Report:
 
 def run(store, *, repair=True, verify=False):
     """Check (and with ``repair`` fix) an opened Store. Returns a Report."""
-    from .mount import build
     cat = store.catalog
-    objects, fs = build(store)
+    # Only key unwrapping is needed: a data path with no cache and no buffers will do.
+    objects = ObjectStore(cat, store.stores, store.keys, chunk_size=store.config.chunk_size,
+                          cache_size=0, write_buffer=0)
     rep = Report()
     regions = {row[0]: row[2] for row in cat.buckets()}
     unlinked = cat.unlinked_inodes()

@@ -1,0 +1,145 @@
+"""The layering rule of docs/design: a module imports only layers below it.
+
+Every ``cosfs/*.py`` is parsed with :mod:`ast`; every import it makes, at the
+top or inside a function, is checked against the table below. Third-party
+imports with a single owner (pyfuse3, yaml) and trio's absence from the pure
+layers are checked as well.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parent.parent / "cosfs"
+
+# Rank of each module: a module may import modules of a strictly lower rank,
+# and helper modules of the same rank group listed in SAME_RANK_OK.
+LAYERS = [
+    ["errors"],
+    ["config", "names", "xmldoc"],
+    ["keys"],
+    ["cipher"],
+    ["resolver"],
+    # The bucket encryption document is parsed into the resolver's EncryptionSpec,
+    # so it sits directly above the resolver rather than with config.
+    ["bucketconf"],
+    ["store"],
+    ["catalog"],
+    ["objects"],
+    ["filesystem"],
+    ["fuse_ops"],
+    ["fsck"],
+    ["mount", "cli"],
+]
+RANK = {m: i for i, group in enumerate(LAYERS) for m in group}
+
+# Imports between modules of one rank that are part of the design.
+SAME_RANK_OK = {
+    ("config", "names"),   # config validates bucket names in the YAML
+    ("cli", "mount"),      # the command line starts mounts and opens stores
+}
+
+# Third-party modules with a single owner: module -> {allowed importers: lazily only?}
+OWNED = {
+    "pyfuse3": {"fuse_ops": False, "mount": True},
+    "yaml": {"config": False},
+}
+NO_TRIO = {"errors", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf"}
+
+
+def _modules():
+    return sorted(p.stem for p in PKG.glob("*.py") if p.stem != "__init__")
+
+
+def _imports(module):
+    """[(imported name, lineno, lazy)] of one module; cosfs modules by short name."""
+    tree = ast.parse((PKG / (module + ".py")).read_text(), filename=module + ".py")
+    found = []
+
+    def visit(node, lazy):
+        for child in ast.iter_child_nodes(node):
+            inner = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    top = alias.name.split(".")
+                    if top[0] == "cosfs" and len(top) > 1:
+                        found.append((top[1], child.lineno, lazy))
+                    else:
+                        found.append((top[0], child.lineno, lazy))
+            elif isinstance(child, ast.ImportFrom):
+                mod = child.module or ""
+                if child.level >= 1 or mod.split(".")[0] == "cosfs":
+                    parts = mod.split(".") if mod else []
+                    if parts and parts[0] == "cosfs":
+                        parts = parts[1:]
+                    if parts:
+                        found.append((parts[0], child.lineno, lazy))
+                    else:  # from . import a, b
+                        for alias in child.names:
+                            found.append((alias.name, child.lineno, lazy))
+                else:
+                    found.append((mod.split(".")[0], child.lineno, lazy))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def test_table_covers_every_module():
+    missing = [m for m in _modules() if m not in RANK]
+    assert not missing, "add these modules to the layer table: %s" % missing
+    stale = [m for m in RANK if m not in _modules()]
+    assert not stale, "layer table names modules that do not exist: %s" % stale
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_imports_only_lower_layers(module):
+    bad = []
+    for name, line, _lazy in _imports(module):
+        if name not in RANK:
+            continue
+        if name == module:
+            continue
+        if RANK[name] < RANK[module] or (module, name) in SAME_RANK_OK:
+            continue
+        bad.append("%s.py:%d imports %s (layer %d >= %d)" % (module, line, name, RANK[name],
+                                                              RANK[module]))
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_owned_third_party_imports(module):
+    bad = []
+    for name, line, lazy in _imports(module):
+        owners = OWNED.get(name)
+        if owners is None:
+            continue
+        if module not in owners:
+            bad.append("%s.py:%d imports %s (only %s may)" % (module, line, name,
+                                                               ", ".join(sorted(owners))))
+        elif owners[module] and not lazy:
+            bad.append("%s.py:%d imports %s at module level (must be lazy)" % (module, line, name))
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", sorted(NO_TRIO))
+def test_pure_layers_do_not_use_trio(module):
+    bad = [line for name, line, _ in _imports(module) if name == "trio"]
+    assert not bad, "%s.py imports trio at line(s) %s" % (module, bad)
+
+
+def test_every_module_has_docstring_and_logger():
+    for module in _modules():
+        text = (PKG / (module + ".py")).read_text()
+        tree = ast.parse(text)
+        assert ast.get_docstring(tree), "%s.py lacks a module docstring" % module
+        if module != "errors":  # the exception tree logs nothing
+            assert "log = logging.getLogger(__name__)" in text, "%s.py lacks its logger" % module
+
+
+def test_parser_sees_lazy_and_relative_imports():
+    found = {(n, lazy) for n, _, lazy in _imports("mount")}
+    assert ("pyfuse3", True) in found
+    assert ("catalog", False) in found
+    assert ("objects", True) in found
