@@ -42,8 +42,9 @@ def cmd_mount(args):
         raise UsageError("no mount point: give one on the command line or in %s" % args.config)
     os.makedirs(cfg.mountpoint, exist_ok=True)
     from .mount import run_mount, setup_logging
-    log_file = args.log_file or (None if args.foreground else
-                                 (cfg.log_file or os.path.join(cfg.store, "cosfs.log")))
+    log_file = args.log_file or cfg.log_file
+    if log_file is None and not args.foreground:
+        log_file = os.path.join(cfg.store, "cosfs.log")
     if args.foreground:
         setup_logging(log_file, cfg.log_level, args.verbose)
         run_mount(cfg)

@@ -60,7 +60,7 @@ class DirHandle:
 class FileSystem:
     """The filesystem operations. One instance per mount."""
 
-    def __init__(self, catalog, objects, *, appid, region, regions):
+    def __init__(self, catalog, objects, *, appid, region, regions, fsync_on_close=False):
         self.catalog = catalog
         self.objects = objects
         self.appid = appid
@@ -71,6 +71,7 @@ class FileSystem:
         self.dirs: Dict[int, DirHandle] = {}
         self._next_fh = 1
         self.daemon_info = {}
+        self.fsync_on_close = fsync_on_close
 
     # -- helpers ------------------------------------------------------------
     def _fh(self):
@@ -491,7 +492,7 @@ class FileSystem:
 
     async def flush(self, fh):
         """close(2) of one descriptor: commit so the content survives a daemon kill."""
-        await self.objects.commit(self._ino(fh))
+        await self.objects.commit(self._ino(fh), durable=self.fsync_on_close)
 
     async def release(self, fh):
         ino = self.handles.pop(fh, None)

@@ -145,7 +145,7 @@ def build(store):
                           chunk_size=chunk_size_of(store), cache_size=cfg.cache_size,
                           write_buffer=cfg.write_buffer)
     fs = FileSystem(store.catalog, objects, appid=cfg.appid, region=cfg.region,
-                    regions=cfg.regions)
+                    regions=cfg.regions, fsync_on_close=cfg.fsync_on_close)
     return objects, fs
 
 
