@@ -154,6 +154,16 @@ class Catalog:
         if not exists and not create:
             raise CosfsError("no catalog at %s (mount once to create the store)" % self.path,
                              errno=errno.ENOENT, code="NoSuchStore")
+        self.db = None
+        try:
+            self._open(exists)
+        except BaseException:
+            # a refused catalog must not stay open (a long-lived caller would hold its fd)
+            if self.db is not None:
+                self.db.close()
+            raise
+
+    def _open(self, exists):
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if not exists:

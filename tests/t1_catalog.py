@@ -1,0 +1,342 @@
+"""The SQLite catalog: schema, transactions, and the helpers each layer uses."""
+
+import errno
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from cosfs.catalog import ROOT_INODE, SCHEMA_VERSION, Catalog, Chunk
+from cosfs.errors import CosfsError, FsError
+
+REG = stat.S_IFREG | 0o644
+DIR = stat.S_IFDIR | 0o755
+
+
+@pytest.fixture
+def cat(tmp_path):
+    c = Catalog(tmp_path / "catalog.db", create=True)
+    yield c
+    c.close()
+
+
+def new_file(cat, **kw):
+    with cat.transaction():
+        return cat.new_inode(mode=REG, uid=1, gid=2, **kw)
+
+
+# -- opening ---------------------------------------------------------------------
+def test_schema_created_with_root(tmp_path):
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, create=True)
+    try:
+        assert c.get_meta("schema_version") == SCHEMA_VERSION
+        root = c.get_inode(ROOT_INODE)
+        assert root.is_dir and root.nlink == 2 and root.uid == os.getuid()
+        assert c.inode_count() == 1
+        tables = {r[0] for r in c.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"meta", "inodes", "dentries", "chunks", "xattrs", "buckets", "bucket_configs",
+                "garbage"} <= tables
+        assert c.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        c.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_missing_catalog_without_create(tmp_path):
+    with pytest.raises(CosfsError) as ei:
+        Catalog(tmp_path / "nope.db")
+    assert ei.value.errno == errno.ENOENT
+    assert ei.value.code == "NoSuchStore"
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_reopen_keeps_data(tmp_path):
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, create=True)
+    ino = new_file(c).id
+    with c.transaction():
+        c.add_dentry(ROOT_INODE, b"f", ino)
+    c.close()
+    c = Catalog(path)
+    try:
+        assert c.lookup(ROOT_INODE, b"f") == ino
+    finally:
+        c.close()
+
+
+def test_wrong_schema_version_refused(tmp_path):
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, create=True)
+    with c.transaction():
+        c.set_meta("schema_version", SCHEMA_VERSION + 1)
+    c.close()
+    with pytest.raises(CosfsError) as ei:
+        Catalog(path)
+    assert ei.value.code == "CorruptCatalog"
+    assert "schema version" in str(ei.value) and str(path) in str(ei.value)
+
+
+@pytest.mark.parametrize("content", [b"this is not a database at all" * 100,
+                                     b"SQLite format 3\0" + b"\xff" * 4000])
+def test_unusable_file_refused(tmp_path, content):
+    path = tmp_path / "catalog.db"
+    path.write_bytes(content)
+    with pytest.raises(CosfsError) as ei:
+        Catalog(path)
+    assert ei.value.code == "CorruptCatalog"
+    assert "unusable" in str(ei.value) and str(path) in str(ei.value)
+    assert path.read_bytes() == content  # never "repaired" by overwriting
+
+
+# -- transactions -------------------------------------------------------------------
+def test_rollback_on_exception(cat):
+    with pytest.raises(RuntimeError):
+        with cat.transaction():
+            cat.set_meta("k", "v")
+            new_file(cat)
+            raise RuntimeError("boom")
+    assert cat.get_meta("k") is None
+    assert cat.inode_count() == 1
+    assert not cat.db.in_transaction
+    with cat.transaction():  # usable afterwards
+        cat.set_meta("k", "w")
+    assert cat.get_meta("k") == "w"
+
+
+def test_nested_transactions_join_the_outer(cat):
+    with cat.transaction():
+        cat.set_meta("a", 1)
+        with cat.transaction():
+            cat.set_meta("b", 2)
+        assert cat.db.in_transaction  # inner exit did not commit
+    assert (cat.get_meta("a"), cat.get_meta("b")) == (1, 2)
+    assert not cat.db.in_transaction
+
+
+def test_inner_exception_rolls_back_everything(cat):
+    with pytest.raises(KeyError):
+        with cat.transaction():
+            cat.set_meta("a", 1)
+            with cat.transaction():
+                cat.set_meta("b", 2)
+                raise KeyError("x")
+    assert cat.get_meta("a") is None and cat.get_meta("b") is None
+    assert cat._depth == 0
+
+
+def test_rollback_of_base_exception(cat):
+    with pytest.raises(KeyboardInterrupt):
+        with cat.transaction():
+            cat.set_meta("a", 1)
+            raise KeyboardInterrupt
+    assert cat.get_meta("a") is None
+
+
+def test_durable_commit(cat):
+    with cat.transaction(durable=True):
+        cat.set_meta("x", 1)
+    assert cat.get_meta("x") == 1
+    assert cat.get_meta("last_sync") is not None
+    assert cat.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # back to NORMAL
+    with pytest.raises(ValueError):
+        with cat.transaction(durable=True):
+            raise ValueError
+    assert cat.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+
+
+def test_commit_visible_to_another_connection(cat):
+    with cat.transaction():
+        cat.set_meta("seen", "yes")
+    other = sqlite3.connect(cat.path)
+    try:
+        assert other.execute("SELECT value FROM meta WHERE key='seen'").fetchone() == ("yes",)
+    finally:
+        other.close()
+
+
+def test_checkpoint(cat):
+    with cat.transaction():
+        cat.set_meta("x", b"y" * 10000)
+    cat.checkpoint()
+    assert cat.get_meta("x") == b"y" * 10000
+
+
+# -- inodes ----------------------------------------------------------------------------
+def test_inode_helpers(cat):
+    ino = new_file(cat, object_id=b"o" * 16, bucket=7, enc_request="AES256")
+    assert ino.is_reg and not ino.is_dir
+    assert (ino.uid, ino.gid, ino.nlink, ino.bucket, ino.size) == (1, 2, 1, 7, 0)
+    assert ino.object_id == b"o" * 16 and ino.enc_request == "AES256" and ino.enc is None
+    with cat.transaction():
+        cat.update_inode(ino.id, size=42, enc="AES256", wrapped_key=b"w")
+        cat.update_inode(ino.id)  # no fields: no-op
+    got = cat.get_inode(ino.id)
+    assert (got.size, got.enc, got.wrapped_key) == (42, "AES256", b"w")
+    assert cat.total_size() == 42
+    with pytest.raises(FsError) as ei:
+        cat.get_inode(99999)
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_delete_inode_moves_chunks_to_garbage(cat):
+    ino = new_file(cat).id
+    with cat.transaction():
+        cat.set_chunk(ino, 0, b"b0", 10, "r1")
+        cat.set_chunk(ino, 1, b"b1", 10, "r1")
+        cat.set_xattr(ino, b"user.a", b"1")
+    cat.delete_inode(ino, "r1")
+    with pytest.raises(FsError):
+        cat.get_inode(ino)
+    assert cat.chunks(ino) == []
+    assert cat.list_xattrs(ino) == []
+    assert sorted(cat.garbage()) == [(b"b0", "r1"), (b"b1", "r1")]
+
+
+def test_unlinked_inodes(cat):
+    a = new_file(cat).id
+    b = new_file(cat).id
+    with cat.transaction():
+        cat.update_inode(b, nlink=0)
+    assert cat.unlinked_inodes() == [b]
+    assert a not in cat.unlinked_inodes()
+
+
+# -- dentries ----------------------------------------------------------------------------
+def test_dentry_helpers(cat):
+    with cat.transaction():
+        d = cat.new_inode(mode=DIR, uid=0, gid=0, nlink=2)
+        cat.add_dentry(ROOT_INODE, b"dir", d.id)
+    files = {}
+    with cat.transaction():
+        for name in (b"b", b"a", b"c\xff", b"sub"):
+            files[name] = cat.new_inode(mode=DIR if name == b"sub" else REG, uid=0, gid=0).id
+            cat.add_dentry(d.id, name, files[name])
+    assert cat.lookup(d.id, b"a") == files[b"a"]
+    assert cat.lookup(d.id, b"zz") is None
+    assert cat.has_children(d.id) and not cat.has_children(files[b"a"])
+    assert cat.parent_of(d.id) == (ROOT_INODE, b"dir")
+    assert cat.parent_of(ROOT_INODE) is None
+    assert [n for n, _ in cat.list_dir(d.id)] == [b"a", b"b", b"c\xff", b"sub"]
+    assert [n for n, _ in cat.list_dir(d.id, after=b"a", limit=2)] == [b"b", b"c\xff"]
+    assert [n for n, _ in cat.list_dir(d.id, after=b"sub")] == []
+    name, inode = cat.list_dir(d.id, limit=1)[0]
+    assert inode.id == files[b"a"] and inode.is_reg
+    assert cat.count_dir_subdirs(d.id) == 1
+    with pytest.raises(sqlite3.IntegrityError):
+        cat.add_dentry(d.id, b"a", files[b"b"])
+    with cat.transaction():
+        cat.set_dentry(d.id, b"a", files[b"b"])  # replace
+        cat.remove_dentry(d.id, b"c\xff")
+    assert cat.lookup(d.id, b"a") == files[b"b"]
+    assert cat.lookup(d.id, b"c\xff") is None
+
+
+# -- chunks and garbage -------------------------------------------------------------------
+def test_chunk_helpers(cat):
+    ino = new_file(cat).id
+    with cat.transaction():
+        for i in range(4):
+            cat.set_chunk(ino, i, b"blob%d" % i, 100 + i, "r")
+    assert cat.chunks(ino) == [Chunk(i, b"blob%d" % i, 100 + i) for i in range(4)]
+    assert cat.chunk(ino, 2) == Chunk(2, b"blob2", 102)
+    assert cat.chunk(ino, 9) is None
+    assert set(cat.chunk_map(ino)) == {0, 1, 2, 3}
+    assert cat.garbage() == []
+    with cat.transaction():
+        cat.set_chunk(ino, 1, b"blob1", 50, "r")  # same blob: nothing released
+        cat.set_chunk(ino, 2, b"new2", 7, "r")
+    assert cat.chunk(ino, 1).length == 50
+    assert cat.garbage() == [(b"blob2", "r")]
+    with cat.transaction():
+        cat.drop_chunks_from(ino, 2, "r")
+    assert [c.idx for c in cat.chunks(ino)] == [0, 1]
+    assert {b for b, _ in cat.garbage()} == {b"blob2", b"new2", b"blob3"}
+    assert cat.referenced_blobs() == {b"blob0", b"blob1"}
+    assert [(i, c.idx) for i, c in cat.chunk_rows()] == [(ino, 0), (ino, 1)]
+
+
+def test_garbage_table(cat):
+    with cat.transaction():
+        for i in range(10):
+            cat.add_garbage(b"g%d" % i, "r")
+        cat.add_garbage(b"g0", "r")  # duplicates ignored
+    assert len(cat.garbage()) == 10
+    assert len(cat.garbage(limit=3)) == 3
+    cat.forget_garbage([b"g%d" % i for i in range(5)])
+    assert sorted(b for b, _ in cat.garbage()) == [b"g%d" % i for i in range(5, 10)]
+
+
+# -- xattrs --------------------------------------------------------------------------------
+def test_xattr_helpers(cat):
+    ino = new_file(cat).id
+    assert cat.get_xattr(ino, b"user.a") is None
+    assert cat.xattr_bytes(ino) == 0
+    with cat.transaction():
+        cat.set_xattr(ino, b"user.b", b"22")
+        cat.set_xattr(ino, b"user.a", b"1")
+        cat.set_xattr(ino, b"user.a", b"111")
+    assert cat.get_xattr(ino, b"user.a") == b"111"
+    assert cat.list_xattrs(ino) == [b"user.a", b"user.b"]
+    assert cat.xattr_bytes(ino) == len(b"user.a111") + len(b"user.b22")
+    assert cat.remove_xattr(ino, b"user.a") is True
+    assert cat.remove_xattr(ino, b"user.a") is False
+    assert cat.list_xattrs(ino) == [b"user.b"]
+
+
+# -- buckets ------------------------------------------------------------------------------
+def test_bucket_helpers(cat):
+    with cat.transaction():
+        b1 = cat.new_inode(mode=DIR, uid=0, gid=0, nlink=2).id
+        b2 = cat.new_inode(mode=DIR, uid=0, gid=0, nlink=2).id
+        cat.add_bucket(b2, "zeta-1250000000", "ap-shanghai")
+        cat.add_bucket(b1, "alpha-1250000000", "ap-guangzhou")
+    assert cat.buckets() == [(b1, "alpha-1250000000", "ap-guangzhou"),
+                             (b2, "zeta-1250000000", "ap-shanghai")]
+    assert cat.bucket_by_name("zeta-1250000000") == (b2, "zeta-1250000000", "ap-shanghai")
+    assert cat.bucket_by_inode(b1)[1] == "alpha-1250000000"
+    assert cat.bucket_by_name("nope") is None
+    with pytest.raises(sqlite3.IntegrityError):
+        cat.add_bucket(b1 + 100, "alpha-1250000000", "ap-guangzhou")
+    assert cat.get_bucket_config(b1, "encryption") is None
+    with cat.transaction():
+        cat.set_bucket_config(b1, "encryption", b"<doc/>")
+        cat.set_bucket_config(b1, "encryption", b"<doc2/>")
+        cat.set_bucket_config(b1, "other", b"x")
+    assert cat.get_bucket_config(b1, "encryption") == b"<doc2/>"
+    with cat.transaction():
+        cat.delete_bucket_config(b1, "encryption")
+    assert cat.get_bucket_config(b1, "encryption") is None
+    with cat.transaction():
+        cat.remove_bucket(b1)
+    assert cat.bucket_by_inode(b1) is None
+    assert cat.get_bucket_config(b1, "other") is None
+
+
+def _open_fds_on(path):
+    path = os.path.realpath(path)
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.path.realpath(os.readlink("/proc/self/fd/" + fd)) == path:
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_refused_catalog_is_not_left_open(tmp_path):
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, create=True)
+    with c.transaction():
+        c.set_meta("schema_version", 0)
+    c.close()
+    with pytest.raises(CosfsError):
+        Catalog(path)
+    assert _open_fds_on(path) == 0
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 1000)
+    with pytest.raises(CosfsError):
+        Catalog(bad)
+    assert _open_fds_on(bad) == 0
