@@ -84,9 +84,13 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         return self.entry(await self.fs.lookup(parent_inode, name, _ctx(ctx)))
 
-    @_translate
     async def forget(self, inode_list):
-        self.fs.forget(inode_list)
+        # forget has no reply: any exception here, even FUSEError, ends the mount.
+        try:
+            self.fs.forget(inode_list)
+        except Exception:
+            log.exception("forget of %d inode(s) failed; their data stays until fsck",
+                          len(inode_list))
 
     @_translate
     async def getattr(self, inode, ctx=None):
