@@ -169,9 +169,20 @@ class ObjectStore:
     # -- states ----------------------------------------------------------
     def region_of(self, inode):
         row = self.catalog.bucket_by_inode(inode.bucket)
-        if row is None:
-            raise FsError(errno.EIO, "inode %d has no bucket" % inode.id)
-        return row[2]
+        if row is not None:
+            return row[2]
+        # The bucket was removed while this object (unlinked, still open or known to the
+        # kernel) or the bucket directory itself lived on: find the store holding its data.
+        first = self.catalog.chunks(inode.id)[:1]
+        for region, store in self.stores.items():
+            if not first:
+                return region
+            try:
+                store.size(first[0].blob)
+                return region
+            except StoreError:
+                continue
+        raise FsError(errno.EIO, "inode %d has no bucket" % inode.id)
 
     def store_of(self, region):
         try:
