@@ -348,6 +348,16 @@ class Catalog:
             args.append(limit)
         return [(r[0], Inode(*r[1:])) for r in self.db.execute(sql, args)]
 
+    def longest_relative_key(self, parent) -> int:
+        """Length of the longest path below directory ``parent`` (``a/b/c``), 0 if empty."""
+        row = self.db.execute(
+            "WITH RECURSIVE t(ino, len) AS ("
+            " SELECT inode, length(name) FROM dentries WHERE parent=?"
+            " UNION ALL SELECT d.inode, t.len + 1 + length(d.name)"
+            " FROM dentries d JOIN t ON d.parent=t.ino)"
+            " SELECT coalesce(max(len), 0) FROM t", (parent,)).fetchone()
+        return row[0]
+
     def count_dir_subdirs(self, parent):
         return self.db.execute(
             "SELECT count(*) FROM dentries d JOIN inodes i ON i.id=d.inode"

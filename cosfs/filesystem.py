@@ -407,6 +407,14 @@ class FileSystem:
         if op.bucket != np.bucket:
             raise FsError(errno.EXDEV)
         self._check_name(np, new_name)
+        if src.is_dir:
+            # every key below the directory changes with it; none may outgrow the COS limit
+            new_key = len(self.key_of(new_parent, new_name))
+            if new_key > len(self.key_of(old_parent, old_name)):
+                deepest = self.catalog.longest_relative_key(src.id)
+                if deepest and new_key + 1 + deepest > names.MAX_KEY_BYTES:
+                    raise FsError(errno.ENAMETOOLONG, "a key below the directory would be "
+                                  "longer than %d bytes" % names.MAX_KEY_BYTES)
         dst_ino = self.catalog.lookup(new_parent, new_name)
         dst = None if dst_ino is None else self.catalog.get_inode(dst_ino)
         if flags & RENAME_NOREPLACE and dst is not None:
