@@ -1,0 +1,589 @@
+"""POSIX behaviour of a real cosfs mount, driven through Python's os calls.
+
+The mounts here use a 64 KiB chunk size so that multi-chunk paths (holes,
+truncation across chunk boundaries, partial chunk rewrites) are exercised
+with small files. Every test that claims persistence restarts the daemon
+(``mount.restart()``), which is a clean unmount and a fresh mount of the store.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import random
+import stat
+import time
+
+import pytest
+
+from conftest import APPID, ENC, PLAIN, write_config
+
+CHUNK = 64 * 1024
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    return write_config(str(tmp_path / "fs"), chunk_size="64KiB", write_buffer="256KiB")
+
+
+def oserr(fn, *args, **kwargs):
+    """The errno that ``fn`` fails with (AssertionError if it succeeds)."""
+    try:
+        fn(*args, **kwargs)
+    except OSError as exc:
+        return exc.errno
+    raise AssertionError("%s%r did not fail" % (getattr(fn, "__name__", fn), args))
+
+
+def put(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def get(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# -- the mount root: buckets -------------------------------------------------------
+def test_root_lists_buckets(mount):
+    assert sorted(os.listdir(mount.mnt)) == sorted([PLAIN, ENC])
+    assert stat.S_ISDIR(os.stat(mount.plain).st_mode)
+
+
+def test_mkdir_creates_bucket_and_rules(mount):
+    new = os.path.join(mount.mnt, "photos-" + APPID)
+    os.mkdir(new)
+    put(os.path.join(new, "a.txt"), b"hello")
+    assert "photos-" + APPID in os.listdir(mount.mnt)
+    for bad in ("Upper-" + APPID, "under_score-" + APPID, "nodash", "-lead-" + APPID,
+                "trail--" + APPID[:-1], "x-12", "other-1250000001", "a" * 70 + "-" + APPID):
+        assert oserr(os.mkdir, os.path.join(mount.mnt, bad)) == errno.EINVAL, bad
+    assert oserr(os.mkdir, new) == errno.EEXIST
+    assert oserr(os.rmdir, new) == errno.ENOTEMPTY
+    mount.restart()
+    assert get(os.path.join(new, "a.txt")) == b"hello"
+    os.unlink(os.path.join(new, "a.txt"))
+    os.rmdir(new)
+    assert "photos-" + APPID not in os.listdir(mount.mnt)
+    mount.restart()
+    assert sorted(os.listdir(mount.mnt)) == sorted([PLAIN, ENC])
+
+
+def test_bucket_removed_while_an_object_is_open(mount):
+    new = os.path.join(mount.mnt, "short-" + APPID)
+    os.mkdir(new)
+    p = os.path.join(new, "f")
+    data = os.urandom(2 * CHUNK + 1)
+    put(p, data)
+    fd = os.open(p, os.O_RDONLY)
+    os.unlink(p)
+    os.rmdir(new)                                               # empty: the open file has no name
+    assert os.pread(fd, len(data) + 1, 0) == data
+    os.close(fd)
+    os.mkdir(new)                                               # the name is free again
+    assert os.listdir(new) == []
+    mount.restart()
+    assert os.listdir(new) == []
+    assert os.statvfs(mount.mnt).f_bsize > 0
+
+
+def test_root_refuses_files_and_symlinks(mount):
+    root_file = os.path.join(mount.mnt, "loose.txt")
+    assert oserr(open, root_file, "wb") == errno.EPERM
+    assert oserr(os.symlink, PLAIN, os.path.join(mount.mnt, "link")) == errno.EPERM
+    assert oserr(os.mknod, root_file) == errno.EPERM
+    put(os.path.join(mount.plain, "f"), b"x")
+    assert oserr(os.link, os.path.join(mount.plain, "f"), root_file) == errno.EPERM
+    assert oserr(os.rename, os.path.join(mount.plain, "f"), root_file) in (errno.EPERM,
+                                                                         errno.EXDEV)
+    assert oserr(os.rename, mount.plain, os.path.join(mount.mnt, "x-" + APPID)) == errno.EPERM
+    assert sorted(os.listdir(mount.mnt)) == sorted([PLAIN, ENC])
+
+
+# -- file content ---------------------------------------------------------------------
+class Model:
+    """A file on the mount and the bytes it should hold."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = bytearray()
+        put(path, b"")
+
+    def pwrite(self, off, data):
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, data, off) == len(data)
+        finally:
+            os.close(fd)
+        if off > len(self.data):
+            self.data.extend(bytes(off - len(self.data)))
+        self.data[off:off + len(data)] = data
+
+    def truncate(self, size):
+        os.truncate(self.path, size)
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data.extend(bytes(size - len(self.data)))
+
+    def check(self):
+        assert os.stat(self.path).st_size == len(self.data)
+        got = get(self.path)
+        assert len(got) == len(self.data)
+        assert got == bytes(self.data), "content differs at %d" % next(
+            i for i in range(len(got)) if got[i] != self.data[i])
+
+
+@pytest.mark.parametrize("bucket", ["plain", "enc"])
+def test_write_anywhere_holes_truncate(mount, bucket):
+    m = Model(os.path.join(getattr(mount, bucket), "model.bin"))
+    rnd = random.Random(7)
+    m.pwrite(0, rnd.randbytes(1000))
+    m.pwrite(3 * CHUNK + 17, rnd.randbytes(5000))           # hole over chunks 0..3
+    m.check()
+    assert get(m.path)[1000:3 * CHUNK] == bytes(3 * CHUNK - 1000)
+    m.pwrite(CHUNK - 10, rnd.randbytes(20))                   # across a chunk boundary
+    m.pwrite(2 * CHUNK, rnd.randbytes(CHUNK))                 # exactly one chunk
+    m.check()
+    m.truncate(2 * CHUNK + 5)                                 # down, into a chunk
+    m.check()
+    m.truncate(5 * CHUNK + 3)                                 # up: zeros
+    m.check()
+    m.pwrite(4 * CHUNK - 1, b"AB")                            # into the grown zero area
+    m.truncate(CHUNK)                                         # down to a boundary
+    m.check()
+    m.truncate(CHUNK + 1)
+    m.check()
+    m.truncate(0)
+    m.check()
+    m.pwrite(CHUNK * 2 + 1, b"tail")
+    m.check()
+    for _ in range(30):
+        op = rnd.random()
+        if op < 0.7:
+            off = rnd.randrange(0, 6 * CHUNK)
+            m.pwrite(off, rnd.randbytes(rnd.choice([1, 100, 4096, CHUNK, CHUNK + 7])))
+        else:
+            m.truncate(rnd.randrange(0, 7 * CHUNK))
+    m.check()
+    mount.restart()
+    m.check()
+
+
+def test_append_and_read_write_handles(mount):
+    p = os.path.join(mount.enc, "log.txt")
+    expected = b""
+    for i in range(20):
+        line = b"line %d %s\n" % (i, b"x" * (i * 997))
+        with open(p, "ab") as f:
+            f.write(line)
+        expected += line
+    assert get(p) == expected
+    fd = os.open(p, os.O_RDWR | os.O_APPEND)
+    os.write(fd, b"END")
+    os.lseek(fd, 0, os.SEEK_SET)
+    assert os.read(fd, 4) == b"line"
+    os.close(fd)
+    assert get(p) == expected + b"END"
+    with open(p, "r+b") as f:                                 # rewrite in the middle
+        f.seek(5)
+        f.write(b"ZZZ")
+        f.flush()
+        f.seek(0)
+        assert f.read(10) == b"line ZZZli"
+    with open(p, "wb") as f:                                  # O_TRUNC
+        f.write(b"new")
+    assert get(p) == b"new"
+    mount.restart()
+    assert get(p) == b"new"
+
+
+def test_o_excl_and_basic_errors(mount):
+    p = os.path.join(mount.plain, "excl")
+    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.close(fd)
+    assert oserr(os.open, p, os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    assert oserr(os.open, os.path.join(mount.plain, "nope"), os.O_RDONLY) == errno.ENOENT
+    assert oserr(os.open, mount.plain, os.O_WRONLY) == errno.EISDIR
+    assert oserr(os.listdir, p) == errno.ENOTDIR
+    assert oserr(os.mkdir, os.path.join(p, "sub")) == errno.ENOTDIR
+
+
+def test_unlink_while_open(mount):
+    p = os.path.join(mount.enc, "victim")
+    data = os.urandom(3 * CHUNK + 123)
+    put(p, data)
+    r1 = os.open(p, os.O_RDONLY)
+    r2 = os.open(p, os.O_RDWR)
+    os.unlink(p)
+    assert "victim" not in os.listdir(mount.enc)
+    assert oserr(os.stat, p) == errno.ENOENT
+    assert os.pread(r1, len(data) + 10, 0) == data
+    os.pwrite(r2, b"more", len(data))
+    os.fsync(r2)
+    os.close(r2)
+    assert os.pread(r1, 10, len(data)) == b"more"
+    assert os.fstat(r1).st_size == len(data) + 4
+    put(p, b"a new object under the old name")
+    assert os.pread(r1, 100, 0) == data[:100]
+    os.close(r1)
+    assert get(p) == b"a new object under the old name"
+    mount.restart()
+    assert os.listdir(mount.enc) == ["victim"]
+    assert get(p) == b"a new object under the old name"
+
+
+# -- rename ----------------------------------------------------------------------------
+def test_rename_replaces_atomically(mount):
+    a, b = os.path.join(mount.plain, "a"), os.path.join(mount.plain, "b")
+    put(a, b"A" * 100000)
+    put(b, b"B" * 10)
+    rb = os.open(b, os.O_RDONLY)
+    os.rename(a, b)
+    assert get(b) == b"A" * 100000
+    assert not os.path.exists(a)
+    assert os.read(rb, 100) == b"B" * 10                    # old target still open
+    os.close(rb)
+    os.makedirs(os.path.join(mount.plain, "d1/sub"))
+    put(os.path.join(mount.plain, "d1/sub/f"), b"f")
+    os.mkdir(os.path.join(mount.plain, "d2"))
+    os.rename(os.path.join(mount.plain, "d1"), os.path.join(mount.plain, "d2"))  # empty target
+    assert get(os.path.join(mount.plain, "d2/sub/f")) == b"f"
+    os.mkdir(os.path.join(mount.plain, "d3"))
+    put(os.path.join(mount.plain, "d3/x"), b"")
+    assert oserr(os.rename, os.path.join(mount.plain, "d3"),
+                 os.path.join(mount.plain, "d2")) == errno.ENOTEMPTY
+    assert oserr(os.rename, b, os.path.join(mount.plain, "d3")) == errno.EISDIR
+    assert oserr(os.rename, os.path.join(mount.plain, "d3"), b) == errno.ENOTDIR
+    assert oserr(os.rename, os.path.join(mount.plain, "d2"),
+                 os.path.join(mount.plain, "d2/sub/inside")) == errno.EINVAL
+    os.rename(b, os.path.join(mount.plain, "d2/sub/moved"))   # across directories
+    assert os.stat(os.path.join(mount.plain, "d2")).st_nlink == 3
+    mount.restart()
+    assert sorted(os.listdir(mount.plain)) == ["d2", "d3"]
+    assert get(os.path.join(mount.plain, "d2/sub/moved")) == b"A" * 100000
+    assert sorted(os.listdir(os.path.join(mount.plain, "d2/sub"))) == ["f", "moved"]
+
+
+def _renameat2():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        pytest.skip("libc has no renameat2")
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+    def call(old, new, flags):
+        AT_FDCWD = -100
+        if fn(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), old)
+    return call
+
+
+def test_renameat2_flags(mount):
+    renameat2 = _renameat2()
+    a, b = os.path.join(mount.enc, "a"), os.path.join(mount.enc, "b")
+    put(a, b"aaa")
+    put(b, b"bbb")
+    assert oserr(renameat2, a, b, 1) == errno.EEXIST           # RENAME_NOREPLACE
+    renameat2(a, os.path.join(mount.enc, "c"), 1)
+    c = os.path.join(mount.enc, "c")
+    renameat2(c, b, 2)                                          # RENAME_EXCHANGE
+    assert get(b) == b"aaa" and get(c) == b"bbb"
+    os.mkdir(os.path.join(mount.enc, "dir"))
+    renameat2(c, os.path.join(mount.enc, "dir"), 2)             # exchange file and dir
+    assert get(os.path.join(mount.enc, "dir")) == b"bbb"
+    assert os.path.isdir(c)
+    assert oserr(renameat2, b, os.path.join(mount.enc, "missing"), 2) == errno.ENOENT
+    mount.restart()
+    assert get(b) == b"aaa" and os.path.isdir(c)
+    assert get(os.path.join(mount.enc, "dir")) == b"bbb"
+
+
+def test_exdev_between_buckets(mount):
+    a = os.path.join(mount.plain, "a")
+    put(a, b"data")
+    os.mkdir(os.path.join(mount.plain, "dir"))
+    assert oserr(os.rename, a, os.path.join(mount.enc, "a")) == errno.EXDEV
+    assert oserr(os.rename, os.path.join(mount.plain, "dir"),
+                 os.path.join(mount.enc, "dir")) == errno.EXDEV
+    assert oserr(os.link, a, os.path.join(mount.enc, "a")) == errno.EXDEV
+    assert get(a) == b"data"
+
+
+# -- directories, links ------------------------------------------------------------
+def test_nested_dirs_persist(mount):
+    base = mount.plain
+    os.makedirs(os.path.join(base, "a/b/c/d"))
+    os.makedirs(os.path.join(base, "empty/inner"))
+    os.mkdir(os.path.join(base, "solo"))
+    put(os.path.join(base, "a/b/c/d/leaf"), b"leaf")
+    assert oserr(os.rmdir, os.path.join(base, "a/b")) == errno.ENOTEMPTY
+    assert oserr(os.mkdir, os.path.join(base, "a")) == errno.EEXIST
+    assert os.stat(os.path.join(base, "a/b")).st_nlink == 3
+    assert oserr(os.rmdir, os.path.join(base, "a/b/c/d/leaf")) == errno.ENOTDIR
+    mount.restart()
+    assert sorted(os.listdir(base)) == ["a", "empty", "solo"]
+    assert os.listdir(os.path.join(base, "empty")) == ["inner"]
+    assert os.listdir(os.path.join(base, "empty/inner")) == []
+    assert get(os.path.join(base, "a/b/c/d/leaf")) == b"leaf"
+    os.unlink(os.path.join(base, "a/b/c/d/leaf"))
+    for d in ("a/b/c/d", "a/b/c", "a/b", "a", "empty/inner"):
+        os.rmdir(os.path.join(base, d))
+    mount.restart()
+    assert sorted(os.listdir(base)) == ["empty", "solo"]
+
+
+def test_symlinks(mount):
+    base = mount.enc
+    put(os.path.join(base, "target"), b"T")
+    os.symlink("target", os.path.join(base, "rel"))
+    os.symlink("/nonexistent/far/away", os.path.join(base, "dangling"))
+    os.mkdir(os.path.join(base, "d"))
+    os.symlink("../target", os.path.join(base, "d/up"))
+    assert os.readlink(os.path.join(base, "rel")) == "target"
+    assert get(os.path.join(base, "rel")) == b"T"
+    assert get(os.path.join(base, "d/up")) == b"T"
+    st = os.lstat(os.path.join(base, "dangling"))
+    assert stat.S_ISLNK(st.st_mode) and st.st_size == len("/nonexistent/far/away")
+    assert oserr(os.stat, os.path.join(base, "dangling")) == errno.ENOENT
+    assert oserr(os.symlink, "x", os.path.join(base, "rel")) == errno.EEXIST
+    mount.restart()
+    assert os.readlink(os.path.join(base, "dangling")) == "/nonexistent/far/away"
+    assert get(os.path.join(base, "d/up")) == b"T"
+    os.unlink(os.path.join(base, "rel"))
+    assert get(os.path.join(base, "target")) == b"T"
+
+
+def test_hard_links(mount):
+    a = os.path.join(mount.plain, "orig")
+    put(a, b"shared")
+    os.mkdir(os.path.join(mount.plain, "sub"))
+    b = os.path.join(mount.plain, "sub/alias")
+    os.link(a, b)
+    assert os.stat(a).st_nlink == 2 and os.stat(a).st_ino == os.stat(b).st_ino
+    with open(b, "ab") as f:
+        f.write(b" content")
+    assert get(a) == b"shared content"
+    assert oserr(os.link, os.path.join(mount.plain, "sub"),
+                 os.path.join(mount.plain, "dirlink")) == errno.EPERM
+    mount.restart()
+    assert os.stat(b).st_nlink == 2 and get(b) == b"shared content"
+    os.unlink(a)
+    assert os.stat(b).st_nlink == 1 and get(b) == b"shared content"
+    mount.restart()
+    assert get(b) == b"shared content" and not os.path.exists(a)
+
+
+def test_attributes_with_nanoseconds(mount):
+    p = os.path.join(mount.enc, "attrs")
+    d = os.path.join(mount.enc, "adir")
+    put(p, b"x" * 5000)
+    os.mkdir(d)
+    os.chown(p, 1234, 5678)                                   # before chmod: chown drops suid
+    os.chmod(p, 0o4751)
+    os.chmod(d, 0o700)
+    os.chown(d, 42, 43)
+    times = (1_234_567_890_123_456_789, 1_600_000_000_987_654_321)
+    os.utime(p, ns=times)
+    os.utime(d, ns=(1_000_000_001, 2_000_000_002))
+    os.symlink("attrs", os.path.join(mount.enc, "ln"))
+    os.chown(os.path.join(mount.enc, "ln"), 7, 8, follow_symlinks=False)
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == times
+    assert os.getxattr(p, "user.cos.server-side-encryption") == b"AES256"
+    mount.restart()
+    st = os.stat(p)
+    assert stat.S_IMODE(st.st_mode) == 0o4751 and (st.st_uid, st.st_gid) == (1234, 5678)
+    assert (st.st_atime_ns, st.st_mtime_ns) == times
+    assert st.st_size == 5000 and get(p) == b"x" * 5000
+    st = os.stat(d)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and (st.st_uid, st.st_gid) == (42, 43)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_001, 2_000_000_002)
+    assert os.lstat(os.path.join(mount.enc, "ln")).st_uid == 7
+    assert os.getxattr(p, "user.cos.server-side-encryption") == b"AES256"
+    before = os.stat(p).st_ctime_ns
+    time.sleep(0.01)
+    os.chmod(p, 0o644)
+    assert os.stat(p).st_ctime_ns > before
+
+
+def test_mtime_follows_writes(mount):
+    p = os.path.join(mount.plain, "m")
+    put(p, b"1")
+    os.utime(p, ns=(5, 5))
+    with open(p, "ab") as f:
+        f.write(b"2")
+    assert os.stat(p).st_mtime_ns > 10 ** 18
+    os.utime(p, ns=(7, 9))
+    mount.restart()
+    assert os.stat(p).st_mtime_ns == 9
+
+
+def test_statfs(mount):
+    sv = os.statvfs(mount.plain)
+    assert sv.f_bsize > 0 and sv.f_blocks > 0 and sv.f_bavail <= sv.f_blocks
+    assert sv.f_namemax == 255
+    assert sv.f_files >= sv.f_ffree > 0
+
+
+def test_fsync_survives_a_daemon_kill(mount):
+    p = os.path.join(mount.enc, "durable")
+    q = os.path.join(mount.plain, "durable2")
+    data = os.urandom(4 * CHUNK + 5)
+    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, data)
+    os.fsync(fd)
+    fd2 = os.open(q, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd2, data[:1000])
+    os.fdatasync(fd2)
+    mount.kill9()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.close(fd2)
+    except OSError:
+        pass
+    mount.start()
+    assert get(p) == data
+    assert get(q) == data[:1000]
+
+
+def test_shared_mmap(mount):
+    p = os.path.join(mount.enc, "mapped")
+    data = bytearray(os.urandom(3 * CHUNK))
+    put(p, data)
+    with open(p, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
+        assert mm[:] == data
+        mm[CHUNK - 2:CHUNK + 2] = b"MMAP"
+        mm[-1:] = b"!"
+        data[CHUNK - 2:CHUNK + 2] = b"MMAP"
+        data[-1:] = b"!"
+        mm.flush()
+        mm.close()
+    assert get(p) == data
+    with open(p, "rb") as f:                                   # read-only map
+        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        assert mm[CHUNK - 2:CHUNK + 2] == b"MMAP"
+        mm.close()
+    mount.restart()
+    assert get(p) == data
+
+
+# -- xattrs ------------------------------------------------------------------------------
+def test_user_xattrs(mount):
+    p = os.path.join(mount.plain, "x")
+    put(p, b"")
+    os.setxattr(p, "user.color", b"blue")
+    os.setxattr(p, "user.empty", b"")
+    os.setxattr(p, "user.bin", bytes(range(256)) * 4)
+    assert os.getxattr(p, "user.color") == b"blue"
+    assert os.getxattr(p, "user.empty") == b""
+    assert sorted(os.listxattr(p)) == ["user.bin", "user.color", "user.empty"]
+    assert oserr(os.setxattr, p, "user.color", b"red", os.XATTR_CREATE) == errno.EEXIST
+    assert oserr(os.setxattr, p, "user.nope", b"v", os.XATTR_REPLACE) == errno.ENODATA
+    os.setxattr(p, "user.color", b"red", os.XATTR_REPLACE)
+    os.setxattr(p, "user.new", b"n", os.XATTR_CREATE)
+    assert os.getxattr(p, "user.color") == b"red"
+    assert oserr(os.getxattr, p, "user.nope") == errno.ENODATA
+    os.removexattr(p, "user.empty")
+    assert oserr(os.removexattr, p, "user.empty") == errno.ENODATA
+    d = os.path.join(mount.plain, "dir")
+    os.mkdir(d)
+    os.setxattr(d, "user.on-dir", b"1")
+    os.symlink("x", os.path.join(mount.plain, "sl"))
+    mount.restart()
+    assert sorted(os.listxattr(p)) == ["user.bin", "user.color", "user.new"]
+    assert os.getxattr(p, "user.bin") == bytes(range(256)) * 4
+    assert os.getxattr(d, "user.on-dir") == b"1"
+    for ns in ("trusted.x", "security.x", "system.x", "other.x"):
+        e = oserr(os.setxattr, p, ns, b"v")
+        assert e in (errno.ENOTSUP, errno.EOPNOTSUPP), (ns, e)
+    assert oserr(os.getxattr, p, "trusted.x") in (errno.ENOTSUP, errno.ENODATA)
+
+
+def test_xattr_limits(mount):
+    p = os.path.join(mount.plain, "big")
+    put(p, b"")
+    os.setxattr(p, "user.big", b"v" * 60000)
+    assert os.getxattr(p, "user.big") == b"v" * 60000
+    assert oserr(os.setxattr, p, "user." + "n" * 300, b"") == errno.ERANGE
+
+
+# -- scale and names -----------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_directory_with_100000_entries(mount):
+    d = os.path.join(mount.plain, "many")
+    os.mkdir(d)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(100_000):
+            os.mknod("f%06d" % i, 0o644 | stat.S_IFREG, dir_fd=fd)
+    finally:
+        os.close(fd)
+    names = os.listdir(d)
+    assert len(names) == 100_000
+    assert sorted(names) == ["f%06d" % i for i in range(100_000)]
+    count = 0
+    with os.scandir(d) as it:
+        for entry in it:
+            count += 1
+            if count % 20000 == 0:                           # mutate while listing
+                os.unlink(os.path.join(d, entry.name))
+    assert count == 100_000
+    assert len(os.listdir(d)) == 100_000 - 5
+
+
+def test_key_length_limit(mount):
+    base = mount.plain
+    part = "p" * 200
+    path = base
+    key_len = 0
+    for _ in range(4):                                          # key of 4*200 + 3 = 803 bytes
+        path = os.path.join(path, part)
+        os.mkdir(path)
+        key_len += len(part) + 1
+    room = 850 - key_len                                        # name bytes left: 46
+    put(os.path.join(path, "n" * room), b"ok")
+    assert oserr(put, os.path.join(path, "n" * (room + 1)), b"") == errno.ENAMETOOLONG
+    assert oserr(os.mkdir, os.path.join(path, "m" * (room + 5))) == errno.ENAMETOOLONG
+    assert oserr(os.symlink, "t", os.path.join(path, "s" * (room + 1))) == errno.ENAMETOOLONG
+    assert oserr(os.rename, os.path.join(path, "n" * room),
+                 os.path.join(path, "r" * (room + 1))) == errno.ENAMETOOLONG
+    assert oserr(open, os.path.join(base, "x" * 256), "wb") == errno.ENAMETOOLONG
+    mount.restart()
+    assert get(os.path.join(path, "n" * room)) == b"ok"
+
+
+def test_rename_dir_cannot_push_keys_past_the_limit(mount):
+    base = mount.plain
+    deep = os.path.join(base, "d", "e" * 200, "f" * 200, "g" * 200)
+    os.makedirs(deep)
+    put(os.path.join(deep, "h" * 40), b"x")                    # key 2+600+3+40 = 645 bytes
+    os.mkdir(os.path.join(base, "L" * 250))
+    # moving "d" below a 250-byte directory would make that key 896 bytes long
+    assert oserr(os.rename, os.path.join(base, "d"),
+                 os.path.join(base, "L" * 250, "d")) == errno.ENAMETOOLONG
+    assert get(os.path.join(deep, "h" * 40)) == b"x"
+
+
+def test_many_files_survive_remount(mount):
+    rnd = random.Random(3)
+    files = {}
+    for i in range(60):
+        sub = os.path.join(rnd.choice([mount.plain, mount.enc]), "t%d" % (i % 5))
+        os.makedirs(sub, exist_ok=True)
+        p = os.path.join(sub, "f%d" % i)
+        files[p] = rnd.randbytes(rnd.choice([0, 1, 500, CHUNK, 2 * CHUNK + 9]))
+        put(p, files[p])
+    mount.restart()
+    for p, data in files.items():
+        assert get(p) == data
