@@ -1,0 +1,578 @@
+#!/usr/bin/env python3
+"""Benchmark cosfs against gocryptfs and the bare disk, all on the same disk.
+
+    python contrib/benchmark.py [--quick] [--rounds N] [--workdir DIR] [--output FILE]
+
+Four targets live under one work directory (so on one disk and filesystem):
+
+* ``bare``       a plain directory;
+* ``gocryptfs``  a gocryptfs mount (``gocryptfs -init``, password given with ``-extpass``);
+* ``cosfs``      a cosfs mount, workloads run in a bucket without default encryption;
+* ``cosfs-aes``  a second cosfs mount, workloads run in a bucket with AES256 default encryption.
+
+Every round runs each workload on every target before moving to the next
+workload, and the order of the targets rotates from round to round, so slow
+drifts of the machine (page cache, disk, thermal) spread over all targets.
+The table shows the median of the rounds and the ratio of each cosfs bucket
+to gocryptfs and to the bare disk.
+
+Reads are cold: before each read workload the page cache is dropped
+(``/proc/sys/vm/drop_caches``, needs root) and the FUSE daemons are
+remounted, so their own caches are empty too.
+
+Every mount started here is a foreground daemon held by its pid. Teardown
+is ``fusermount3 -u``, then ``fusermount3 -uz`` and a kill by pid if needed;
+it also runs on errors and on Ctrl-C / SIGTERM, so no mount is left behind.
+
+Progress goes to standard error; the result (markdown) to standard output
+and, with ``--output``, to a file.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+MiB = 1 << 20
+APPID = "1250000000"
+PASSWORD = "benchmark-password"
+
+COSFS_CONFIG = """\
+mountpoint: ./mnt
+store: ./data
+keys: ./keys
+appid: "{appid}"
+region: ap-guangzhou
+buckets:
+  - name: {bucket}
+{encryption}chunk_size: 1MiB
+cache_size: 256MiB
+write_buffer: 64MiB
+log_level: warning
+{extra}"""
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def wait_mounted(path, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not is_mounted(path):
+        if proc.poll() is not None:
+            raise RuntimeError("daemon for %s exited with %s before mounting"
+                               % (path, proc.returncode))
+        if time.monotonic() > deadline:
+            raise RuntimeError("%s did not mount within %ss" % (path, timeout))
+        time.sleep(0.05)
+
+
+def run(cmd, **kw):
+    """Run ``cmd`` (list) and fail loudly; returns CompletedProcess."""
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if res.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), res.returncode,
+                                                   res.stderr.strip()[-2000:]))
+    return res
+
+
+def timed(cmd, **kw):
+    """Seconds that ``cmd`` took (output discarded unless redirected by the caller)."""
+    kw.setdefault("stdout", subprocess.DEVNULL)
+    kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, **kw)
+    dt = time.perf_counter() - t0
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace") if isinstance(res.stderr, bytes) else ""
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), res.returncode, err[-2000:]))
+    return dt
+
+
+def drop_caches():
+    os.sync()
+    if os.geteuid() == 0:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+
+
+def peak_rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+# -- targets -----------------------------------------------------------------------
+class Target:
+    """A place to run workloads: ``path`` is the directory the workloads use."""
+
+    name = "?"
+    pid = None
+
+    def __init__(self, root):
+        self.root = root
+        self.path = None
+
+    def setup(self):
+        pass
+
+    def mount(self):
+        pass
+
+    def unmount(self):
+        pass
+
+    def remount(self):
+        self.unmount()
+        self.mount()
+
+    def problems(self):
+        return []
+
+
+class Bare(Target):
+    name = "bare"
+
+    def setup(self):
+        self.path = os.path.join(self.root, "bare")
+        os.makedirs(self.path, exist_ok=True)
+
+
+class FuseDaemon(Target):
+    """A FUSE daemon kept in the foreground, so its pid is ours to watch and kill."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.proc = None
+        self.mnt = None
+        self.logfile = None
+
+    def command(self):
+        raise NotImplementedError
+
+    def mount(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        with open(self.logfile, "ab") as logf:
+            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.folder)
+        try:
+            wait_mounted(self.mnt, self.proc)
+        except BaseException:
+            self.unmount()
+            raise
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def unmount(self):
+        """Clean unmount; lazy unmount and kill by pid when that does not work."""
+        proc, self.proc = self.proc, None
+        try:
+            if is_mounted(self.mnt):
+                subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, timeout=60)
+            if proc is not None:
+                proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if is_mounted(self.mnt):
+                subprocess.run(["fusermount3", "-uz", self.mnt], capture_output=True, timeout=60)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+
+    def problems(self):
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return [ln.rstrip() for ln in f
+                        if " ERROR " in ln or "Traceback" in ln or " CRITICAL " in ln]
+        except OSError:
+            return []
+
+
+class Gocryptfs(FuseDaemon):
+    name = "gocryptfs"
+
+    def setup(self):
+        self.folder = os.path.join(self.root, "gocryptfs")
+        self.cipher = os.path.join(self.folder, "cipher")
+        self.mnt = os.path.join(self.folder, "mnt")
+        self.logfile = os.path.join(self.folder, "gocryptfs.log")
+        os.makedirs(self.cipher, exist_ok=True)
+        run(["gocryptfs", "-init", "-q", "-extpass", "echo " + PASSWORD, self.cipher])
+        self.path = self.mnt
+
+    def command(self):
+        return ["gocryptfs", "-fg", "-q", "-nosyslog", "-extpass", "echo " + PASSWORD,
+                self.cipher, self.mnt]
+
+
+class Cosfs(FuseDaemon):
+    """One cosfs store and mount; the workloads use one bucket of it."""
+
+    def __init__(self, root, name, encryption, extra):
+        super().__init__(root)
+        self.name = name
+        self.encryption = encryption
+        self.extra = extra
+
+    def setup(self):
+        self.folder = os.path.join(self.root, self.name)
+        os.makedirs(self.folder, exist_ok=True)
+        self.config = os.path.join(self.folder, "cosfs.yaml")
+        self.mnt = os.path.join(self.folder, "mnt")
+        self.logfile = os.path.join(self.folder, "daemon.log")
+        bucket = "bench-" + APPID
+        enc = "    encryption: %s\n" % self.encryption if self.encryption else ""
+        with open(self.config, "w") as f:
+            f.write(COSFS_CONFIG.format(appid=APPID, bucket=bucket, encryption=enc,
+                                        extra="".join(line + "\n" for line in self.extra)))
+        self.path = os.path.join(self.mnt, bucket)
+
+    def command(self):
+        return [sys.executable, "-m", "cosfs.cli", "mount", self.config, "-f"]
+
+
+# -- workloads ---------------------------------------------------------------------
+#: (key, label, unit, better) of every reported number, in table order.
+METRICS = [
+    ("write", "sequential write {big}, dd conv=fsync", "MiB/s", "higher"),
+    ("read", "cold sequential read {big}, dd", "MiB/s", "higher"),
+    ("randwrite", "fio randwrite 4 KiB, psync, {fio_size}", "IOPS", "higher"),
+    ("randread", "fio randread 4 KiB, psync, cold, {fio_size}", "IOPS", "higher"),
+    ("untar", "tar x ({tree})", "s", "lower"),
+    ("lsR", "ls -lR, cold", "s", "lower"),
+    ("catall", "read every file (find -exec cat), cold", "s", "lower"),
+    ("rm", "rm -rf of the tree", "s", "lower"),
+    ("rsync", "rsync -a of the tree into the target", "s", "lower"),
+    ("rsync2", "second rsync -a (nothing to copy)", "s", "lower"),
+    ("hugewrite", "sequential write {huge}, dd conv=fsync", "MiB/s", "higher"),
+    ("rss", "daemon peak RSS (VmHWM) writing {huge}", "MiB", "lower"),
+]
+
+
+class Bench:
+    def __init__(self, args, targets):
+        self.args = args
+        self.targets = targets
+        self.results = {k: {t.name: [] for t in targets} for k, *_ in METRICS}
+
+    def record(self, key, target, value, shown):
+        self.results[key][target.name].append(value)
+        log("    %-10s %-44s %s" % (target.name, key, shown))
+
+    # each workload: run on one target, record its numbers, leave the target empty
+    def seq(self, t):
+        f = os.path.join(t.path, "big.dat")
+        count = self.args.big_mib
+        dt = timed(["dd", "if=/dev/zero", "of=" + f, "bs=1M", "count=%d" % count,
+                    "conv=fsync"])
+        self.record("write", t, count / dt, "%.0f MiB/s" % (count / dt))
+        t.remount()
+        drop_caches()
+        dt = timed(["dd", "if=" + f, "of=/dev/null", "bs=1M"])
+        self.record("read", t, count / dt, "%.0f MiB/s" % (count / dt))
+        os.unlink(f)
+
+    def fio(self, t):
+        f = os.path.join(t.path, "fio.dat")
+        common = ["fio", "--name=bench", "--filename=" + f, "--size=%dM" % self.args.fio_mib,
+                  "--bs=4k", "--ioengine=psync", "--direct=0", "--numjobs=1", "--time_based",
+                  "--runtime=%d" % self.args.fio_runtime, "--randseed=1234",
+                  "--output-format=json"]
+        # fio lays the file out before its clock starts; the end fsync is part of the job
+        res = run(common + ["--rw=randwrite", "--end_fsync=1"])
+        iops = json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]["write"]["iops"]
+        self.record("randwrite", t, iops, "%.0f IOPS" % iops)
+        t.remount()
+        drop_caches()
+        res = run(common + ["--rw=randread"])
+        iops = json.loads(res.stdout[res.stdout.index("{"):])["jobs"][0]["read"]["iops"]
+        self.record("randread", t, iops, "%.0f IOPS" % iops)
+        os.unlink(f)
+
+    def tree(self, t):
+        dest = os.path.join(t.path, "tree")
+        os.makedirs(dest)
+        dt = timed(["tar", "-xf", self.args.tarball, "-C", dest])
+        self.record("untar", t, dt, "%.2f s" % dt)
+        t.remount()
+        drop_caches()
+        dt = timed(["ls", "-lR", dest])
+        self.record("lsR", t, dt, "%.2f s" % dt)
+        t.remount()
+        drop_caches()
+        dt = timed(["find", dest, "-type", "f", "-exec", "cat", "{}", "+"])
+        self.record("catall", t, dt, "%.2f s" % dt)
+        dt = timed(["rm", "-rf", dest])
+        self.record("rm", t, dt, "%.2f s" % dt)
+        dest = os.path.join(t.path, "rsync")
+        src = self.args.source.rstrip("/") + "/"
+        dt = timed(["rsync", "-a", src, dest + "/"])
+        self.record("rsync", t, dt, "%.2f s" % dt)
+        dt = timed(["rsync", "-a", src, dest + "/"])
+        self.record("rsync2", t, dt, "%.2f s" % dt)
+        shutil.rmtree(dest)
+
+    def huge(self, t):
+        f = os.path.join(t.path, "huge.dat")
+        t.remount()  # a fresh daemon, so VmHWM is this write's peak
+        count = self.args.huge_mib
+        dt = timed(["dd", "if=/dev/zero", "of=" + f, "bs=1M", "count=%d" % count,
+                    "conv=fsync"])
+        self.record("hugewrite", t, count / dt, "%.0f MiB/s" % (count / dt))
+        if t.pid is not None:
+            rss = peak_rss_mib(t.pid)
+            self.record("rss", t, rss, "%.0f MiB" % rss)
+        os.unlink(f)
+
+    WORKLOADS = ("seq", "fio", "tree", "huge")
+
+    def run(self):
+        n = len(self.targets)
+        for r in range(self.args.rounds):
+            order = self.targets[r % n:] + self.targets[:r % n]
+            log("round %d/%d (order: %s)" % (r + 1, self.args.rounds,
+                                              ", ".join(t.name for t in order)))
+            for w in self.WORKLOADS:
+                log("  %s" % w)
+                for t in order:
+                    getattr(self, w)(t)
+
+    # -- report ----------------------------------------------------------------
+    def median(self, key, name):
+        vals = self.results[key].get(name) or []
+        return statistics.median(vals) if vals else None
+
+    def table(self, labels):
+        names = [t.name for t in self.targets]
+        cos = [c for c in ("cosfs", "cosfs-aes") if c in names]
+        peers = [p for p in ("gocryptfs", "bare") if p in names]
+        head = ["workload", "unit"] + names + ["%s/%s" % (c, p) for c in cos for p in peers]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key, label, unit, better in METRICS:
+            row = [label.format(**labels), "%s (%s better)" % (unit, better)]
+            for nm in names:
+                v = self.median(key, nm)
+                row.append("n/a" if v is None else fmt(v))
+            for c in cos:
+                for p in peers:
+                    a, b = self.median(key, c), self.median(key, p)
+                    row.append("n/a" if a is None or b is None or b == 0 else "%.2f" % (a / b))
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines)
+
+
+def fmt(v):
+    if v >= 100:
+        return "%.0f" % v
+    if v >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+# -- inputs ------------------------------------------------------------------------
+def stdlib_files(limit_files, limit_bytes):
+    """Regular files of the running Python's standard library, sorted, within the limits."""
+    import sysconfig
+    root = sysconfig.get_paths()["stdlib"]
+    picked, total = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages"))
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            size = os.path.getsize(p)
+            if size > 2 * MiB:
+                continue
+            if len(picked) >= limit_files or total + size > limit_bytes:
+                return root, picked, total
+            picked.append(p)
+            total += size
+    return root, picked, total
+
+
+def build_tree(workdir, limit_files, limit_bytes):
+    """Make the tarball and an extracted copy (the rsync source). Returns a description."""
+    root, files, total = stdlib_files(limit_files, limit_bytes)
+    tarball = os.path.join(workdir, "tree.tar")
+    with tarfile.open(tarball, "w") as tar:
+        for p in files:
+            tar.add(p, arcname=os.path.join("stdlib", os.path.relpath(p, root)),
+                    recursive=False)
+    source = os.path.join(workdir, "source")
+    os.makedirs(source)
+    run(["tar", "-xf", tarball, "-C", source])
+    return tarball, source, "%d files, %.0f MiB" % (len(files), total / MiB)
+
+
+def machine_info(workdir):
+    def out(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "n/a"
+    fstype = "?"
+    best = ""
+    real = os.path.realpath(workdir)
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, typ = line.split()[:3]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype = mnt, "%s on %s (%s)" % (typ, mnt, dev)
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) / (1 << 20)
+    try:
+        import pyfuse3
+        pyfuse3_v = pyfuse3.__version__
+    except Exception:  # reported, not needed by the benchmark itself
+        pyfuse3_v = "n/a"
+    return [
+        ("CPUs (nproc)", str(os.cpu_count())),
+        ("memory", "%.1f GiB" % mem),
+        ("kernel", platform.release()),
+        ("work directory filesystem", fstype),
+        ("python", platform.python_version()),
+        ("pyfuse3", pyfuse3_v),
+        ("libfuse", out(["dpkg-query", "-W", "-f", "${Version}", "libfuse3-3"])),
+        ("gocryptfs", out(["gocryptfs", "-version"])),
+        ("fio", out(["fio", "--version"])),
+    ]
+
+
+# -- main --------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Benchmark cosfs against gocryptfs and the bare "
+                                "disk (needs root for dropping the page cache).")
+    p.add_argument("--quick", action="store_true", help="one round, smaller sizes")
+    p.add_argument("--rounds", type=int, help="rounds (default 3, --quick 1)")
+    p.add_argument("--workdir", help="folder for all targets (default: a new folder in /var/tmp)")
+    p.add_argument("--output", help="also write the markdown result to this file")
+    p.add_argument("--targets", default="bare,gocryptfs,cosfs,cosfs-aes",
+                   help="comma-separated subset of bare,gocryptfs,cosfs,cosfs-aes")
+    p.add_argument("--fio-runtime", type=int, help="seconds per fio job (default 10, --quick 3)")
+    p.add_argument("--cosfs-set", action="append", default=[], metavar="KEY: VALUE",
+                   help="extra line for both cosfs configs, e.g. 'writeback_cache: true'")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = p.parse_args(argv)
+    a.rounds = a.rounds or (1 if a.quick else 3)
+    a.fio_runtime = a.fio_runtime or (3 if a.quick else 10)
+    a.big_mib = 256 if a.quick else 1024
+    a.huge_mib = 1024 if a.quick else 4096
+    a.fio_mib = 256
+    a.tree_files, a.tree_bytes = (2000, 40 * MiB) if a.quick else (5000, 100 * MiB)
+    return a
+
+
+def make_targets(args, root):
+    wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
+    targets = []
+    for name in wanted:
+        if name == "bare":
+            targets.append(Bare(root))
+        elif name == "gocryptfs":
+            if shutil.which("gocryptfs") is None:
+                log("gocryptfs not found (apt-get install gocryptfs): skipping it")
+                continue
+            targets.append(Gocryptfs(root))
+        elif name == "cosfs":
+            targets.append(Cosfs(root, "cosfs", None, args.cosfs_set))
+        elif name == "cosfs-aes":
+            targets.append(Cosfs(root, "cosfs-aes", "AES256", args.cosfs_set))
+        else:
+            raise SystemExit("unknown target %r" % name)
+    return targets
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for tool in ("fio", "rsync", "tar", "dd", "fusermount3"):
+        if shutil.which(tool) is None:
+            raise SystemExit("benchmark needs %s" % tool)
+    if os.geteuid() != 0:
+        log("warning: not root, so the page cache is not dropped: reads are not cold")
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+        root = tempfile.mkdtemp(prefix="cosfs-bench-", dir=args.workdir)
+    else:
+        root = tempfile.mkdtemp(prefix="cosfs-bench-", dir="/var/tmp")
+    info = machine_info(root)
+    if "tmpfs" in info[3][1]:
+        log("warning: the work directory is on tmpfs, not a disk")
+    targets = make_targets(args, root)
+    started = time.monotonic()
+    try:
+        log("work directory %s; building the file tree" % root)
+        args.tarball, args.source, tree_desc = build_tree(root, args.tree_files, args.tree_bytes)
+        log("tree: %s" % tree_desc)
+        for t in targets:
+            t.setup()
+            t.mount()
+        bench = Bench(args, targets)
+        bench.run()
+    finally:
+        for t in targets:
+            try:
+                t.unmount()
+            except Exception as exc:  # keep tearing the others down
+                log("teardown of %s failed: %s" % (t.name, exc))
+        problems = [(t.name, p) for t in targets for p in t.problems()]
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    labels = {"big": size_label(args.big_mib), "huge": size_label(args.huge_mib),
+              "fio_size": size_label(args.fio_mib), "tree": tree_desc}
+    report = ["## Results (median of %d round%s%s)" % (args.rounds, "s" if args.rounds > 1 else "",
+                                                        ", quick" if args.quick else ""), "",
+              bench.table(labels), "",
+              "Ratios divide the cosfs median by the peer's: for MiB/s and IOPS above 1 means "
+              "cosfs is faster, for seconds and MiB above 1 means cosfs takes longer or uses "
+              "more.", "",
+              "fio runs %d s per job; cold reads follow a page-cache drop and a remount of the "
+              "FUSE daemons. Total benchmark time %.0f s." % (args.fio_runtime, elapsed), "",
+              "| machine | |", "|---|---|"]
+    report += ["| %s | %s |" % kv for kv in info]
+    if args.cosfs_set:
+        report += ["", "cosfs config additions: " + "; ".join(args.cosfs_set)]
+    text = "\n".join(report) + "\n"
+    sys.stdout.write(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    for name, line in problems[:20]:
+        log("%s daemon log: %s" % (name, line))
+    return 1 if problems else 0
+
+
+def size_label(mib):
+    return "%d GiB" % (mib // 1024) if mib % 1024 == 0 else "%d MiB" % mib
+
+
+if __name__ == "__main__":
+    sys.exit(main())
