@@ -76,6 +76,32 @@ def data_key_aad(object_id, label):
     return b"cosfs-data-key\0" + object_id + b"\0" + label.encode()
 
 
+def _store_failure(exc):
+    """The exception to raise for a failed group of store tasks.
+
+    A group made only of CosfsErrors becomes its first member; anything
+    else (a cancellation, a bug) is returned unchanged so nothing is lost.
+    """
+    leaves, todo = [], [exc]
+    while todo:
+        e = todo.pop(0)
+        inner = getattr(e, "exceptions", None)
+        if inner is None:
+            leaves.append(e)
+        else:
+            todo.extend(inner)
+    if leaves and all(isinstance(e, CosfsError) for e in leaves):
+        return leaves[0]
+    return exc
+
+
+def _check_length(ch, data, expected):
+    """Raise StoreError (EIO) when the store returned fewer bytes than the chunk map promises."""
+    if len(data) != expected:
+        raise StoreError("blob %s of chunk %d is damaged: read %d bytes, expected %d"
+                         % (ch.blob.hex(), ch.idx, len(data), expected), errno=errno.EIO)
+
+
 def stored_label(spec):
     """The label an object's encryption is recorded (and reported) under, or None."""
     if spec is None:
@@ -376,11 +402,14 @@ class ObjectStore:
         lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
         if crypt is None:
             data = store.get_range(ch.blob, lo, hi - lo)
+            _check_length(ch, data, hi - lo)
             return None, data
         if header is None:
             header = store.get_range(ch.blob, 0, cipher.HEADER_SIZE)
         seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
         data = store.get_range(ch.blob, coff, clen)
+        # a short blob must fail, not read as a hole (open_range takes what it gets)
+        _check_length(ch, data, clen)
         plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),
                                   header, data, seg0, ch.length)
         return header, plain
@@ -591,9 +620,14 @@ class ObjectStore:
             if st.flushing:
                 await next(iter(st.flushing.values())).wait()
                 continue
-            async with trio.open_nursery() as n:
-                for idx in list(st.dirty)[:8]:
-                    n.start_soon(self._flush_chunk, st, idx)
+            try:
+                async with trio.open_nursery() as n:
+                    for idx in list(st.dirty)[:8]:
+                        n.start_soon(self._flush_chunk, st, idx)
+            except BaseException as exc:
+                # trio wraps even one failure in an exception group; callers (and the
+                # FUSE adapter) need the StoreError itself to answer with its errno
+                raise _store_failure(exc)
 
     async def _rewrite_rest(self, st, crypt):
         """Re-seal every committed chunk not replaced in this session (re-encryption)."""
@@ -618,7 +652,9 @@ class ObjectStore:
     @staticmethod
     def _reseal(store, old, new, ch, length, blob):
         data = store.get(ch.blob)
-        if old is not None:
+        if old is None:
+            _check_length(ch, data, ch.length)
+        else:
             data = cipher.open_blob(old.algorithm, old.key, old.context(ch.idx, ch.blob),
                                     data, ch.length)
         ObjectStore._seal_put(store, new, ch.idx, blob, memoryview(data)[:length])

@@ -1,0 +1,575 @@
+"""The object data path (cosfs.objects) under trio, without FUSE.
+
+Content is checked against plain bytearray models; the chunk store is
+inspected directly to check the invariants of the design (no plaintext in
+the store for encrypted objects, data before metadata, superseded blobs
+collected, bounded memory) and wrapped in FaultyStore to check failures.
+"""
+
+import errno
+import os
+import random
+
+import pytest
+import trio
+
+from cosfs import cipher
+from cosfs.errors import CosfsError, StoreError
+from cosfs.filesystem import Ctx
+from cosfs.objects import ObjectState, ObjectStore
+
+from helpers import ENC, PLAIN, REGION, fs_env, make_config, trio_test
+
+KiB = 1024
+MiB = 1024 * KiB
+CS = 128 * KiB  # chunk size of most tests: two cipher segments per chunk
+
+
+def pattern(n, seed=0):
+    """``n`` bytes that are unlikely to appear by chance (for plaintext-leak checks)."""
+    return random.Random(seed).randbytes(n)
+
+
+async def write_file(env, name, data, bucket=PLAIN, piece=None):
+    fh, ino = await env.new_file(name, bucket=bucket)
+    step = piece or max(1, len(data))
+    for off in range(0, len(data), step):
+        await env.fs.write(fh, off, data[off:off + step])
+    await env.fs.release(fh)
+    return ino
+
+
+def committed_reader(env):
+    """A second data path over the same catalog: it sees only committed state."""
+    return ObjectStore(env.catalog, env.store.stores, env.store.keys,
+                       chunk_size=env.objects.chunk_size, cache_size=0, write_buffer=0)
+
+
+async def read_all(objects, ino):
+    return await objects.read(ino, 0, objects.size_of(ino) + 1)
+
+
+def referenced(env):
+    return env.catalog.referenced_blobs()
+
+
+def assert_no_plaintext(env, data, probe=48):
+    """No ``probe``-byte window of ``data`` (sampled) appears in any blob."""
+    store = env.region_store
+    windows = {data[i:i + probe] for i in range(0, max(1, len(data) - probe), 997)}
+    for blob in store.list():
+        raw = store.get(blob)
+        for w in windows:
+            assert w not in raw, "plaintext found in blob %s" % blob.hex()
+
+
+# -- round trips --------------------------------------------------------------------
+SIZES = [0, 1, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1, CS - 1, CS, CS + 1, 5 * CS + 123]
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_round_trip_sizes(tmp_path, bucket):
+    files = {}
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        for n, size in enumerate(SIZES):
+            data = pattern(size, n)
+            ino = await write_file(env, "f%d" % size, data, bucket=bucket, piece=48 * KiB)
+            files[ino] = data
+            assert await read_all(env.objects, ino) == data
+            inode = env.catalog.get_inode(ino)
+            assert inode.size == size
+            assert inode.enc == ("AES256" if bucket == ENC and size else inode.enc)
+            if bucket == ENC and size:
+                assert inode.enc == "AES256" and inode.wrapped_key
+            if bucket == PLAIN:
+                assert inode.enc is None
+            assert len(env.catalog.chunks(ino)) == -(-size // CS)
+        if bucket == ENC:
+            assert_no_plaintext(env, b"".join(files.values()))
+        cfg = env.config
+    # a fresh process sees the same content
+    async with fs_env(tmp_path, reopen_config=cfg) as env:
+        for ino, data in files.items():
+            assert await read_all(env.objects, ino) == data
+            for off in (0, 1, CS - 3, CS, len(data) // 2):
+                assert await env.objects.read(ino, off, 70000) == data[off:off + 70000]
+
+
+@trio_test
+async def test_encrypted_blobs_have_sealed_size(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        ino = await write_file(env, "f", pattern(3 * CS + 5), bucket=ENC)
+        for ch in env.catalog.chunks(ino):
+            assert env.region_store.size(ch.blob) == cipher.sealed_size(ch.length)
+
+
+@trio_test
+async def test_sparse_write_reads_zeros(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        for bucket in (PLAIN, ENC):
+            fh, ino = await env.new_file("sparse", bucket=bucket)
+            await env.fs.write(fh, 10 * CS + 7, b"end")
+            await env.fs.write(fh, 3, b"start")
+            await env.fs.release(fh)
+            data = await read_all(env.objects, ino)
+            expect = bytearray(10 * CS + 10)
+            expect[3:8] = b"start"
+            expect[-3:] = b"end"
+            assert data == bytes(expect)
+            assert len(env.catalog.chunks(ino)) == 2  # holes take no blobs
+
+
+# -- random access against a model ----------------------------------------------------
+def _rand_len(rng):
+    return rng.choice([1, 2, 100, 4096, 64 * KiB - 1, 64 * KiB + 1, CS - 1, CS, CS + 1,
+                       rng.randrange(1, 3 * CS)])
+
+
+@pytest.mark.parametrize("bucket,seed", [(PLAIN, 1), (ENC, 2), (PLAIN, 3), (ENC, 4)])
+@trio_test
+async def test_random_ops_match_model(tmp_path, bucket, seed):
+    rng = random.Random(seed)
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
+        fs = env.fs
+        fh, ino = await env.new_file("model", bucket=bucket)
+        model = bytearray()
+        for step in range(160):
+            op = rng.random()
+            if op < 0.45:
+                off = rng.randrange(0, len(model) + 2 * CS)
+                data = rng.randbytes(_rand_len(rng))
+                assert await fs.write(fh, off, data) == len(data)
+                if off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off:off + len(data)] = data
+            elif op < 0.7:
+                off = rng.randrange(0, len(model) + CS)
+                n = _rand_len(rng)
+                got = await fs.read(fh, off, n)
+                assert got == bytes(model[off:off + n]), "step %d read %d+%d" % (step, off, n)
+            elif op < 0.8:
+                size = rng.choice([0, rng.randrange(0, len(model) + 1),
+                                   rng.randrange(0, len(model) + 2 * CS),
+                                   (len(model) // CS) * CS])
+                await fs.setattr(ino, size=size)
+                if size < len(model):
+                    del model[size:]
+                else:
+                    model.extend(bytes(size - len(model)))
+            elif op < 0.9:
+                await fs.flush(fh)
+                assert await read_all(committed_reader(env), ino) == bytes(model)
+            else:
+                await fs.release(fh)
+                fh = await fs.open(ino, os.O_RDWR)
+            assert (await fs.getattr(ino)).size == len(model)
+        await fs.release(fh)
+        assert await read_all(env.objects, ino) == bytes(model)
+        assert await read_all(committed_reader(env), ino) == bytes(model)
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+
+
+# -- truncate --------------------------------------------------------------------------
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_truncate_down_and_up(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(3 * CS + 100)
+        ino = await write_file(env, "t", data, bucket=bucket)
+        fs = env.fs
+        for size, expect in [
+            (2 * CS + 10, data[:2 * CS + 10]),
+            (2 * CS + 10 + 5000, data[:2 * CS + 10] + bytes(5000)),  # old bytes never come back
+            (CS, data[:CS]),
+            (CS + 1, data[:CS] + b"\0"),
+            (5, data[:5]),
+            (0, b""),
+            (4 * CS, bytes(4 * CS)),
+        ]:
+            await fs.setattr(ino, size=size)
+            assert env.catalog.get_inode(ino).size == size
+            assert await read_all(env.objects, ino) == expect
+            assert await read_all(committed_reader(env), ino) == expect
+            chunks = env.catalog.chunks(ino)
+            assert all(c.idx * CS < max(size, 1) for c in chunks)
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+
+
+@trio_test
+async def test_truncate_with_uncommitted_data(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        fh, ino = await env.new_file("t", bucket=ENC)
+        data = pattern(3 * CS)
+        await env.fs.write(fh, 0, data)
+        await env.fs.setattr(ino, size=CS + 3)
+        await env.fs.write(fh, 2 * CS, b"tail")
+        await env.fs.release(fh)
+        expect = data[:CS + 3] + bytes(CS - 3) + b"tail"
+        assert await read_all(committed_reader(env), ino) == expect
+
+
+# -- concurrency -------------------------------------------------------------------------
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_two_handles_write_concurrently(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
+        fs = env.fs
+        fh0, ino = await env.new_file("shared", bucket=bucket)
+        fh1 = await fs.open(ino, os.O_RDWR)
+        size = 4 * CS
+        piece = 3000
+        a = pattern(size, 1)
+        b = pattern(size, 2)
+        expect = bytearray(size)
+        # handle 0 writes the even pieces, handle 1 the odd ones: they share every chunk
+        for off in range(0, size, piece):
+            src = a if (off // piece) % 2 == 0 else b
+            expect[off:off + piece] = src[off:off + piece]
+
+        async def writer(fh, src, parity):
+            for off in range(parity * piece, size, 2 * piece):
+                await fs.write(fh, off, src[off:off + piece])
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(writer, fh0, a, 0)
+            n.start_soon(writer, fh1, b, 1)
+        assert await fs.read(fh0, 0, size) == bytes(expect)
+        await fs.release(fh0)  # one close commits; the other handle stays usable
+        assert await read_all(committed_reader(env), ino) == bytes(expect)
+        await fs.write(fh1, 0, b"again")
+        expect[:5] = b"again"
+        await fs.release(fh1)
+        assert await read_all(committed_reader(env), ino) == bytes(expect)
+        assert ino not in env.objects.states
+
+
+@trio_test
+async def test_read_during_background_flush(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
+        fh, ino = await env.new_file("f", bucket=ENC)
+        data = pattern(6 * CS)
+        results = []
+
+        async def reader():
+            for _ in range(40):
+                size = env.objects.size_of(ino)
+                got = await env.fs.read(fh, 0, size)
+                results.append(got == data[:size])
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            for off in range(0, len(data), 32 * KiB):
+                await env.fs.write(fh, off, data[off:off + 32 * KiB])
+                await trio.sleep(0)
+        assert all(results)
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+
+
+# -- encryption state changes -----------------------------------------------------------------
+@trio_test
+async def test_rewrite_after_enc_request(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(3 * CS + 17)
+        ino = await write_file(env, "r", data)
+        plain_blobs = {c.blob for c in env.catalog.chunks(ino)}
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request="AES256")
+        await env.objects.rewrite(ino)
+        inode = env.catalog.get_inode(ino)
+        assert inode.enc == "AES256" and inode.size == len(data)
+        assert not plain_blobs & referenced(env)
+        assert await read_all(committed_reader(env), ino) == data
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+        assert_no_plaintext(env, data)
+        # back to plain
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request=None)
+        await env.objects.rewrite(ino)
+        assert env.catalog.get_inode(ino).enc is None
+        assert await read_all(committed_reader(env), ino) == data
+        # nothing to do: no new blobs
+        before = referenced(env)
+        await env.objects.rewrite(ino)
+        assert referenced(env) == before
+
+
+@trio_test
+async def test_rewrite_keeps_uncommitted_writes(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        fh, ino = await env.new_file("r")
+        await env.fs.write(fh, 0, b"a" * (CS + 5))
+        await env.fs.flush(fh)
+        await env.fs.write(fh, CS, b"BBBB")
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request="AES256")
+        await env.objects.rewrite(ino)
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        expect = b"a" * CS + b"BBBB" + b"a"
+        assert await read_all(committed_reader(env), ino) == expect
+
+
+@trio_test
+async def test_bucket_default_change_reencrypts_on_next_write(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = bytearray(pattern(4 * CS))
+        ino = await write_file(env, "d", bytes(data))
+        env.fs.put_bucket_encryption(env.bucket(PLAIN), b"AES256")
+        assert env.catalog.get_inode(ino).enc is None  # stored objects are not touched
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, CS + 1, b"x")
+        data[CS + 1] = ord("x")
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"  # the whole object, not one chunk
+        assert await read_all(committed_reader(env), ino) == bytes(data)
+        await env.drain_gc()
+        assert_no_plaintext(env, bytes(data))
+
+
+@trio_test
+async def test_small_write_rewrites_one_chunk(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(8 * CS)
+        ino = await write_file(env, "s", data, bucket=ENC)
+        before = {c.idx: c.blob for c in env.catalog.chunks(ino)}
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, 5 * CS + 10, b"zz")
+        await env.fs.release(fh)
+        after = {c.idx: c.blob for c in env.catalog.chunks(ino)}
+        assert [i for i in after if after[i] != before[i]] == [5]
+
+
+@trio_test
+async def test_etag_is_md5_of_plaintext(tmp_path):
+    import hashlib
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(2 * CS + 3)
+        ino = await write_file(env, "e", data, bucket=ENC)
+        assert await env.objects.etag(ino) == hashlib.md5(data).hexdigest()
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, 0, b"Z")
+        await env.fs.release(fh)
+        assert await env.objects.etag(ino) == hashlib.md5(b"Z" + data[1:]).hexdigest()
+
+
+# -- commit atomicity ------------------------------------------------------------------------
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_commit_points_only_at_stored_blobs(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
+        fh, ino = await env.new_file("c", bucket=bucket)
+        for round_ in range(4):
+            data = pattern(3 * CS + round_ * 1000, round_)
+            for off in range(0, len(data), 40 * KiB):
+                await env.fs.write(fh, off, data[off:off + 40 * KiB])
+            await env.fs.flush(fh)
+            stored = env.blobs()
+            assert referenced(env) <= stored
+            assert await read_all(committed_reader(env), ino) == data
+            await env.drain_gc()
+            assert env.blobs() == referenced(env)  # superseded blobs collected
+            assert env.catalog.garbage() == []
+        await env.fs.release(fh)
+
+
+@trio_test
+async def test_unlinked_object_blobs_collected(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        await write_file(env, "gone", pattern(3 * CS), bucket=ENC)
+        keep = await write_file(env, "kept", pattern(CS, 5), bucket=ENC)
+        await env.fs.unlink(env.bucket(ENC), b"gone")
+        env.fs.forget([(i, n) for i, n in list(env.fs.lookups.items()) if i != keep])
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+        assert {c.blob for c in env.catalog.chunks(keep)} == env.blobs()
+
+
+# -- memory bound ---------------------------------------------------------------------------
+class _Tracked:
+    """A data descriptor recording the largest value ever stored in ``dirty_bytes``."""
+
+    peak = 0
+
+    def __set_name__(self, owner, name):
+        self.name = "_tracked_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = value
+        _Tracked.peak = max(_Tracked.peak, value)
+
+
+@trio_test
+async def test_sequential_write_memory_is_bounded(tmp_path, monkeypatch):
+    tracked = _Tracked()
+    tracked.__set_name__(ObjectState, "dirty_bytes")
+    monkeypatch.setattr(ObjectState, "dirty_bytes", tracked, raising=False)
+    _Tracked.peak = 0
+    chunk = 1 * MiB
+    async with fs_env(tmp_path, chunk_size="1MiB", write_buffer="2MiB") as env:
+        limit = env.objects.write_buffer + chunk
+        fh, ino = await env.new_file("big")
+        block = pattern(128 * KiB)
+        total = 256 * MiB
+        for off in range(0, total, len(block)):
+            await env.fs.write(fh, off, block)
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).size == total
+        assert _Tracked.peak <= limit, "dirty bytes peaked at %d > %d" % (_Tracked.peak, limit)
+        assert await env.objects.read(ino, total - 1000, 2000) == block[-1000:]
+
+
+# -- store faults --------------------------------------------------------------------------------
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC, errno.EROFS])
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_failing_put_keeps_old_version(tmp_path, err, bucket):
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS, faulty=True) as env:
+        faulty = env.faulty[REGION]
+        v1 = pattern(3 * CS + 11, 1)
+        fh, ino = await env.new_file("f", bucket=bucket)
+        await env.fs.write(fh, 0, v1)
+        await env.fs.flush(fh)
+        old_blobs = referenced(env)
+        faulty.fail("put", err)
+        v2 = pattern(4 * CS + 99, 2)
+        with pytest.raises(StoreError) as ei:
+            for off in range(0, len(v2), 32 * KiB):
+                await env.fs.write(fh, off, v2[off:off + 32 * KiB])
+            await env.fs.flush(fh)
+        assert ei.value.errno == err
+        # a second attempt fails the same way, with the same errno
+        with pytest.raises(StoreError) as ei:
+            await env.fs.flush(fh)
+        assert ei.value.errno == err
+        # the committed version is untouched and readable
+        assert referenced(env) == old_blobs
+        assert env.catalog.get_inode(ino).size == len(v1)
+        assert await read_all(committed_reader(env), ino) == v1
+        faulty.heal()
+        # after recovery a retry commits what is buffered; then the writer repeats the writes
+        # that failed, as an application does, and the new version is complete
+        await env.fs.flush(fh)
+        mixed = await read_all(committed_reader(env), ino)
+        assert any(mixed == v2[:k] + v1[k:] for k in range(32 * KiB, len(v2) + 32 * KiB, 32 * KiB))
+        for off in range(0, len(v2), 32 * KiB):
+            await env.fs.write(fh, off, v2[off:off + 32 * KiB])
+        await env.fs.flush(fh)
+        assert await read_all(committed_reader(env), ino) == v2
+        await env.fs.release(fh)
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+
+
+@trio_test
+async def test_failing_put_then_retry_without_rewriting(tmp_path):
+    """Buffered data that could not be stored stays buffered: a later commit stores it."""
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        faulty = env.faulty[REGION]
+        fh, ino = await env.new_file("f", bucket=ENC)
+        await env.fs.write(fh, 0, b"old")
+        await env.fs.flush(fh)
+        await env.fs.write(fh, 0, b"new content")
+        faulty.fail("put", errno.ENOSPC)
+        with pytest.raises(StoreError) as ei:
+            await env.fs.flush(fh)
+        assert ei.value.errno == errno.ENOSPC
+        assert await read_all(committed_reader(env), ino) == b"old"
+        faulty.heal()
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == b"new content"
+
+
+@trio_test
+async def test_failing_sync_blocks_durable_commit(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        faulty = env.faulty[REGION]
+        fh, ino = await env.new_file("f")
+        await env.fs.write(fh, 0, b"v1")
+        await env.fs.fsync(fh)
+        await env.fs.write(fh, 0, b"v2")
+        faulty.fail("sync_all", errno.EIO)
+        with pytest.raises(StoreError) as ei:
+            await env.fs.fsync(fh)
+        assert ei.value.errno == errno.EIO
+        assert await read_all(committed_reader(env), ino) == b"v1"
+        faulty.heal()
+        await env.fs.fsync(fh)
+        assert await read_all(committed_reader(env), ino) == b"v2"
+        await env.fs.release(fh)
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_missing_blob_fails_read_only_of_its_object(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        a = pattern(3 * CS, 1)
+        b = pattern(2 * CS, 2)
+        ino_a = await write_file(env, "a", a, bucket=bucket)
+        ino_b = await write_file(env, "b", b, bucket=bucket)
+        lost = env.catalog.chunk(ino_a, 1).blob
+        env.faulty[REGION].hide(lost)
+        reader = committed_reader(env)
+        for off, n in [(CS, 10), (CS + 70000, 100), (0, 3 * CS)]:
+            with pytest.raises(CosfsError) as ei:
+                await reader.read(ino_a, off, n)
+            assert ei.value.errno == errno.EIO
+        assert await reader.read(ino_a, 0, CS) == a[:CS]
+        assert await reader.read(ino_a, 2 * CS, CS) == a[2 * CS:]
+        assert await read_all(reader, ino_b) == b
+        env.faulty[REGION].heal()
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_truncated_blob_is_an_error_not_zeros(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(2 * CS, 3)
+        ino = await write_file(env, "a", data, bucket=bucket)
+        blob = env.catalog.chunk(ino, 0).blob
+        path = env.region_store._path(blob)
+        os.truncate(path, os.path.getsize(path) // 2)
+        reader = committed_reader(env)
+        with pytest.raises(CosfsError) as ei:
+            await reader.read(ino, CS - 100, 100)
+        assert ei.value.errno == errno.EIO
+        assert await reader.read(ino, CS, CS) == data[CS:]
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_short_reads_are_errors(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        data = pattern(CS, 4)
+        ino = await write_file(env, "a", data, bucket=bucket)
+        env.faulty[REGION].short_reads = True
+        with pytest.raises(CosfsError) as ei:
+            await committed_reader(env).read(ino, 0, CS)
+        assert ei.value.errno == errno.EIO
+        env.faulty[REGION].heal()
+        assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
+async def test_rewrite_of_damaged_object_fails_cleanly(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        data = pattern(3 * CS, 5)
+        ino = await write_file(env, "a", data)
+        env.faulty[REGION].short_reads = True
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request="AES256")
+        with pytest.raises(CosfsError) as ei:
+            await env.objects.rewrite(ino)
+        assert ei.value.errno == errno.EIO
+        assert env.catalog.get_inode(ino).enc is None
+        env.faulty[REGION].heal()
+        assert await read_all(committed_reader(env), ino) == data
