@@ -129,6 +129,7 @@ class ObjectState:
         self.error: Optional[BaseException] = None
         self.commit_lock = trio.Lock()
         self.dirty_bytes = 0
+        self.read_pos = -1  # where the last read ended: detects sequential readers
 
     @property
     def busy(self):
@@ -183,9 +184,11 @@ class ObjectStore:
         self.states: Dict[int, ObjectState] = {}
         self._keycache = {}
         self._reading = {}
+        self._inflight = {}
         self._nursery = None
         self._gc_wakeup = trio.Event()
         self._last_checkpoint = time.monotonic()
+        self._commits = 0  # catalog commits that published blobs (see _sync_stores_settled)
 
     def attach(self, nursery):
         """Start background work (garbage collection) in ``nursery``."""
@@ -321,6 +324,12 @@ class ObjectStore:
         cs = self.chunk_size
         committed = None
         parts = []
+        # A sequential reader gets the rest of each chunk in one worker call and the
+        # next chunk prefetched; a random reader only the segments it asks for.
+        ahead = (st is not None and offset == st.read_pos
+                 and self.cache.capacity >= 4 * self.chunk_size)
+        if st is not None:
+            st.read_pos = end
         for idx in range(offset // cs, (end - 1) // cs + 1):
             c0 = idx * cs
             lo, hi = max(offset, c0) - c0, min(end, c0 + cs) - c0
@@ -329,7 +338,8 @@ class ObjectStore:
                 piece = bytes(buf[lo:hi])
             elif st is not None and idx in st.pending:
                 ch = st.pending[idx]
-                piece = await self._read_blob(st.region, st.session[0], ino, idx, ch, lo, hi)
+                piece = await self._read_blob(st.region, st.session[0], ino, idx, ch, lo, hi,
+                                              ahead)
             else:
                 if st is not None and st.cut_from is not None and idx >= st.cut_from:
                     ch = None
@@ -338,38 +348,67 @@ class ObjectStore:
                         committed = (self.region_of(inode), self.stored_crypt(inode))
                     ch = self.catalog.chunk(ino, idx)
                 piece = b"" if ch is None else await self._read_blob(
-                    committed[0], committed[1], ino, idx, ch, lo, hi)
+                    committed[0], committed[1], ino, idx, ch, lo, hi, ahead)
+                if ahead and ch is not None:
+                    self._prefetch(st, committed, ino, idx + 1)
             if len(piece) < hi - lo:
                 piece += bytes(hi - lo - len(piece))
             parts.append(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _read_blob(self, region, crypt, ino, idx, ch, lo, hi) -> bytes:
-        """Bytes [lo, hi) of a chunk's stored content (may be shorter: the rest is a hole)."""
+    def _prefetch(self, st, committed, ino, idx):
+        """Start reading committed chunk ``idx`` into the cache in the background."""
+        if self._nursery is None or idx in st.dirty or idx in st.pending:
+            return
+        ch = self.catalog.chunk(ino, idx)
+        if ch is None or ch.blob in self._inflight or self.cache.get((ch.blob, 0)) is not None:
+            return
+
+        async def fetch():
+            try:
+                await self._read_blob(committed[0], committed[1], ino, idx, ch, 0, ch.length)
+            except CosfsError:
+                pass  # the reader that needs it will report the error
+        self._nursery.start_soon(fetch)
+
+    async def _read_blob(self, region, crypt, ino, idx, ch, lo, hi, ahead=False) -> bytes:
+        """Bytes [lo, hi) of a chunk's stored content (may be shorter: the rest is a hole).
+
+        ``ahead``: also fetch the rest of the chunk into the cache (sequential reader).
+        """
         hi = min(hi, ch.length)
         if lo >= hi:
             return b""
         s0, s1 = lo // SEG, (hi - 1) // SEG
-        segs = {}
-        missing = []
-        for s in range(s0, s1 + 1):
-            data = self.cache.get((ch.blob, s))
-            if data is None:
-                missing.append(s)
-            else:
-                segs[s] = data
+        while True:
+            segs = {}
+            missing = []
+            for s in range(s0, s1 + 1):
+                data = self.cache.get((ch.blob, s))
+                if data is None:
+                    missing.append(s)
+                else:
+                    segs[s] = data
+            ev = self._inflight.get(ch.blob) if missing else None
+            if ev is None:
+                break
+            await ev.wait()  # a prefetch of this blob is under way: use its result
         if missing:
             first, last = missing[0], missing[-1]
+            if ahead:
+                last = max(last, (ch.length - 1) // SEG)
             store = self.store_of(region)
             header = None
             if crypt is not None:
                 header = self.headers.get((ch.blob, 0))
             self._reading[ch.blob] = self._reading.get(ch.blob, 0) + 1
+            ev = None
             try:
                 args = (store, crypt, idx, ch, first, last, header)
                 if (last - first + 1) * SEG <= INLINE_READ_LIMIT:
                     header, plain = self._fetch(*args)
                 else:
+                    ev = self._inflight[ch.blob] = trio.Event()
                     header, plain = await trio.to_thread.run_sync(
                         self._fetch, *args, limiter=self.limiter)
             except CosfsError as exc:
@@ -382,10 +421,13 @@ class ObjectStore:
                     self._reading[ch.blob] = n
                 else:
                     del self._reading[ch.blob]
+                if ev is not None:
+                    del self._inflight[ch.blob]
+                    ev.set()
             if header is not None:
                 self.headers.put((ch.blob, 0), header)
             view = memoryview(plain)
-            for s in range(first, last + 1):
+            for s in range(first, min(last, (ch.length - 1) // SEG) + 1):
                 data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])
                 segs[s] = data
                 self.cache.put((ch.blob, s), data)
@@ -611,7 +653,7 @@ class ObjectStore:
             if rewrite:
                 await self._rewrite_rest(st, crypt)
             if durable:
-                await self._sync_stores()
+                await self._sync_stores_settled(st)
             self._record(st, crypt, durable)
         self._gc_wakeup.set()
 
@@ -673,6 +715,7 @@ class ObjectStore:
             for idx, ch in st.pending.items():
                 cat.set_chunk(st.ino, idx, ch.blob, ch.length, st.region)
             cat.update_inode(st.ino, **fields)
+        self._commits += 1
         st.pending.clear()
         st.cut_from = None
         # writes that arrived while this commit awaited stay buffered for the next one
@@ -721,9 +764,28 @@ class ObjectStore:
         for store in self.stores.values():
             await trio.to_thread.run_sync(store.sync_all, limiter=self.limiter)
 
+    async def _sync_stores_settled(self, st=None):
+        """Sync the stores so that a catalog sync may follow at once (with no await between).
+
+        A catalog sync makes every earlier commit durable, including commits that
+        other tasks made while the stores were being synced, whose blobs that sync
+        may have missed; likewise chunks of ``st`` stored meanwhile would be
+        recorded unsynced. So sync again until a round saw neither. After a few
+        busy rounds the last sync runs on the trio thread, where nothing can
+        overtake it (it blocks other requests, but only under such contention).
+        """
+        for _ in range(4):
+            commits = self._commits
+            pending = dict(st.pending) if st is not None else None
+            await self._sync_stores()
+            if self._commits == commits and (st is None or st.pending == pending):
+                return
+        for store in self.stores.values():
+            store.sync_all()
+
     async def sync_catalog(self):
         """Everything committed so far survives a machine crash after this returns."""
-        await self._sync_stores()
+        await self._sync_stores_settled()
         with self.catalog.transaction(durable=True):
             pass
 
@@ -791,5 +853,5 @@ class ObjectStore:
     async def checkpoint(self):
         """Sync blobs, then let SQLite checkpoint its WAL (which syncs the catalog)."""
         self._last_checkpoint = time.monotonic()
-        await self._sync_stores()
+        await self._sync_stores_settled()
         self.catalog.checkpoint()
