@@ -247,6 +247,40 @@ async def test_two_handles_write_concurrently(tmp_path, bucket):
         assert ino not in env.objects.states
 
 
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_commits_while_writing(tmp_path, bucket):
+    rng = random.Random(7)
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
+        fh, ino = await env.new_file("busy", bucket=bucket)
+        model = bytearray()
+        done = trio.Event()
+
+        async def writer():
+            for _ in range(120):
+                off = rng.randrange(0, len(model) + CS)
+                data = rng.randbytes(rng.choice([100, 5000, CS, CS + 7]))
+                await env.fs.write(fh, off, data)
+                if off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off:off + len(data)] = data
+                await trio.sleep(0)
+            done.set()
+
+        async def committer():
+            while not done.is_set():
+                await env.fs.flush(fh)
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(writer)
+            n.start_soon(committer)
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == bytes(model)
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+
+
 @trio_test
 async def test_read_during_background_flush(tmp_path):
     async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
@@ -424,6 +458,7 @@ async def test_sequential_write_memory_is_bounded(tmp_path, monkeypatch):
             await env.fs.write(fh, off, block)
         await env.fs.release(fh)
         assert env.catalog.get_inode(ino).size == total
+        assert _Tracked.peak >= chunk  # the descriptor saw the buffers
         assert _Tracked.peak <= limit, "dirty bytes peaked at %d > %d" % (_Tracked.peak, limit)
         assert await env.objects.read(ino, total - 1000, 2000) == block[-1000:]
 
@@ -573,3 +608,68 @@ async def test_rewrite_of_damaged_object_fails_cleanly(tmp_path):
         assert env.catalog.get_inode(ino).enc is None
         env.faulty[REGION].heal()
         assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
+async def test_durable_commit_never_references_unsynced_blobs(tmp_path):
+    """fsync: every blob the durable catalog commit points at was synced before it."""
+    import time as _time
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=8 * CS, faulty=True) as env:
+        faulty = env.faulty[REGION]
+        local = faulty.inner
+
+        def slow_sync():
+            _time.sleep(0.2)  # writes keep arriving while the blobs are being synced
+            local.sync_all()
+
+        faulty.sync_all = slow_sync
+        fh, ino = await env.new_file("d")
+        await env.fs.write(fh, 0, pattern(CS, 1))
+        stop = trio.Event()
+
+        async def writer():
+            off = CS
+            while not stop.is_set() and off < 40 * CS:
+                await env.fs.write(fh, off, pattern(CS, off))
+                off += CS
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(writer)
+            await trio.sleep(0)
+            await env.fs.fsync(fh)
+            unsynced = {c.blob for c in env.catalog.chunks(ino)} & local._unsynced
+            stop.set()
+        assert not unsynced, "durable commit points at %d unsynced blob(s)" % len(unsynced)
+        await env.fs.release(fh)
+
+
+@trio_test
+async def test_catalog_sync_waits_for_blobs_of_concurrent_commits(tmp_path):
+    """fsyncdir/syncfs: commits made by others during the blob sync are covered too."""
+    import time as _time
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        faulty = env.faulty[REGION]
+        local = faulty.inner
+
+        def slow_sync():
+            _time.sleep(0.1)
+            local.sync_all()
+
+        faulty.sync_all = slow_sync
+        stop = trio.Event()
+
+        async def closer():
+            n = 0
+            while not stop.is_set():
+                await write_file(env, "small%d" % n, pattern(1000, n))
+                n += 1
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(closer)
+            await trio.sleep(0.02)
+            await env.objects.sync_catalog()
+            unsynced = referenced(env) & local._unsynced
+            stop.set()
+        assert not unsynced
