@@ -212,7 +212,7 @@ def run_mount(config, *, ready=None):
         try:
             if ready is not None:
                 ready()
-            trio.run(_serve, objects)
+            trio.run(_serve, objects, mountpoint)
             unmounted = True
         finally:
             pyfuse3.close(unmount=True)
@@ -221,7 +221,23 @@ def run_mount(config, *, ready=None):
         store.close()
 
 
-async def _serve(objects):
+READ_AHEAD_KB = 1024
+
+
+def _raise_read_ahead(mountpoint):
+    """Let the kernel read ahead 1 MiB (its default for FUSE is 128 KiB): 8x fewer requests
+    for sequential reads. Best effort; runs in a worker thread because the stat()
+    is answered by this very daemon."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = "/sys/class/bdi/%d:%d/read_ahead_kb" % (os.major(dev), os.minor(dev))
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.info("could not raise the kernel read-ahead: %s", exc)
+
+
+async def _serve(objects, mountpoint):
     import pyfuse3
 
     async def on_signals(task_status=trio.TASK_STATUS_IGNORED):
@@ -235,6 +251,7 @@ async def _serve(objects):
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
         await nursery.start(on_signals)
+        nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         await pyfuse3.main()
         await objects.commit_all(durable=True)
         await objects.collect_garbage()
