@@ -468,18 +468,25 @@ class ObjectStore:
             n = 0 if ch is None else ch.length
         return max(0, min(n, st.size - idx * self.chunk_size))
 
+    @staticmethod
+    def _mutable(st, idx, buf):
+        """Dirty buffers of whole chunks are immutable bytes; copy one before changing it."""
+        if not isinstance(buf, bytearray):
+            buf = st.dirty[idx] = bytearray(buf)
+        return buf
+
     async def _load(self, st, idx, upto):
-        """Chunk buffer for idx with its current content (up to ``upto`` bytes)."""
+        """Mutable chunk buffer for idx with its current content (up to ``upto`` bytes)."""
         buf = st.dirty.get(idx)
         if buf is not None:
-            return buf
+            return self._mutable(st, idx, buf)
         existing = self._existing_length(st, idx)
         if existing:
             data = await self.read(st.ino, idx * self.chunk_size, existing)
             # read() may have awaited: another task may have created the buffer meanwhile
             buf = st.dirty.get(idx)
             if buf is not None:
-                return buf
+                return self._mutable(st, idx, buf)
             buf = bytearray(data)
         else:
             buf = bytearray()
@@ -504,21 +511,28 @@ class ObjectStore:
             idx, o = divmod(pos, cs)
             n = min(cs - o, end - pos)
             piece = view[pos - offset:pos - offset + n]
-            buf = st.dirty.get(idx)
-            if buf is None:
-                existing = self._existing_length(st, idx)
-                if o == 0 and n >= existing:
-                    buf = bytearray()
-                    st.dirty[idx] = buf
-                    st.gens[idx] = st.gens.get(idx, 0) + 1
-                else:
-                    buf = await self._load(st, idx, existing)
-            before = len(buf)
-            if before < o:
-                buf.extend(bytes(o - before))
-            buf[o:o + n] = piece
+            if n == cs:
+                # A whole chunk: keep it as immutable bytes, no copy into a buffer (the
+                # FUSE layer hands us a fresh bytes object that nobody else holds).
+                old = st.dirty.get(idx)
+                whole = data if len(view) == n and isinstance(data, bytes) else bytes(piece)
+                st.dirty[idx] = whole
+                st.dirty_bytes += n - (0 if old is None else len(old))
+            else:
+                buf = st.dirty.get(idx)
+                if buf is None:
+                    existing = self._existing_length(st, idx)
+                    if o == 0 and n >= existing:
+                        buf = st.dirty[idx] = bytearray()
+                    else:
+                        buf = await self._load(st, idx, existing)
+                buf = self._mutable(st, idx, buf)
+                before = len(buf)
+                if before < o:
+                    buf.extend(bytes(o - before))
+                buf[o:o + n] = piece
+                st.dirty_bytes += len(buf) - before
             st.gens[idx] = st.gens.get(idx, 0) + 1
-            st.dirty_bytes += len(buf) - before
             pos += n
             if pos > st.size:
                 st.size = pos
@@ -560,7 +574,7 @@ class ObjectStore:
         if buf is None:
             return
         gen = st.gens[idx]
-        data = bytes(buf)
+        data = buf if isinstance(buf, bytes) else bytes(buf)
         crypt = self._begin(st)[0]
         blob = os.urandom(16)
         ev = trio.Event()
@@ -815,8 +829,12 @@ class ObjectStore:
         st = self.states.pop(inode.id, None)
         region = self.region_of(inode)
         if st is not None:
+            # a seal still running finds no buffer and discards its blob itself
+            st.dirty.clear()
+            st.error = None
             for ch in st.pending.values():
                 self.catalog.add_garbage(ch.blob, region)
+            st.pending.clear()
         self.catalog.delete_inode(inode.id, region)
         self._gc_wakeup.set()
 
