@@ -209,7 +209,9 @@ class FileSystem:
         if ino in self.lookups or ino == ROOT_INODE:
             return
         st = self.objects.states.get(ino)
-        if st is not None and st.busy:
+        # Uncommitted changes (a commit that failed, e.g. ENOSPC) do not keep a nameless,
+        # closed object alive: nobody can reach them, and their blobs would hold the space.
+        if st is not None and (st.open_count or st.commit_lock.locked()):
             return
         try:
             inode = self.catalog.get_inode(ino)

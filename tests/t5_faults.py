@@ -1,0 +1,393 @@
+"""Real store faults on a real mount: a full disk, a read-only store, lost and
+cut blobs, SIGTERM in the middle of a large copy, and an unmount refused
+while a file is open.
+
+The faults are real kernel mechanisms (we run as root): the store lives on a
+small tmpfs that fills up, the blob directory is bind-mounted read-only over
+itself, blobs are deleted or truncated on disk, the daemon gets a real
+SIGTERM. Each test checks what the writer saw, that the mount stayed up,
+that data written before the fault is intact, that service resumes once the
+fault is gone, and that the store is consistent afterwards (SQLite
+``integrity_check`` and ``cosfs fsck``).
+"""
+
+import errno
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from conftest import ENC, PLAIN, Mount, fuse_available, is_mounted, write_config
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for tmpfs and bind mounts"),
+]
+
+MiB = 1024 * 1024
+REGION = "ap-guangzhou"
+
+
+# -- helpers -----------------------------------------------------------------------
+def sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+def put(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def get(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def errno_of(fn, *args):
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def catalog_ro(m):
+    """A read-only SQLite connection to the store's catalog (fine while mounted: WAL)."""
+    return sqlite3.connect("file:%s?mode=ro" % os.path.join(m.store, "catalog.db"), uri=True)
+
+
+def blob_path(m, blob, region=REGION):
+    h = blob.hex()
+    return os.path.join(m.store, "blobs", region, h[:2], h)
+
+
+def chunks_of(m, path):
+    """[(idx, blob, length)] of the object at ``path`` (its st_ino is the catalog inode)."""
+    ino = os.stat(path).st_ino
+    db = catalog_ro(m)
+    try:
+        return list(db.execute("SELECT idx, blob, length FROM chunks WHERE inode=? ORDER BY idx",
+                               (ino,)))
+    finally:
+        db.close()
+
+
+def integrity_ok(m):
+    db = sqlite3.connect(os.path.join(m.store, "catalog.db"))
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
+def fsck_clean(m):
+    res = m.cli("fsck", "--config", m.config, check=False)
+    assert res.returncode == 0 and "DAMAGED" not in res.stdout, res.stdout + res.stderr
+    return res.stdout
+
+
+def stop_checked(m):
+    """Clean unmount; the daemon must exit by itself with status 0."""
+    proc = m.proc
+    m.stop()
+    assert proc.returncode == 0, m.log_text()[-3000:]
+
+
+def wait_for(pred, timeout=20, step=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def meta(path):
+    st = os.stat(path)
+    return (st.st_size, st.st_mode, st.st_uid, st.st_mtime_ns, os.getxattr(path, "user.note"))
+
+
+def tree_checksum(m):
+    return hashlib.sha256(get(os.path.join(m.plain, "x"))).hexdigest()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return str(tmp_path / "fs")
+
+
+def _finish(m):
+    """Teardown: stop the daemon (never hangs), then report unexpected log errors."""
+    if m.proc is not None:
+        m.stop()
+    bad = m.unexpected_log_lines()
+    assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
+
+
+# -- ENOSPC: the store's file system fills up ------------------------------------
+@pytest.fixture
+def small_store(folder):
+    """A mount whose store lives on a 24 MiB tmpfs."""
+    cfg = write_config(folder, chunk_size="1MiB", write_buffer="4MiB")
+    m = Mount(cfg)
+    os.makedirs(m.store, mode=0o700)
+    sh("mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", m.store)
+    try:
+        m.start()
+        yield m
+        _finish(m)
+    finally:
+        m.kill9()
+        subprocess.run(["umount", "-l", m.store], capture_output=True, timeout=60)
+
+
+def fill(path, limit=64 * MiB):
+    """Write ``path`` until the store is full. Returns (bytes acknowledged, where it failed)."""
+    block = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    written, failed = 0, None
+    try:
+        while written < limit:
+            try:
+                written += os.write(fd, block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                failed = "write"
+                break
+        if failed is None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                failed = "fsync"
+    finally:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            failed = failed or "close"
+    return written, failed
+
+
+def test_enospc(small_store):
+    m = small_store
+    m.expect_log(r"No space left|ENOSPC|disk is full|could not commit")
+    keep = os.path.join(m.enc, "keep.bin")
+    keep_data = os.urandom(MiB + 12345)
+    put(keep, keep_data)
+    os.setxattr(keep, "user.note", b"precious")
+    os.chmod(keep, 0o640)
+    before = meta(keep)
+
+    big = os.path.join(m.plain, "big.bin")
+    written, failed = fill(big)
+    assert failed is not None, "48 MiB of writes on a 24 MiB store reported no ENOSPC"
+    assert written < 48 * MiB
+    assert "No space left" in m.log_text() or "ENOSPC" in m.log_text()
+
+    # the mount is up, the object written before the fault is intact
+    assert is_mounted(m.mnt) and m.proc.poll() is None
+    assert sorted(os.listdir(m.mnt)) == sorted([PLAIN, ENC])
+    assert get(keep) == keep_data
+    assert meta(keep) == before
+    # a second small write while full also fails cleanly (not EIO, not a hang)
+    err = errno_of(put, os.path.join(m.plain, "more.bin"), os.urandom(4 * MiB))
+    assert err in (None, errno.ENOSPC)
+
+    # free the space: the big file goes, and new writes work again
+    os.unlink(big)
+    if err is None:
+        os.unlink(os.path.join(m.plain, "more.bin"))
+    else:
+        try:
+            os.unlink(os.path.join(m.plain, "more.bin"))
+        except FileNotFoundError:
+            pass
+
+    def free_enough():
+        sv = os.statvfs(m.store)
+        return sv.f_bavail * sv.f_frsize > 16 * MiB
+    assert wait_for(free_enough, timeout=30), "space not released after deleting the big file"
+    fresh = os.urandom(6 * MiB + 7)
+    put(os.path.join(m.plain, "after.bin"), fresh)
+    assert get(os.path.join(m.plain, "after.bin")) == fresh
+    assert get(keep) == keep_data
+
+    stop_checked(m)
+    assert integrity_ok(m)
+    fsck_clean(m)
+    m.start()
+    assert get(keep) == keep_data and meta(keep) == before
+    assert get(os.path.join(m.plain, "after.bin")) == fresh
+    assert not os.path.exists(big)
+
+
+# -- EROFS: the blob directory becomes read-only --------------------------------
+@pytest.fixture
+def mnt(folder):
+    m = Mount(write_config(folder, chunk_size="64KiB", write_buffer="256KiB"))
+    m.start()
+    try:
+        yield m
+        _finish(m)
+    finally:
+        m.kill9()
+
+
+def test_erofs(mnt):
+    m = mnt
+    m.expect_log(r"Read-only file system|could not commit")
+    blobs = os.path.join(m.store, "blobs")
+    old = os.urandom(200 * 1024)
+    other = os.urandom(150 * 1024)
+    a, b, c = (os.path.join(m.enc, n) for n in ("a.bin", "b.bin", "c.bin"))
+    put(a, old)
+    put(os.path.join(m.plain, "c.bin"), other)
+    c = os.path.join(m.plain, "c.bin")
+    m.restart()  # cold caches: reads below go to the store
+    a_chunks = chunks_of(m, a)
+
+    sh("mount", "--bind", blobs, blobs)
+    try:
+        sh("mount", "-o", "remount,ro,bind", blobs)
+        # overwrite in place: the error arrives at close (or fsync) at the latest
+        new = os.urandom(200 * 1024)
+        fd = os.open(a, os.O_WRONLY)
+        errs = []
+        try:
+            os.write(fd, new)
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                errs.append(exc.errno)
+        except OSError as exc:
+            errs.append(exc.errno)
+        finally:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                errs.append(exc.errno)
+        assert errs and set(errs) <= {errno.EROFS, errno.EIO}, errs
+        # a new object: the same
+        err = errno_of(put, b, os.urandom(100 * 1024))
+        assert err in (errno.EROFS, errno.EIO)
+        # reads of stored objects still work; the committed version is the old one
+        assert get(c) == other
+        assert chunks_of(m, a) == a_chunks
+        assert all(os.path.exists(blob_path(m, blob)) for _, blob, _ in a_chunks)
+        assert is_mounted(m.mnt) and m.proc.poll() is None
+    finally:
+        subprocess.run(["umount", blobs], capture_output=True, timeout=60)
+    assert not is_mounted(blobs)
+
+    # the store is writable again: a retry succeeds
+    fd = os.open(a, os.O_WRONLY)
+    try:
+        os.write(fd, new)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    b_data = os.urandom(100 * 1024)
+    put(b, b_data)
+    assert get(a) == new and get(b) == b_data
+    stop_checked(m)
+    assert integrity_ok(m)
+    fsck_clean(m)
+    m.start()
+    assert get(a) == new and get(b) == b_data and get(c) == other
+
+
+# -- lost and cut blobs -------------------------------------------------------------
+def test_missing_and_truncated_blob(mnt):
+    m = mnt
+    m.expect_log(r"cannot read inode|IntegrityError|missing|damaged")
+    datas = {n: os.urandom(3 * 64 * 1024 + 99) for n in ("gone", "cut", "fine")}
+    for n, d in datas.items():
+        put(os.path.join(m.enc, n), d)
+    put(os.path.join(m.plain, "cutplain"), datas["cut"])
+    m.restart()
+    gone = chunks_of(m, os.path.join(m.enc, "gone"))[1][1]
+    os.unlink(blob_path(m, gone))
+    for path in (os.path.join(m.enc, "cut"), os.path.join(m.plain, "cutplain")):
+        blob = chunks_of(m, path)[2][1]
+        with open(blob_path(m, blob), "r+b") as f:
+            f.truncate(1000)
+
+    f = open(os.path.join(m.enc, "gone"), "rb", buffering=0)
+    assert f.read(64 * 1024) == datas["gone"][:64 * 1024]  # chunk 0 is still there
+    assert errno_of(f.read, 64 * 1024) == errno.EIO
+    f.close()
+    assert errno_of(get, os.path.join(m.enc, "cut")) == errno.EIO
+    assert errno_of(get, os.path.join(m.plain, "cutplain")) == errno.EIO
+    assert get(os.path.join(m.enc, "fine")) == datas["fine"]
+    assert is_mounted(m.mnt)
+    stop_checked(m)
+    res = m.cli("fsck", "--config", m.config, check=False)
+    assert res.returncode != 0 and res.stdout.count("DAMAGED") == 3, res.stdout
+
+
+# -- SIGTERM during a large copy -----------------------------------------------------
+def test_sigterm_during_copy(mnt, tmp_path):
+    m = mnt
+    src = str(tmp_path / "source.bin")
+    with open(src, "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(MiB))
+    dst = os.path.join(m.enc, "copy.bin")
+    dd = subprocess.Popen(["dd", "if=" + src, "of=" + dst, "bs=1M"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: os.path.exists(dst) and os.stat(dst).st_size >= 8 * MiB,
+                        timeout=60, step=0.02)
+        m.proc.send_signal(signal.SIGTERM)
+        status = m.proc.wait(timeout=120)
+        assert status == 0, m.log_text()[-3000:]
+        assert "received signal" in m.log_text()
+    finally:
+        try:
+            dd.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            dd.kill()
+            dd.wait()
+    assert not is_mounted(m.mnt)
+    m.proc = None
+    integrity = integrity_ok(m)
+    assert integrity
+    fsck_clean(m)
+    m.start()
+    size = os.stat(dst).st_size
+    assert size > 0
+    with open(src, "rb") as f:
+        expect = f.read(size)
+    assert get(dst) == expect  # a prefix of the source: nothing torn, nothing lost
+
+
+# -- cosfs umount while a file is open --------------------------------------------
+def test_umount_busy(mnt):
+    m = mnt
+    path = os.path.join(m.plain, "open.txt")
+    f = open(path, "wb")
+    try:
+        f.write(b"still writing")
+        f.flush()
+        res = m.cli("umount", m.mnt, check=False)
+        assert res.returncode != 0
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cosfs: ") and "busy" in lines[0].lower(), \
+            res.stderr
+        assert is_mounted(m.mnt) and m.proc.poll() is None
+        f.write(b" and done")
+    finally:
+        f.close()
+    res = m.cli("umount", m.mnt, check=False)
+    assert res.returncode == 0, res.stderr
+    assert m.proc.poll() == 0  # umount waited for the daemon to exit
+    assert not is_mounted(m.mnt)
+    m.proc = None
+    m.start()
+    assert get(path) == b"still writing and done"
