@@ -107,6 +107,16 @@ def _mounted_cosfs(path):
     return False
 
 
+def _running(pid):
+    """True while process ``pid`` runs; an exited daemon its parent has not reaped yet
+    (a zombie, e.g. under a supervisor) has finished its work and counts as gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def cmd_umount(args):
     path = os.path.realpath(args.mountpoint)
     if not _mounted_cosfs(path):
@@ -125,7 +135,7 @@ def cmd_umount(args):
     if pid:
         start = time.monotonic()
         said = False
-        while os.path.exists("/proc/%d" % pid):
+        while _running(pid):
             if time.monotonic() - start > 1 and not said:
                 print("cosfs: waiting for the daemon (pid %d) to commit pending writes and exit"
                       % pid, file=sys.stderr)
