@@ -12,7 +12,7 @@ import logging
 
 import pyfuse3
 
-from .errors import CosfsError
+from .errors import CosfsError, FsError
 from .filesystem import Ctx
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ def _translate(fn):
         except CosfsError as exc:
             if exc.errno == errno.EIO:
                 log.error("%s: %s (%s)", fn.__name__, exc, exc.code)
+            elif exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) and \
+                    not isinstance(exc, FsError):
+                # the store's disk, not the caller (FsError), is at fault: the operator must see it
+                log.warning("%s: %s (%s)", fn.__name__, exc, exc.code)
             else:
                 log.debug("%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None

@@ -12,8 +12,8 @@ fault is gone, and that the store is consistent afterwards (SQLite
 """
 
 import errno
-import hashlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -110,10 +110,6 @@ def wait_for(pred, timeout=20, step=0.1):
 def meta(path):
     st = os.stat(path)
     return (st.st_size, st.st_mode, st.st_uid, st.st_mtime_ns, os.getxattr(path, "user.note"))
-
-
-def tree_checksum(m):
-    return hashlib.sha256(get(os.path.join(m.plain, "x"))).hexdigest()
 
 
 @pytest.fixture
@@ -391,3 +387,36 @@ def test_umount_busy(mnt):
     m.proc = None
     m.start()
     assert get(path) == b"still writing and done"
+
+
+def test_enospc_catalog(small_store):
+    """The catalog's own file system is full: metadata changes fail with ENOSPC, never EIO."""
+    m = small_store
+    m.expect_log(r"No space left|disk is full|could not commit|ENOSPC")
+    keep = os.path.join(m.plain, "keep.txt")
+    put(keep, b"kept")
+    filler = os.path.join(m.store, "filler")
+    subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=1M"], capture_output=True)
+    results = {}
+    for i in range(40):  # enough changes to outgrow whatever room the WAL had
+        ops = {
+            "mkdir": lambda: os.mkdir(os.path.join(m.plain, "d%d" % i)),
+            "create": lambda: put(os.path.join(m.plain, "f%d" % i), os.urandom(5000)),
+            "setxattr": lambda: os.setxattr(keep, "user.n%d" % i, b"v" * 3000),
+            "rename": lambda: os.rename(keep, keep + ".2") or os.rename(keep + ".2", keep),
+        }
+        for name, op in ops.items():
+            err = errno_of(op)
+            assert err in (None, errno.ENOSPC), (name, i, err)
+            results.setdefault(name, set()).add(err)
+    assert errno.ENOSPC in set().union(*results.values()), results
+    assert is_mounted(m.mnt) and m.proc.poll() is None
+    assert re.search(r"WARNING .*(disk is full|No space left)", m.log_text())
+    assert get(keep) == b"kept"
+    os.unlink(filler)
+    os.mkdir(os.path.join(m.plain, "after"))
+    put(os.path.join(m.plain, "after", "x"), b"works")
+    assert get(os.path.join(m.plain, "after", "x")) == b"works"
+    stop_checked(m)
+    assert integrity_ok(m)
+    fsck_clean(m)
