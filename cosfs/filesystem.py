@@ -291,7 +291,11 @@ class FileSystem:
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        return self._make(parent, name, self._new_mode(mode, ctx, kind), ctx, rdev=rdev)
+        inode = self._make(parent, name, self._new_mode(mode, ctx, kind), ctx, rdev=rdev)
+        if kind == stat.S_IFREG and self.objects.resolve_for(inode) is not None:
+            await self.objects.truncate(inode.id, 0)  # records the encryption (see create)
+            inode = self.catalog.get_inode(inode.id)
+        return inode
 
     async def symlink(self, parent, name, target, ctx) -> Inode:
         return self._make(parent, name, stat.S_IFLNK | 0o777, ctx, target=target)
@@ -302,6 +306,10 @@ class FileSystem:
         fh = self._fh()
         self.handles[fh] = inode.id
         self.objects.opened(inode.id)
+        if self.objects.resolve_for(inode) is not None:
+            # COS encrypts even an empty upload by the bucket default: let the close
+            # commit the new object, written or not, so its encryption is recorded
+            self.objects.state(inode.id).modified = True
         return fh, inode
 
     async def mkdir(self, parent, name, mode, ctx) -> Inode:

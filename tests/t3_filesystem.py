@@ -1,0 +1,696 @@
+"""The filesystem layer (cosfs.filesystem) driven directly, without FUSE.
+
+Every test opens a fresh store with the two test buckets; the kernel's part
+(lookup counts, readdir offsets, forget) is played by the test.
+"""
+
+import errno
+import logging
+import os
+import stat
+
+import pytest
+import trio
+
+from cosfs.catalog import ROOT_INODE
+from cosfs.errors import CosfsError, FsError
+from cosfs.filesystem import (BUCKET_ENC_XATTR, RENAME_EXCHANGE, RENAME_NOREPLACE, SSE_XATTR,
+                              Ctx)
+from cosfs.names import MAX_KEY_BYTES
+
+from helpers import APPID, ENC, PLAIN, fs_env, trio_test
+
+CTX = Ctx(uid=os.getuid(), gid=os.getgid(), umask=0o022)
+REG = stat.S_IFREG | 0o644
+
+
+async def fails(err, coro):
+    """Await ``coro`` and check it raises a CosfsError with ``err``; returns the error."""
+    with pytest.raises(CosfsError) as ei:
+        await coro
+    assert ei.value.errno == err, "expected %s, got %s (%s)" % (
+        errno.errorcode[err], errno.errorcode.get(ei.value.errno), ei.value)
+    return ei.value
+
+
+def fails_sync(err, fn, *args, **kw):
+    with pytest.raises(CosfsError) as ei:
+        fn(*args, **kw)
+    assert ei.value.errno == err
+    return ei.value
+
+
+async def mkfile(fs, parent, name, data=b""):
+    fh, inode = await fs.create(parent, name, 0o644, os.O_RDWR, CTX)
+    if data:
+        await fs.write(fh, 0, data)
+    await fs.release(fh)
+    return inode.id
+
+
+def exists(env, ino):
+    try:
+        env.catalog.get_inode(ino)
+        return True
+    except FsError:
+        return False
+
+
+def names_in(env, ino):
+    return [n for n, _ in env.catalog.list_dir(ino)]
+
+
+# -- buckets -------------------------------------------------------------------------
+@trio_test
+async def test_root_lists_configured_buckets(tmp_path):
+    async with fs_env(tmp_path) as env:
+        assert names_in(env, ROOT_INODE) == [ENC.encode(), PLAIN.encode()]
+        root = await env.fs.getattr(ROOT_INODE)
+        assert root.nlink == 4
+        assert env.fs.get_bucket_encryption(env.bucket(ENC)).startswith(b"<")
+        fails_sync(errno.ENODATA, env.fs.get_bucket_encryption, env.bucket(PLAIN))
+
+
+@trio_test
+async def test_mkdir_at_root_creates_bucket(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        inode = await fs.mkdir(ROOT_INODE, b"photos-" + APPID.encode(), 0o755, CTX)
+        assert inode.is_dir and inode.bucket == inode.id and inode.nlink == 2
+        assert env.catalog.bucket_by_name("photos-" + APPID)[2] == "ap-guangzhou"
+        assert (await fs.getattr(ROOT_INODE)).nlink == 5
+        assert fs.lookups[inode.id] == 1
+        await fails(errno.EEXIST, fs.mkdir(ROOT_INODE, b"photos-" + APPID.encode(), 0o755, CTX))
+        # an empty bucket can be removed
+        await fs.rmdir(ROOT_INODE, b"photos-" + APPID.encode())
+        assert env.catalog.bucket_by_name("photos-" + APPID) is None
+        assert (await fs.getattr(ROOT_INODE)).nlink == 4
+
+
+@pytest.mark.parametrize("name", [
+    b"Photos-" + APPID.encode(),        # upper case
+    b"photos",                          # no APPID
+    b"photos-1250000001",               # another APPID
+    b"-photos-" + APPID.encode(),       # leading dash
+    b"photos_x-" + APPID.encode(),      # underscore
+    b"a" * 40 + b"-" + APPID.encode(),  # endpoint too long
+    b"\xff\xfe-" + APPID.encode(),      # not UTF-8
+])
+@trio_test
+async def test_invalid_bucket_names(tmp_path, caplog, name):
+    async with fs_env(tmp_path) as env:
+        with caplog.at_level(logging.WARNING, logger="cosfs.filesystem"):
+            err = await fails(errno.EINVAL, env.fs.mkdir(ROOT_INODE, name, 0o755, CTX))
+        assert err.code in ("InvalidBucketName", "BucketNameTooLong")
+        assert any(r.levelno == logging.WARNING and "mount root" in r.getMessage()
+                   for r in caplog.records), caplog.text
+        assert env.catalog.lookup(ROOT_INODE, name) is None
+
+
+@trio_test
+async def test_non_empty_bucket_cannot_be_removed(tmp_path, caplog):
+    async with fs_env(tmp_path) as env:
+        await mkfile(env.fs, env.bucket(), b"f")
+        with caplog.at_level(logging.WARNING, logger="cosfs.filesystem"):
+            err = await fails(errno.ENOTEMPTY, env.fs.rmdir(ROOT_INODE, PLAIN.encode()))
+        assert err.code == "BucketNotEmpty"
+        assert "BucketNotEmpty" in caplog.text
+
+
+@trio_test
+async def test_no_files_at_root(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        await fails(errno.EPERM, fs.create(ROOT_INODE, b"file", 0o644, os.O_RDWR, CTX))
+        await fails(errno.EPERM, fs.symlink(ROOT_INODE, b"link", b"target", CTX))
+        await fails(errno.EPERM, fs.mknod(ROOT_INODE, b"fifo", stat.S_IFIFO | 0o644, 0, CTX))
+        ino = await mkfile(fs, env.bucket(), b"f")
+        await fails(errno.EPERM, fs.link(ino, ROOT_INODE, b"hard", CTX))
+        assert names_in(env, ROOT_INODE) == [ENC.encode(), PLAIN.encode()]
+
+
+@trio_test
+async def test_bucket_rename_refused(tmp_path):
+    async with fs_env(tmp_path) as env:
+        await fails(errno.EPERM, env.fs.rename(ROOT_INODE, PLAIN.encode(), ROOT_INODE,
+                                               b"other-" + APPID.encode()))
+        await fails(errno.EXDEV, env.fs.rename(ROOT_INODE, PLAIN.encode(), env.bucket(ENC),
+                                               b"x"))
+
+
+# -- names ------------------------------------------------------------------------------
+@trio_test
+async def test_key_length_limit(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        await fails(errno.ENAMETOOLONG, fs.create(env.bucket(), b"n" * 256, 0o644, 0, CTX))
+        # nest directories so the key approaches the COS limit of 850 bytes
+        parent = env.bucket()
+        used = 0
+        while used + 201 < MAX_KEY_BYTES - 50:
+            parent = (await fs.mkdir(parent, b"d" * 200, 0o755, CTX)).id
+            used += 201
+        room = MAX_KEY_BYTES - used
+        assert fs.key_of(parent, b"x" * room) and len(fs.key_of(parent, b"x" * room)) == 850
+        await mkfile(fs, parent, b"x" * room)
+        err = await fails(errno.ENAMETOOLONG, fs.create(parent, b"y" * (room + 1), 0o644, 0, CTX))
+        assert err.code == "KeyTooLong"
+        await fails(errno.ENAMETOOLONG, fs.mkdir(parent, b"y" * (room + 1), 0o755, CTX))
+        await fails(errno.ENAMETOOLONG, fs.symlink(parent, b"y" * (room + 1), b"t", CTX))
+        # renaming into the long directory is checked too
+        short = await mkfile(fs, env.bucket(), b"short")
+        await fails(errno.ENAMETOOLONG, fs.rename(env.bucket(), b"short", parent,
+                                                  b"y" * (room + 1)))
+        assert env.catalog.lookup(env.bucket(), b"short") == short
+
+
+@pytest.mark.parametrize("name,err", [(b".", errno.EINVAL), (b"..", errno.EINVAL),
+                                      (b"a\x1bb", errno.EINVAL), (b"\xff", errno.EINVAL)])
+@trio_test
+async def test_invalid_object_names(tmp_path, name, err):
+    async with fs_env(tmp_path) as env:
+        await fails(err, env.fs.create(env.bucket(), name, 0o644, 0, CTX))
+
+
+# -- lookup counts and purge ------------------------------------------------------------
+@trio_test
+async def test_lookup_counts(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(), b"f")  # create counts one
+        assert fs.lookups[ino] == 1
+        for _ in range(3):
+            assert (await fs.lookup(env.bucket(), b"f")).id == ino
+        assert fs.lookups[ino] == 4
+        await fails(errno.ENOENT, fs.lookup(env.bucket(), b"nope"))
+        assert (await fs.lookup(env.bucket(), b".")).id == env.bucket()
+        assert (await fs.lookup(env.bucket(), b"..")).id == ROOT_INODE
+        fs.forget([(ino, 3)])
+        assert fs.lookups[ino] == 1
+        fs.forget([(ino, 1)])
+        assert ino not in fs.lookups
+        assert exists(env, ino)  # still named: forget never deletes
+
+
+@pytest.mark.parametrize("order", ["forget-then-release", "release-then-forget"])
+@trio_test
+async def test_unlinked_inode_purged_after_forget_and_release(tmp_path, order):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        fh, inode = await fs.create(env.bucket(), b"f", 0o644, os.O_RDWR, CTX)
+        ino = inode.id
+        await fs.write(fh, 0, b"data" * 50000)
+        await fs.flush(fh)
+        blobs = {c.blob for c in env.catalog.chunks(ino)}
+        await fs.unlink(env.bucket(), b"f")
+        assert exists(env, ino) and env.catalog.get_inode(ino).nlink == 0
+        assert await fs.read(fh, 0, 4) == b"data"  # an open unlinked file stays readable
+        if order == "forget-then-release":
+            fs.forget([(ino, 1)])
+            assert exists(env, ino)
+            await fs.write(fh, 0, b"more")
+            await fs.release(fh)
+        else:
+            await fs.release(fh)
+            assert exists(env, ino)
+            fs.forget([(ino, 1)])
+        assert not exists(env, ino)
+        assert env.catalog.chunks(ino) == []
+        await env.drain_gc()
+        assert not blobs & env.blobs()
+
+
+@trio_test
+async def test_purge_unlinked_at_start(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        fh, inode = await fs.create(env.bucket(), b"f", 0o644, os.O_RDWR, CTX)
+        await fs.write(fh, 0, b"x" * 1000)
+        await fs.flush(fh)
+        await fs.unlink(env.bucket(), b"f")
+        cfg = env.config
+        # the daemon dies here: the handle and lookup are never released
+        env.fs.handles.clear()
+        env.fs.lookups.clear()
+        env.objects.states.clear()
+    async with fs_env(tmp_path, reopen_config=cfg) as env:
+        assert env.catalog.unlinked_inodes() == [inode.id]
+        env.fs.purge_unlinked()
+        assert not exists(env, inode.id)
+        await env.drain_gc()
+        assert env.blobs() == env.catalog.referenced_blobs()
+
+
+# -- link / unlink -------------------------------------------------------------------
+@trio_test
+async def test_hard_links(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        sub = (await fs.mkdir(b, b"sub", 0o755, CTX)).id
+        ino = await mkfile(fs, b, b"a", b"content")
+        inode = await fs.link(ino, sub, b"b", CTX)
+        assert inode.nlink == 2 and fs.lookups[ino] == 2
+        await fails(errno.EEXIST, fs.link(ino, sub, b"b", CTX))
+        await fails(errno.EXDEV, fs.link(ino, env.bucket(ENC), b"c", CTX))
+        await fails(errno.EPERM, fs.link(sub, b, b"dirlink", CTX))
+        await fs.unlink(b, b"a")
+        assert env.catalog.get_inode(ino).nlink == 1
+        fs.forget([(ino, 2)])
+        assert exists(env, ino)  # one name left
+        fh = await fs.open((await fs.lookup(sub, b"b")).id, os.O_RDONLY)
+        assert await fs.read(fh, 0, 100) == b"content"
+        await fs.release(fh)
+        await fs.unlink(sub, b"b")
+        fs.forget([(ino, 1)])
+        assert not exists(env, ino)
+
+
+@trio_test
+async def test_unlink_and_rmdir_errors(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        d = (await fs.mkdir(b, b"d", 0o755, CTX)).id
+        await mkfile(fs, d, b"f")
+        await fails(errno.EISDIR, fs.unlink(b, b"d"))
+        await fails(errno.ENOTDIR, fs.rmdir(d, b"f"))
+        await fails(errno.ENOTEMPTY, fs.rmdir(b, b"d"))
+        await fails(errno.ENOENT, fs.unlink(b, b"missing"))
+        await fails(errno.ENOENT, fs.rmdir(b, b"missing"))
+        f = env.catalog.lookup(d, b"f")
+        await fails(errno.ENOTDIR, fs.unlink(f, b"x"))
+        await fails(errno.ENOTDIR, fs.mkdir(f, b"x", 0o755, CTX))
+
+
+# -- directory link counts -----------------------------------------------------------
+@trio_test
+async def test_directory_nlink(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        nl = lambda ino: env.catalog.get_inode(ino).nlink  # noqa: E731
+        assert nl(b) == 2
+        a = (await fs.mkdir(b, b"a", 0o755, CTX)).id
+        c = (await fs.mkdir(b, b"c", 0o755, CTX)).id
+        await mkfile(fs, b, b"file")
+        assert nl(b) == 4  # files do not count
+        x = (await fs.mkdir(a, b"x", 0o755, CTX)).id
+        assert (nl(a), nl(x)) == (3, 2)
+        await fs.rename(a, b"x", c, b"x")  # move a directory between parents
+        assert (nl(a), nl(c), nl(b)) == (2, 3, 4)
+        await fs.rename(c, b"x", c, b"y")  # same parent
+        assert nl(c) == 3
+        await fs.mkdir(a, b"empty", 0o755, CTX)
+        await fs.rename(c, b"y", a, b"empty")  # replace an empty directory elsewhere
+        assert (nl(a), nl(c)) == (3, 2)
+        await fs.rmdir(a, b"empty")
+        assert nl(a) == 2
+        await fs.rmdir(b, b"a")
+        assert nl(b) == 3
+
+
+# -- rename -------------------------------------------------------------------------
+@trio_test
+async def test_rename_replaces_file(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        src = await mkfile(fs, b, b"src", b"new")
+        dst = await mkfile(fs, b, b"dst", b"old" * 100000)
+        old_blobs = {c.blob for c in env.catalog.chunks(dst)}
+        await fs.rename(b, b"src", b, b"dst")
+        assert env.catalog.lookup(b, b"dst") == src
+        assert env.catalog.lookup(b, b"src") is None
+        assert env.catalog.get_inode(dst).nlink == 0
+        assert exists(env, dst)  # the kernel still knows it
+        fs.forget([(dst, 1)])
+        assert not exists(env, dst)
+        await env.drain_gc()
+        assert not old_blobs & env.blobs()
+
+
+@trio_test
+async def test_rename_errors(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        d = (await fs.mkdir(b, b"d", 0o755, CTX)).id
+        sub = (await fs.mkdir(d, b"sub", 0o755, CTX)).id
+        full = (await fs.mkdir(b, b"full", 0o755, CTX)).id
+        await mkfile(fs, full, b"inside")
+        await mkfile(fs, b, b"f")
+        await mkfile(fs, env.bucket(ENC), b"g")
+        await fails(errno.EXDEV, fs.rename(b, b"f", env.bucket(ENC), b"f"))
+        await fails(errno.EXDEV, fs.rename(env.bucket(ENC), b"g", b, b"g"))
+        await fails(errno.EINVAL, fs.rename(b, b"d", d, b"d2"))      # into itself
+        await fails(errno.EINVAL, fs.rename(b, b"d", sub, b"deeper"))  # into its subtree
+        await fails(errno.ENOTEMPTY, fs.rename(b, b"d", b, b"full"))
+        await fails(errno.EISDIR, fs.rename(b, b"f", b, b"d"))
+        await fails(errno.ENOTDIR, fs.rename(b, b"d", b, b"f"))
+        await fails(errno.ENOENT, fs.rename(b, b"missing", b, b"x"))
+        await fails(errno.EEXIST, fs.rename(b, b"f", b, b"d", RENAME_NOREPLACE))
+        await fails(errno.EINVAL, fs.rename(b, b"f", b, b"x", 8))
+        await fails(errno.ENOENT, fs.rename(b, b"f", b, b"absent", RENAME_EXCHANGE))
+        # nothing moved
+        assert names_in(env, b) == [b"d", b"f", b"full"]
+        assert names_in(env, d) == [b"sub"]
+
+
+@trio_test
+async def test_rename_noreplace_and_same_inode(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        ino = await mkfile(fs, b, b"a")
+        await fs.rename(b, b"a", b, b"b", RENAME_NOREPLACE)
+        assert names_in(env, b) == [b"b"]
+        await fs.link(ino, b, b"c", CTX)
+        await fs.rename(b, b"b", b, b"c")  # both names are the same inode: nothing happens
+        assert names_in(env, b) == [b"b", b"c"]
+        assert env.catalog.get_inode(ino).nlink == 2
+
+
+@trio_test
+async def test_rename_exchange(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        p = (await fs.mkdir(b, b"p", 0o755, CTX)).id
+        q = (await fs.mkdir(b, b"q", 0o755, CTX)).id
+        f = await mkfile(fs, p, b"f", b"file")
+        d = (await fs.mkdir(q, b"d", 0o755, CTX)).id
+        await mkfile(fs, d, b"inner")
+        await fs.rename(p, b"f", q, b"d", RENAME_EXCHANGE)
+        assert env.catalog.lookup(p, b"f") == d
+        assert env.catalog.lookup(q, b"d") == f
+        nl = lambda ino: env.catalog.get_inode(ino).nlink  # noqa: E731
+        assert (nl(p), nl(q)) == (3, 2)
+        assert env.catalog.parent_of(d) == (p, b"f")
+        assert fs.key_of(d, b"inner") == b"p/f/inner"
+        await fails(errno.EINVAL, fs.rename(b, b"p", p, b"f", RENAME_EXCHANGE))  # into itself
+
+
+@trio_test
+async def test_rename_moves_keys_of_subtree(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        d = (await fs.mkdir(b, b"dir", 0o755, CTX)).id
+        await mkfile(fs, d, b"obj", b"payload")
+        await fs.rename(b, b"dir", b, b"moved")
+        inode = await fs.lookup(d, b"obj")
+        assert fs.key_of(d, b"obj") == b"moved/obj"
+        fh = await fs.open(inode.id, os.O_RDONLY)
+        assert await fs.read(fh, 0, 10) == b"payload"
+        await fs.release(fh)
+
+
+# -- readdir ----------------------------------------------------------------------------
+def read_some(fs, fh, start, n):
+    """Play the kernel: take up to ``n`` entries from ``start``; returns (names, next)."""
+    got = []
+    nxt = start
+    for name, inode, next_id, counted in fs.readdir(fh, start):
+        if len(got) == n:
+            break
+        got.append(name)
+        nxt = next_id
+        if counted:
+            fs.readdir_sent(fh, name, inode.id)
+    return got, nxt
+
+
+@trio_test
+async def test_readdir_basic(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        for i in range(5):
+            await mkfile(fs, b, b"f%d" % i)
+        fs.forget(list(fs.lookups.items()))
+        fh = await fs.opendir(b)
+        names, nxt = read_some(fs, fh, 0, 100)
+        assert names == [b".", b"..", b"f0", b"f1", b"f2", b"f3", b"f4"]
+        assert read_some(fs, fh, nxt, 100) == ([], nxt)
+        # entries (not . and ..) count as lookups
+        assert sorted(fs.lookups.values()) == [1] * 5
+        await fs.releasedir(fh)
+        fails_sync(errno.EBADF, lambda: list(fs.readdir(fh, 0)))
+        ino = env.catalog.lookup(b, b"f0")
+        await fails(errno.ENOTDIR, fs.opendir(ino))
+
+
+@trio_test
+async def test_readdir_resumes_across_changes(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        for i in range(0, 20, 2):
+            await mkfile(fs, b, b"e%02d" % i)
+        fh = await fs.opendir(b)
+        first, nxt = read_some(fs, fh, 0, 6)  # . .. e00 e02 e04 e06
+        assert first[2:] == [b"e00", b"e02", b"e04", b"e06"]
+        # changes between two calls: before and after the cursor
+        await fs.unlink(b, b"e02")        # already sent
+        await fs.unlink(b, b"e06")        # the last one sent
+        await fs.unlink(b, b"e10")        # not yet sent: must not appear
+        await mkfile(fs, b, b"e01")       # before the cursor: not required
+        await mkfile(fs, b, b"e07")       # after the cursor: must appear
+        await mkfile(fs, b, b"e99")
+        rest, nxt2 = read_some(fs, fh, nxt, 3)
+        rest2, _ = read_some(fs, fh, nxt2, 100)
+        after = rest + rest2
+        assert after == [b"e07", b"e08", b"e12", b"e14", b"e16", b"e18", b"e99"]
+        # a repeated call at an old offset (the kernel re-reads) gives the same entries
+        again, _ = read_some(fs, fh, nxt, 100)
+        assert again == after
+        await fs.releasedir(fh)
+
+
+@trio_test
+async def test_readdir_large_directory_in_batches(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        d = (await fs.mkdir(b, b"big", 0o755, CTX)).id
+        with env.catalog.transaction():  # quicker than 2500 creates
+            for i in range(2500):
+                inode = env.catalog.new_inode(mode=REG, uid=0, gid=0, bucket=b,
+                                              object_id=os.urandom(16))
+                env.catalog.add_dentry(d, b"n%05d" % i, inode.id)
+        fh = await fs.opendir(d)
+        seen = []
+        nxt = 0
+        while True:
+            names, nxt = read_some(fs, fh, nxt, 333)
+            if not names:
+                break
+            seen += names
+        assert seen[2:] == [b"n%05d" % i for i in range(2500)]
+
+
+# -- attributes -----------------------------------------------------------------------
+@trio_test
+async def test_setattr(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        ino = await mkfile(fs, b, b"f", b"0123456789")
+        inode = await fs.setattr(ino, mode=0o600, uid=7, gid=8, mtime_ns=10 ** 18)
+        assert stat.S_ISREG(inode.mode) and stat.S_IMODE(inode.mode) == 0o600
+        assert (inode.uid, inode.gid, inode.mtime_ns) == (7, 8, 10 ** 18)
+        inode = await fs.setattr(ino, size=4)
+        assert inode.size == 4
+        fh = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 100) == b"0123"
+        await fs.release(fh)
+        await fails(errno.EISDIR, fs.setattr(b, size=0))
+        fh = await fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+        assert (await fs.getattr(ino)).size == 0
+        await fs.release(fh)
+        await fails(errno.EISDIR, fs.open(b, os.O_RDONLY))
+        await fails(errno.EBADF, fs.read(12345, 0, 1))
+
+
+@trio_test
+async def test_symlink_and_mknod(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        link = await fs.symlink(b, b"ln", b"../target", CTX)
+        assert stat.S_ISLNK(link.mode) and link.size == len(b"../target")
+        assert await fs.readlink(link.id) == b"../target"
+        ino = await mkfile(fs, b, b"f")
+        await fails(errno.EINVAL, fs.readlink(ino))
+        fifo = await fs.mknod(b, b"fifo", stat.S_IFIFO | 0o644, 0, CTX)
+        assert stat.S_ISFIFO(fifo.mode)
+        await fails(errno.EINVAL, fs.mknod(b, b"dir", stat.S_IFDIR | 0o755, 0, CTX))
+
+
+@trio_test
+async def test_statfs(tmp_path):
+    async with fs_env(tmp_path) as env:
+        st = await env.fs.statfs()
+        assert st["f_namemax"] == 255 and st["f_bsize"] > 0
+
+
+# -- xattrs ------------------------------------------------------------------------------
+@trio_test
+async def test_user_xattrs(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(), b"f")
+        await fails(errno.ENODATA, fs.getxattr(ino, b"user.color"))
+        await fs.setxattr(ino, b"user.color", b"blue")
+        assert await fs.getxattr(ino, b"user.color") == b"blue"
+        assert b"user.color" in await fs.listxattr(ino)
+        await fs.setxattr(ino, b"user.color", b"red")
+        assert await fs.getxattr(ino, b"user.color") == b"red"
+        await fs.removexattr(ino, b"user.color")
+        await fails(errno.ENODATA, fs.removexattr(ino, b"user.color"))
+        await fails(errno.E2BIG, fs.setxattr(ino, b"user.big", b"x" * (64 * 1024 + 1)))
+        for i in range(3):
+            await fs.setxattr(ino, b"user.v%d" % i, b"x" * 64 * 1024)
+        await fails(errno.ENOSPC, fs.setxattr(ino, b"user.v3", b"x" * 64 * 1024))
+        d = (await fs.mkdir(env.bucket(), b"d", 0o755, CTX)).id
+        await fs.setxattr(d, b"user.dir", b"ok")  # directories carry user xattrs too
+        assert await fs.getxattr(d, b"user.dir") == b"ok"
+
+
+@pytest.mark.parametrize("name", [b"trusted.x", b"security.selinux", b"system.posix_acl_access",
+                                  b"os2.x", b"userx"])
+@trio_test
+async def test_other_namespaces_not_supported(tmp_path, name):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(), b"f")
+        await fails(errno.ENOTSUP, fs.getxattr(ino, name))
+        await fails(errno.ENOTSUP, fs.setxattr(ino, name, b"v"))
+        await fails(errno.ENOTSUP, fs.removexattr(ino, name))
+
+
+@trio_test
+async def test_status_xattrs_read_only(tmp_path):
+    import hashlib
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(), b"f", b"hello")
+        assert await fs.getxattr(ino, b"user.cos.etag") == hashlib.md5(b"hello").hexdigest().encode()
+        assert await fs.getxattr(ino, b"user.cos.version-id") == b"null"
+        for name in (b"user.cos.etag", b"user.cos.version-id", b"user.cos.replication-status"):
+            await fails(errno.EPERM, fs.setxattr(ino, name, b"forged"))
+            await fails(errno.EPERM, fs.removexattr(ino, name))
+        await fails(errno.ENODATA, fs.getxattr(ino, b"user.cos.unknown"))
+        await fails(errno.EINVAL, fs.setxattr(ino, b"user.cos.unknown", b"v"))
+        listed = await fs.listxattr(ino)
+        assert b"user.cos.etag" not in listed and b"user.cos.version-id" not in listed
+        # bucket region
+        b = env.bucket()
+        assert await fs.getxattr(b, b"user.cos.bucket-region") == b"ap-guangzhou"
+        await fails(errno.EPERM, fs.setxattr(b, b"user.cos.bucket-region", b"ap-shanghai"))
+
+
+@trio_test
+async def test_sse_override_reencrypts(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        data = os.urandom(300000)
+        ino = await mkfile(fs, env.bucket(), b"f", data)
+        await fails(errno.ENODATA, fs.getxattr(ino, SSE_XATTR))
+        assert SSE_XATTR not in await fs.listxattr(ino)
+        await fs.setxattr(ino, SSE_XATTR, b"AES256\0")  # setfattr may add a NUL
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        assert await fs.getxattr(ino, SSE_XATTR) == b"AES256"
+        assert SSE_XATTR in await fs.listxattr(ino)
+        fh = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, len(data) + 1) == data
+        await fs.release(fh)
+        # a plaintext copy must not survive in the store
+        await env.drain_gc()
+        for blob in env.blobs():
+            assert data[1000:1064] not in env.region_store.get(blob)
+        await fs.removexattr(ino, SSE_XATTR)
+        assert env.catalog.get_inode(ino).enc is None
+        await fails(errno.ENODATA, fs.getxattr(ino, SSE_XATTR))
+        await fails(errno.ENODATA, fs.removexattr(ino, SSE_XATTR))
+        fh = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, len(data) + 1) == data
+        await fs.release(fh)
+
+
+@trio_test
+async def test_sse_override_in_encrypted_bucket(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(ENC), b"f", b"secret")
+        assert await fs.getxattr(ino, SSE_XATTR) == b"AES256"
+        # dropping a request that was never made keeps the bucket default
+        await fs.removexattr(ino, SSE_XATTR)
+        assert await fs.getxattr(ino, SSE_XATTR) == b"AES256"
+
+
+@pytest.mark.parametrize("value", [b"DES", b"", b"aes256", b"AES256 extra", b"\xff"])
+@trio_test
+async def test_sse_override_invalid(tmp_path, caplog, value):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(), b"f", b"x")
+        await fails(errno.EINVAL, fs.setxattr(ino, SSE_XATTR, value))
+        inode = env.catalog.get_inode(ino)
+        assert inode.enc is None and inode.enc_request is None
+        d = (await fs.mkdir(env.bucket(), b"d", 0o755, CTX)).id
+        await fails(errno.EINVAL, fs.setxattr(d, SSE_XATTR, b"AES256"))
+
+
+@trio_test
+async def test_bucket_encryption_xattr(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        await fails(errno.ENODATA, fs.getxattr(b, BUCKET_ENC_XATTR))
+        await fails(errno.ENODATA, fs.removexattr(b, BUCKET_ENC_XATTR))
+        await fs.setxattr(b, BUCKET_ENC_XATTR, b"AES256\n")
+        doc = await fs.getxattr(b, BUCKET_ENC_XATTR)
+        assert b"<SSEAlgorithm>AES256</SSEAlgorithm>" in doc
+        # a full document works too, and a new object gets the default
+        await fs.setxattr(b, BUCKET_ENC_XATTR, doc)
+        ino = await mkfile(fs, b, b"new", b"data")
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        await fails(errno.EINVAL, fs.setxattr(b, BUCKET_ENC_XATTR, b"<Nope/>"))
+        await fails(errno.EINVAL, fs.setxattr(b, BUCKET_ENC_XATTR, b"DES"))
+        assert await fs.getxattr(b, BUCKET_ENC_XATTR) == doc  # unchanged by the failures
+        await fs.removexattr(b, BUCKET_ENC_XATTR)
+        await fails(errno.ENODATA, fs.getxattr(b, BUCKET_ENC_XATTR))
+        assert env.catalog.get_inode(ino).enc == "AES256"  # stored objects keep theirs
+        # only on bucket directories
+        d = (await fs.mkdir(b, b"d", 0o755, CTX)).id
+        await fails(errno.ENODATA, fs.getxattr(d, BUCKET_ENC_XATTR))
+        await fails(errno.EINVAL, fs.setxattr(d, BUCKET_ENC_XATTR, b"AES256"))
+        await fails(errno.EINVAL, fs.setxattr(ino, BUCKET_ENC_XATTR, b"AES256"))
+
+
+@trio_test
+async def test_daemon_pid_xattr(tmp_path):
+    async with fs_env(tmp_path) as env:
+        env.fs.daemon_info = {"pid": 4242}
+        assert await env.fs.getxattr(ROOT_INODE, b"user.cos.daemon-pid") == b"4242"
+
+
+@trio_test
+async def test_empty_object_gets_bucket_default(tmp_path):
+    """COS encrypts every upload without SSE headers by the bucket default, empty ones too."""
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        ino = await mkfile(fs, env.bucket(ENC), b"touched")
+        assert await fs.getxattr(ino, SSE_XATTR) == b"AES256"
+        assert SSE_XATTR in await fs.listxattr(ino)
+        node = await fs.mknod(env.bucket(ENC), b"mknod", stat.S_IFREG | 0o644, 0, CTX)
+        assert await fs.getxattr(node.id, SSE_XATTR) == b"AES256"
+        plain = await mkfile(fs, env.bucket(PLAIN), b"touched")
+        await fails(errno.ENODATA, fs.getxattr(plain, SSE_XATTR))
+        # writing later keeps the state decided at creation
+        fh = await fs.open(ino, os.O_RDWR)
+        await fs.write(fh, 0, b"now with data")
+        await fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"
