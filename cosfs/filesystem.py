@@ -188,6 +188,9 @@ class FileSystem:
             inode = self.attr(ROOT_INODE if row is None else row[0])
         else:
             self._dir(parent)
+            if len(name) > NAME_MAX:
+                # like local file systems: the name can never exist, say why
+                raise FsError(errno.ENAMETOOLONG)
             ino = self.catalog.lookup(parent, name)
             if ino is None:
                 raise FsError(errno.ENOENT)
