@@ -694,3 +694,83 @@ async def test_empty_object_gets_bucket_default(tmp_path):
         await fs.write(fh, 0, b"now with data")
         await fs.release(fh)
         assert env.catalog.get_inode(ino).enc == "AES256"
+
+
+@trio_test
+async def test_metadata_changes_never_touch_encryption(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket(ENC)
+        ino = await mkfile(fs, b, b"f", b"secret data" * 1000)
+        blobs = env.catalog.referenced_blobs()
+        await fs.removexattr(b, BUCKET_ENC_XATTR)  # the default goes away
+        await fs.setattr(ino, mode=0o600, uid=5, gid=6, atime_ns=1, mtime_ns=2)
+        await fs.setxattr(ino, b"user.tag", b"v")
+        await fs.removexattr(ino, b"user.tag")
+        d = (await fs.mkdir(b, b"d", 0o755, CTX)).id
+        await fs.rename(b, b"f", d, b"g")
+        await fs.link(ino, b, b"h", CTX)
+        fh = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, 6) == b"secret"
+        await fs.release(fh)
+        inode = env.catalog.get_inode(ino)
+        assert inode.enc == "AES256" and inode.mtime_ns == 2
+        assert env.catalog.referenced_blobs() == blobs
+
+
+@trio_test
+async def test_utimens_before_close_is_kept(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        fh, inode = await fs.create(env.bucket(), b"f", 0o644, os.O_RDWR, CTX)
+        await fs.write(fh, 0, b"copied")
+        await fs.setattr(inode.id, mtime_ns=123456789)  # cp -p: write, utimens, close
+        await fs.release(fh)
+        assert env.catalog.get_inode(inode.id).mtime_ns == 123456789
+
+
+@trio_test
+async def test_uncommitted_size_visible_in_getattr(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        fh, inode = await fs.create(env.bucket(), b"f", 0o666, os.O_RDWR, CTX)
+        assert stat.S_IMODE(inode.mode) == 0o644  # umask applied
+        await fs.write(fh, 1000, b"x")
+        assert (await fs.getattr(inode.id)).size == 1001
+        assert (await fs.lookup(env.bucket(), b"f")).size == 1001
+        await fs.release(fh)
+
+
+@trio_test
+async def test_removed_bucket_inode_purged_on_forget(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        name = b"temp-" + APPID.encode()
+        ino = (await fs.mkdir(ROOT_INODE, name, 0o755, CTX)).id
+        await fs.setxattr(ino, BUCKET_ENC_XATTR, b"AES256")
+        await fs.rmdir(ROOT_INODE, name)
+        assert exists(env, ino)
+        fs.forget([(ino, 1)])
+        assert not exists(env, ino)
+        # the name can be used again; the new bucket inherits nothing (even if the
+        # inode number is reused, which is allowed once the kernel forgot it)
+        new = (await fs.mkdir(ROOT_INODE, name, 0o755, CTX)).id
+        await fails(errno.ENODATA, fs.getxattr(new, BUCKET_ENC_XATTR))
+        assert names_in(env, new) == []
+
+
+@trio_test
+async def test_rename_directory_key_limit(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        d = (await fs.mkdir(b, b"d", 0o755, CTX)).id
+        await mkfile(fs, d, b"f" * 250)
+        deep = b
+        for _ in range(3):
+            deep = (await fs.mkdir(deep, b"p" * 190, 0o755, CTX)).id
+        # "ppp.../ppp.../ppp.../d/fff..." would be 573 + 2 + 251 = 826 bytes: allowed
+        await fs.rename(b, b"d", deep, b"d")
+        # a longer directory name pushes the object's key past 850 bytes
+        await fails(errno.ENAMETOOLONG, fs.rename(deep, b"d", deep, b"d" * 30))
+        assert env.catalog.lookup(deep, b"d") == d
