@@ -11,10 +11,14 @@ check what the data path does when the chunk store misbehaves.
 import errno
 import functools
 import os
+import pathlib
+import shutil
+import tempfile
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import pytest
 import trio
 
 from cosfs import config as cosfs_config
@@ -26,6 +30,27 @@ APPID = "1250000000"
 PLAIN = "plain-" + APPID
 ENC = "enc-" + APPID
 REGION = "ap-guangzhou"
+
+
+TMPFS = "/dev/shm"
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """pytest's ``tmp_path``, moved to tmpfs when there is one (import it into a test module).
+
+    These tiers test logic, not the disk: on a shared machine their many small
+    fsyncs and the store's 512 fan-out directories would make them several
+    times slower on a real disk. Removed after the test.
+    """
+    if not os.access(TMPFS, os.W_OK):
+        yield tmp_path
+        return
+    folder = tempfile.mkdtemp(prefix="cosfs-test-", dir=TMPFS)
+    try:
+        yield pathlib.Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def trio_test(fn):

@@ -10,6 +10,8 @@ import pytest
 from cosfs.catalog import ROOT_INODE, SCHEMA_VERSION, Catalog, Chunk
 from cosfs.errors import CosfsError, FsError
 
+from helpers import tmp_path  # noqa: F401 (tmpfs)
+
 REG = stat.S_IFREG | 0o644
 DIR = stat.S_IFDIR | 0o755
 

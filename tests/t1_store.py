@@ -9,6 +9,8 @@ import pytest
 from cosfs.errors import StoreError
 from cosfs.store import LocalStore, blob_name
 
+from helpers import tmp_path  # noqa: F401 (tmpfs)
+
 
 @pytest.fixture
 def store(tmp_path):

@@ -18,7 +18,7 @@ from cosfs.errors import CosfsError, StoreError
 from cosfs.filesystem import Ctx
 from cosfs.objects import ObjectState, ObjectStore
 
-from helpers import ENC, PLAIN, REGION, fs_env, make_config, trio_test
+from helpers import ENC, PLAIN, REGION, fs_env, make_config, tmp_path, trio_test  # noqa: F401
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -18,7 +18,7 @@ from cosfs.filesystem import (BUCKET_ENC_XATTR, RENAME_EXCHANGE, RENAME_NOREPLAC
                               Ctx)
 from cosfs.names import MAX_KEY_BYTES
 
-from helpers import APPID, ENC, PLAIN, fs_env, trio_test
+from helpers import APPID, ENC, PLAIN, fs_env, tmp_path, trio_test  # noqa: F401
 
 CTX = Ctx(uid=os.getuid(), gid=os.getgid(), umask=0o022)
 REG = stat.S_IFREG | 0o644
