@@ -36,11 +36,19 @@ def _load_config(path, mountpoint=None):
 
 
 # -- mount / umount ---------------------------------------------------------------
+def _makedirs(path, what, mode=0o777):
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+    except OSError as exc:
+        raise CosfsError("cannot create %s directory %s: %s" % (what, path, exc.strerror),
+                         errno=exc.errno, code="InvalidConfig") from None
+
+
 def cmd_mount(args):
     cfg = _load_config(args.config, args.mountpoint)
     if cfg.mountpoint is None:
         raise UsageError("no mount point: give one on the command line or in %s" % args.config)
-    os.makedirs(cfg.mountpoint, exist_ok=True)
+    _makedirs(cfg.mountpoint, "mount point")
     from .mount import run_mount, setup_logging
     log_file = args.log_file or cfg.log_file
     if log_file is None and not args.foreground:
@@ -49,7 +57,7 @@ def cmd_mount(args):
         setup_logging(log_file, cfg.log_level, args.verbose)
         run_mount(cfg)
         return 0
-    os.makedirs(cfg.store, mode=0o700, exist_ok=True)
+    _makedirs(cfg.store, "store", mode=0o700)
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -265,6 +273,9 @@ def _bucket_encryption_mounted(args):
         if exc.errno == errno.ENODATA:
             raise NoSuchEncryptionConfiguration(
                 "The specified bucket does not have an encryption configuration") from None
+        if exc.errno == errno.E2BIG:
+            # the kernel refuses xattr values over 64 KiB before the daemon sees them
+            raise MalformedXML("the document is larger than 64 KiB") from None
         if exc.errno == errno.EINVAL:
             raise MalformedXML("the document or algorithm was rejected (see the daemon log)") \
                 from None
