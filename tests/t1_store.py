@@ -164,3 +164,32 @@ def test_write_failure_removes_partial_blob(store, monkeypatch):
 
 def test_statvfs(store):
     assert store.statvfs().f_bsize > 0
+
+
+@pytest.mark.parametrize("syncfs_works", [True, False])
+def test_sync_all_many_blobs(store, monkeypatch, syncfs_works):
+    from cosfs import store as store_mod
+    calls = []
+
+    def fake_syncfs(path):
+        calls.append(path)
+        return syncfs_works
+
+    monkeypatch.setattr(store_mod, "_syncfs", fake_syncfs)
+    n = store_mod.SYNCFS_THRESHOLD + 1
+    for i in range(n):
+        store.put(bid(i), b"x")
+    store.sync_all()
+    assert calls == [store.root]
+    assert store.unsynced_count == 0
+    # few blobs: fsync each, no syncfs
+    store.put(bid(n + 1), b"y")
+    store.sync_all()
+    assert calls == [store.root]
+    assert store.unsynced_count == 0
+
+
+def test_real_syncfs(store):
+    from cosfs import store as store_mod
+    assert store_mod._syncfs(store.root) in (True, False)
+    assert store_mod._syncfs(os.path.join(store.root, "missing")) is False
