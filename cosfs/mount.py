@@ -77,6 +77,8 @@ def open_store(config, *, create, purpose="opened"):
     if create:
         try:
             os.makedirs(store_dir, mode=0o700, exist_ok=True)
+            # makedirs gives intermediate directories the umask's mode: make blobs/ here
+            os.makedirs(os.path.join(store_dir, "blobs"), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise CosfsError("cannot create store directory %s: %s" % (store_dir, exc.strerror),
                              errno=exc.errno) from None
@@ -162,6 +164,9 @@ def setup_logging(log_file=None, level="warning", verbose=0):
     if verbose:
         name = levels[min(len(levels) - 1, levels.index(level) + verbose
                           if level in levels else verbose)]
+    if log_file:
+        # object names are private: the log must not be readable by others, whatever the umask
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
     handler = (logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter(
         "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))

@@ -1,0 +1,234 @@
+"""Permissions on a real mount shared with other users (``allow_other: true``),
+and the modes of the files cosfs keeps its secrets and metadata in.
+
+With ``allow_other`` the daemon mounts with ``default_permissions``, so the
+kernel checks every access against the owner and mode that cosfs reports.
+The other user here is ``nobody`` (uid/gid 65534), reached with ``setpriv``;
+each check runs a small Python program as that user and reports the errno
+of every step.
+"""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import ENC, PLAIN, Mount, fuse_available, write_config
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                       reason="needs root and setpriv to act as another user"),
+]
+
+NOBODY = 65534
+
+# Runs as the other user: executes ("op", args...) steps, answers one errno (or a value) each.
+RUNNER = r"""
+import json, os, sys
+def run(step):
+    op, args = step[0], step[1:]
+    try:
+        if op == "read":
+            with open(args[0], "rb") as f:
+                return {"ok": f.read().decode("latin-1")}
+        if op == "write":
+            with open(args[0], "r+b") as f:
+                f.write(args[1].encode())
+            return {"ok": None}
+        if op == "create":
+            with open(args[0], "xb") as f:
+                f.write(args[1].encode())
+            st = os.stat(args[0])
+            return {"ok": [st.st_uid, st.st_gid, st.st_mode & 0o7777]}
+        if op == "stat":
+            st = os.stat(args[0])
+            return {"ok": [st.st_uid, st.st_gid, st.st_mode & 0o7777]}
+        if op == "listdir":
+            return {"ok": sorted(os.listdir(args[0]))}
+        fn = {"unlink": os.unlink, "rename": os.rename, "mkdir": os.mkdir, "rmdir": os.rmdir,
+              "chmod": lambda p, m: os.chmod(p, int(m, 8)), "chown": os.chown,
+              "setxattr": lambda p, n, v: os.setxattr(p, n, v.encode()),
+              "getxattr": lambda p, n: os.getxattr(p, n).decode(),
+              "truncate": os.truncate, "utime": lambda p: os.utime(p, (1, 1))}[op]
+        return {"ok": fn(*args)}
+    except OSError as exc:
+        return {"errno": exc.errno}
+print(json.dumps([run(s) for s in json.loads(sys.stdin.read())]))
+"""
+
+
+def as_nobody(*steps):
+    """Run ``steps`` as uid/gid 65534; returns one result per step: errno name or value."""
+    res = subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
+                          "--clear-groups", sys.executable, "-c", RUNNER],
+                         input=json.dumps(steps), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = []
+    for r in json.loads(res.stdout):
+        out.append(os.strerror(r["errno"]) if "errno" in r else r["ok"])
+    return out
+
+
+EACCES = os.strerror(13)
+EPERM = os.strerror(1)
+
+
+@pytest.fixture
+def shared(request):
+    """A mount with allow_other in a folder other users can traverse (not under the 0700
+    pytest temp dir)."""
+    folder = tempfile.mkdtemp(prefix="cosfs-perm-")
+    os.chmod(folder, 0o755)
+    m = Mount(write_config(folder, extra="allow_other: true\n"))
+    m.start()
+    try:
+        yield m
+        m.stop()
+        bad = m.unexpected_log_lines()
+        assert not bad, "\n".join(bad)
+    finally:
+        m.kill9()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def make(path, data, mode):
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+def test_other_user_is_checked(shared):
+    m = shared
+    b = m.plain
+    p = lambda *parts: os.path.join(b, *parts)  # noqa: E731
+    make(p("secret"), b"root only", 0o600)
+    make(p("public"), b"for all", 0o644)
+    os.mkdir(p("closed"), 0o755)
+    os.mkdir(p("open"))
+    os.chmod(p("open"), 0o777)
+    os.mkdir(p("sticky"))
+    os.chmod(p("sticky"), 0o1777)
+    make(p("sticky", "rootfile"), b"mine", 0o666)
+    make(p("open", "rootfile"), b"mine", 0o644)
+    assert stat.S_IMODE(os.stat(p("sticky")).st_mode) == 0o1777
+
+    r = as_nobody(
+        ["read", p("secret")],                       # 0
+        ["write", p("public"), "x"],                 # 1
+        ["read", p("public")],                       # 2
+        ["create", p("closed", "new"), "x"],         # 3
+        ["create", p("new-in-bucket"), "x"],         # 4 (bucket dir is 0755 root)
+        ["create", p("open", "mine"), "hello"],      # 5
+        ["unlink", p("sticky", "rootfile")],         # 6
+        ["rename", p("sticky", "rootfile"), p("sticky", "moved")],  # 7
+        ["create", p("sticky", "own"), "own"],       # 8
+        ["unlink", p("sticky", "own")],              # 9
+        ["unlink", p("open", "rootfile")],           # 10 (no sticky bit: allowed)
+        ["chmod", p("public"), "666"],               # 11
+        ["chown", p("public"), NOBODY, NOBODY],      # 12
+        ["truncate", p("public"), 0],                # 13
+        ["setxattr", p("public"), "user.x", "v"],    # 14
+        ["mkdir", os.path.join(m.mnt, "nobody-bucket-1250000000")],  # 15 (mount root 0755)
+        ["listdir", m.mnt],                          # 16
+        ["utime", p("public")],                      # 17
+        ["stat", p("secret")],                       # 18 (stat needs no read permission)
+        ["chmod", p("open", "mine"), "600"],         # 19 (own file)
+        ["read", p("open", "mine")],                 # 20
+    )
+    assert r[0] == EACCES
+    assert r[1] == EACCES
+    assert r[2] == "for all"
+    assert r[3] == EACCES
+    assert r[4] == EACCES
+    assert r[5] == [NOBODY, NOBODY, 0o644 & ~0o022], r[5]
+    assert r[6] == EPERM and r[7] == EPERM, (r[6], r[7])
+    assert isinstance(r[8], list) and r[9] is None
+    assert r[10] is None
+    assert r[11] == EPERM and r[12] == EPERM
+    assert r[13] == EACCES
+    assert r[14] in (EACCES, EPERM)
+    assert r[15] == EACCES
+    assert r[16] == sorted([PLAIN, ENC])
+    assert r[17] in (EACCES, EPERM)
+    assert r[18] == [0, 0, 0o600]
+    assert r[19] is None and r[20] == "hello"
+
+    # nothing that was refused happened
+    assert open(p("secret"), "rb").read() == b"root only"
+    assert open(p("public"), "rb").read() == b"for all"
+    assert stat.S_IMODE(os.stat(p("public")).st_mode) == 0o644
+    assert os.stat(p("public")).st_uid == 0
+    assert sorted(os.listdir(p("sticky"))) == ["rootfile"]
+    assert os.listdir(p("closed")) == []
+    assert not os.path.exists(p("open", "rootfile"))
+    # ownership survives a remount
+    m.restart()
+    st = os.stat(p("open", "mine"))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o600)
+    assert stat.S_IMODE(os.stat(p("sticky")).st_mode) == 0o1777
+    assert as_nobody(["read", p("open", "mine")]) == ["hello"]
+
+
+def test_without_allow_other_others_are_locked_out(tmp_path):
+    folder = tempfile.mkdtemp(prefix="cosfs-noshare-")
+    os.chmod(folder, 0o755)
+    m = Mount(write_config(folder))
+    try:
+        m.start()
+        make(os.path.join(m.plain, "public"), b"x", 0o644)
+        r = as_nobody(["listdir", m.mnt], ["read", os.path.join(m.plain, "public")])
+        assert r == [EACCES, EACCES], r
+    finally:
+        m.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_secret_and_metadata_file_modes(tmp_path):
+    old = os.umask(0)  # the strictest test: cosfs must not rely on the caller's umask
+    try:
+        m = Mount(write_config(str(tmp_path / "fs")))
+        m.start()
+        try:
+            with open(os.path.join(m.enc, "obj"), "wb") as f:
+                f.write(os.urandom(5000))
+        finally:
+            m.stop()
+        with tempfile.TemporaryDirectory() as d:
+            cfg = write_config(d)
+            res = Mount(cfg).cli("keys", "list", "--config", cfg, check=False)
+            assert res.returncode != 0  # no store there yet: nothing is created by a listing
+            assert not os.path.exists(os.path.join(d, "keys"))
+        res = m.cli("keys", "rotate", "--config", m.config)
+        # the daemon form writes its log into the store
+        m.cli("mount", m.config)
+        try:
+            with open(os.path.join(m.plain, "obj2"), "wb") as f:
+                f.write(b"x")
+        finally:
+            m.cli("umount", m.mnt)
+    finally:
+        os.umask(old)
+    assert os.path.exists(os.path.join(m.store, "cosfs.log"))
+    assert mode_of(m.keys) == 0o700
+    key_files = os.listdir(m.keys)
+    assert len(key_files) == 2, key_files
+    for name in key_files:
+        assert mode_of(os.path.join(m.keys, name)) == 0o600, name
+    assert mode_of(m.store) == 0o700
+    assert mode_of(os.path.join(m.store, "catalog.db")) == 0o600
+    for root, dirs, files in os.walk(m.store):
+        for name in dirs:
+            assert mode_of(os.path.join(root, name)) == 0o700, os.path.join(root, name)
+        for name in files:
+            assert mode_of(os.path.join(root, name)) & 0o077 == 0, os.path.join(root, name)
