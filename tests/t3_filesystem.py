@@ -774,3 +774,24 @@ async def test_rename_directory_key_limit(tmp_path):
         # a longer directory name pushes the object's key past 850 bytes
         await fails(errno.ENAMETOOLONG, fs.rename(deep, b"d", deep, b"d" * 30))
         assert env.catalog.lookup(deep, b"d") == d
+
+
+@trio_test
+async def test_sse_override_when_store_is_full(tmp_path):
+    from helpers import REGION
+    async with fs_env(tmp_path, faulty=True) as env:
+        fs = env.fs
+        data = os.urandom(200000)
+        ino = await mkfile(fs, env.bucket(), b"f", data)
+        env.faulty[REGION].fail("put", errno.ENOSPC)
+        await fails(errno.ENOSPC, fs.setxattr(ino, SSE_XATTR, b"AES256"))
+        assert env.catalog.get_inode(ino).enc is None
+        await fails(errno.ENODATA, fs.getxattr(ino, SSE_XATTR))  # reports the actual state
+        fh = await fs.open(ino, os.O_RDONLY)
+        assert await fs.read(fh, 0, len(data)) == data
+        await fs.release(fh)
+        env.faulty[REGION].heal()
+        await fs.setxattr(ino, SSE_XATTR, b"AES256")
+        assert await fs.getxattr(ino, SSE_XATTR) == b"AES256"
+        await env.drain_gc()
+        assert env.blobs() == env.catalog.referenced_blobs()
