@@ -15,10 +15,9 @@ import trio
 
 from cosfs import cipher
 from cosfs.errors import CosfsError, StoreError
-from cosfs.filesystem import Ctx
 from cosfs.objects import ObjectState, ObjectStore
 
-from helpers import ENC, PLAIN, REGION, fs_env, make_config, tmp_path, trio_test  # noqa: F401
+from helpers import ENC, PLAIN, REGION, fs_env, tmp_path, trio_test  # noqa: F401
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -10,7 +10,6 @@ import os
 import stat
 
 import pytest
-import trio
 
 from cosfs.catalog import ROOT_INODE
 from cosfs.errors import CosfsError, FsError
