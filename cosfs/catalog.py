@@ -208,6 +208,28 @@ class Catalog:
             raise CosfsError("catalog %s has schema version %r, this cosfs reads %d"
                              % (self.path, version, SCHEMA_VERSION), code="CorruptCatalog")
 
+    def sync(self):
+        """Make every commit so far durable by fsyncing the WAL and the database file.
+
+        Writes nothing, so it works on a full disk. Blocks (call it on the trio
+        thread only after the blobs those commits reference were synced).
+        """
+        for path in (self.path + "-wal", self.path):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise CosfsError("cannot sync the catalog: %s" % exc.strerror,
+                                 errno=exc.errno) from None
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise CosfsError("cannot sync the catalog: %s" % exc.strerror,
+                                 errno=exc.errno) from None
+            finally:
+                os.close(fd)
+
     def checkpoint(self):
         """Copy the WAL into the database file (syncs both); call after blobs are synced."""
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -50,6 +50,9 @@ SEG = cipher.SEGMENT_SIZE
 #: thread hop would cost more than the work (S3QL does the same).
 INLINE_READ_LIMIT = 2 * SEG
 
+#: Seconds between garbage collection passes (each pass makes the catalog durable).
+GC_MIN_INTERVAL = 1.0
+
 #: The cipher algorithm that seals data of a stored encryption label.
 CIPHER_OF = {"AES256": "AES256", "SM4": "SM4", "cos/kms": "AES256"}
 
@@ -800,8 +803,7 @@ class ObjectStore:
     async def sync_catalog(self):
         """Everything committed so far survives a machine crash after this returns."""
         await self._sync_stores_settled()
-        with self.catalog.transaction(durable=True):
-            pass
+        self.catalog.sync()
 
     # -- content helpers ----------------------------------------------------
     async def etag(self, ino):
@@ -846,17 +848,26 @@ class ObjectStore:
             self._gc_wakeup = trio.Event()
             try:
                 await self.collect_garbage()
+                await trio.sleep(GC_MIN_INTERVAL)  # at most one durable point per interval
                 if time.monotonic() - self._last_checkpoint > 10:
                     await self.checkpoint()
             except Exception:
                 log.exception("background garbage collection failed; will retry")
 
     async def collect_garbage(self):
-        """Delete blobs listed in ``garbage`` that no read is using."""
+        """Delete blobs listed in ``garbage`` that no read is using.
+
+        A blob is deleted only after the commit that released it is durable:
+        otherwise a power loss could bring the catalog back at the old version,
+        pointing at a deleted blob. So each pass first makes the catalog
+        durable (blobs synced, then the WAL fsynced: nothing is written, so
+        this works on a full disk too) and then deletes what it saw before.
+        """
         while True:
             rows = [(b, r) for b, r in self.catalog.garbage(500) if b not in self._reading]
             if not rows:
                 return
+            await self.sync_catalog()
             done = []
             for blob, region in rows:
                 store = self.stores.get(region)
