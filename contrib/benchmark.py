@@ -112,6 +112,19 @@ def drop_caches():
             f.write("3\n")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process and all its threads, or None."""
+    if pid is None:
+        return None
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -186,6 +199,8 @@ class FuseDaemon(Target):
     def unmount(self):
         """Clean unmount; lazy unmount and kill by pid when that does not work."""
         proc, self.proc = self.proc, None
+        if self.mnt is None:  # never set up
+            return
         try:
             if is_mounted(self.mnt):
                 subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, timeout=60)
@@ -201,6 +216,8 @@ class FuseDaemon(Target):
                 proc.wait(timeout=60)
 
     def problems(self):
+        if self.logfile is None:
+            return []
         try:
             with open(self.logfile, errors="replace") as f:
                 return [ln.rstrip() for ln in f
@@ -275,22 +292,33 @@ class Bench:
         self.args = args
         self.targets = targets
         self.results = {k: {t.name: [] for t in targets} for k, *_ in METRICS}
+        self.cpu = {k: {t.name: [] for t in targets} for k, *_ in METRICS}
 
-    def record(self, key, target, value, shown):
+    def record(self, key, target, value, shown, cpu=None):
         self.results[key][target.name].append(value)
-        log("    %-10s %-44s %s" % (target.name, key, shown))
+        if cpu is not None:
+            self.cpu[key][target.name].append(cpu)
+            shown += "  (daemon CPU %.2f s)" % cpu
+        log("    %-10s %-10s %s" % (target.name, key, shown))
+
+    def measure(self, t, cmd):
+        """Run ``cmd`` against target ``t``: (seconds, daemon CPU seconds or None)."""
+        c0 = cpu_seconds(t.pid)
+        dt = timed(cmd)
+        c1 = cpu_seconds(t.pid)
+        return dt, (None if c0 is None or c1 is None else c1 - c0)
 
     # each workload: run on one target, record its numbers, leave the target empty
     def seq(self, t):
         f = os.path.join(t.path, "big.dat")
         count = self.args.big_mib
-        dt = timed(["dd", "if=/dev/zero", "of=" + f, "bs=1M", "count=%d" % count,
-                    "conv=fsync"])
-        self.record("write", t, count / dt, "%.0f MiB/s" % (count / dt))
+        dt, cpu = self.measure(t, ["dd", "if=/dev/zero", "of=" + f, "bs=1M",
+                                   "count=%d" % count, "conv=fsync"])
+        self.record("write", t, count / dt, "%.0f MiB/s" % (count / dt), cpu)
         t.remount()
         drop_caches()
-        dt = timed(["dd", "if=" + f, "of=/dev/null", "bs=1M"])
-        self.record("read", t, count / dt, "%.0f MiB/s" % (count / dt))
+        dt, cpu = self.measure(t, ["dd", "if=" + f, "of=/dev/null", "bs=1M"])
+        self.record("read", t, count / dt, "%.0f MiB/s" % (count / dt), cpu)
         os.unlink(f)
 
     def fio(self, t):
@@ -313,33 +341,31 @@ class Bench:
     def tree(self, t):
         dest = os.path.join(t.path, "tree")
         os.makedirs(dest)
-        dt = timed(["tar", "-xf", self.args.tarball, "-C", dest])
-        self.record("untar", t, dt, "%.2f s" % dt)
+        self.step("untar", t, ["tar", "-xf", self.args.tarball, "-C", dest])
         t.remount()
         drop_caches()
-        dt = timed(["ls", "-lR", dest])
-        self.record("lsR", t, dt, "%.2f s" % dt)
+        self.step("lsR", t, ["ls", "-lR", dest])
         t.remount()
         drop_caches()
-        dt = timed(["find", dest, "-type", "f", "-exec", "cat", "{}", "+"])
-        self.record("catall", t, dt, "%.2f s" % dt)
-        dt = timed(["rm", "-rf", dest])
-        self.record("rm", t, dt, "%.2f s" % dt)
+        self.step("catall", t, ["find", dest, "-type", "f", "-exec", "cat", "{}", "+"])
+        self.step("rm", t, ["rm", "-rf", dest])
         dest = os.path.join(t.path, "rsync")
         src = self.args.source.rstrip("/") + "/"
-        dt = timed(["rsync", "-a", src, dest + "/"])
-        self.record("rsync", t, dt, "%.2f s" % dt)
-        dt = timed(["rsync", "-a", src, dest + "/"])
-        self.record("rsync2", t, dt, "%.2f s" % dt)
+        self.step("rsync", t, ["rsync", "-a", src, dest + "/"])
+        self.step("rsync2", t, ["rsync", "-a", src, dest + "/"])
         shutil.rmtree(dest)
+
+    def step(self, key, t, cmd):
+        dt, cpu = self.measure(t, cmd)
+        self.record(key, t, dt, "%.2f s" % dt, cpu)
 
     def huge(self, t):
         f = os.path.join(t.path, "huge.dat")
         t.remount()  # a fresh daemon, so VmHWM is this write's peak
         count = self.args.huge_mib
-        dt = timed(["dd", "if=/dev/zero", "of=" + f, "bs=1M", "count=%d" % count,
-                    "conv=fsync"])
-        self.record("hugewrite", t, count / dt, "%.0f MiB/s" % (count / dt))
+        dt, cpu = self.measure(t, ["dd", "if=/dev/zero", "of=" + f, "bs=1M",
+                                   "count=%d" % count, "conv=fsync"])
+        self.record("hugewrite", t, count / dt, "%.0f MiB/s" % (count / dt), cpu)
         if t.pid is not None:
             rss = peak_rss_mib(t.pid)
             self.record("rss", t, rss, "%.0f MiB" % rss)
@@ -380,6 +406,30 @@ class Bench:
                     row.append("n/a" if a is None or b is None or b == 0 else "%.2f" % (a / b))
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines)
+
+
+def cpu_table(bench, labels):
+    """Median daemon CPU seconds per workload for the FUSE targets (None if none)."""
+    names = [t.name for t in bench.targets if t.name != "bare"]
+    cos = [c for c in ("cosfs", "cosfs-aes") if c in names]
+    peer = "gocryptfs" if "gocryptfs" in names else None
+    head = ["workload"] + names + (["%s/%s" % (c, peer) for c in cos] if peer else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = 0
+    for key, label, _unit, _better in METRICS:
+        meds = {nm: (statistics.median(bench.cpu[key][nm]) if bench.cpu[key][nm] else None)
+                for nm in names}
+        if all(v is None for v in meds.values()):
+            continue
+        rows += 1
+        row = [label.format(**labels)] + ["n/a" if meds[nm] is None else "%.2f" % meds[nm]
+                                          for nm in names]
+        if peer:
+            for c in cos:
+                a, b = meds[c], meds[peer]
+                row.append("n/a" if a is None or not b else "%.2f" % (a / b))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) if rows else None
 
 
 def fmt(v):
@@ -471,17 +521,17 @@ def parse_args(argv):
     p.add_argument("--output", help="also write the markdown result to this file")
     p.add_argument("--targets", default="bare,gocryptfs,cosfs,cosfs-aes",
                    help="comma-separated subset of bare,gocryptfs,cosfs,cosfs-aes")
-    p.add_argument("--fio-runtime", type=int, help="seconds per fio job (default 10, --quick 3)")
+    p.add_argument("--fio-runtime", type=int, help="seconds per fio job (default 5, --quick 2)")
     p.add_argument("--cosfs-set", action="append", default=[], metavar="KEY: VALUE",
                    help="extra line for both cosfs configs, e.g. 'writeback_cache: true'")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     a = p.parse_args(argv)
     a.rounds = a.rounds or (1 if a.quick else 3)
-    a.fio_runtime = a.fio_runtime or (3 if a.quick else 10)
+    a.fio_runtime = a.fio_runtime or (2 if a.quick else 5)
     a.big_mib = 256 if a.quick else 1024
     a.huge_mib = 1024 if a.quick else 4096
     a.fio_mib = 256
-    a.tree_files, a.tree_bytes = (2000, 40 * MiB) if a.quick else (5000, 100 * MiB)
+    a.tree_files, a.tree_bytes = (1500, 30 * MiB) if a.quick else (5000, 100 * MiB)
     return a
 
 
@@ -523,6 +573,7 @@ def main(argv=None):
     else:
         root = tempfile.mkdtemp(prefix="cosfs-bench-", dir="/var/tmp")
     info = machine_info(root)
+    load_at_start = os.getloadavg()[0]
     if "tmpfs" in info[3][1]:
         log("warning: the work directory is on tmpfs, not a disk")
     targets = make_targets(args, root)
@@ -546,20 +597,11 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     elapsed = time.monotonic() - started
+    info.append(("load average (1 min) at start / end", "%.2f / %.2f"
+                 % (load_at_start, os.getloadavg()[0])))
     labels = {"big": size_label(args.big_mib), "huge": size_label(args.huge_mib),
               "fio_size": size_label(args.fio_mib), "tree": tree_desc}
-    report = ["## Results (median of %d round%s%s)" % (args.rounds, "s" if args.rounds > 1 else "",
-                                                        ", quick" if args.quick else ""), "",
-              bench.table(labels), "",
-              "Ratios divide the cosfs median by the peer's: for MiB/s and IOPS above 1 means "
-              "cosfs is faster, for seconds and MiB above 1 means cosfs takes longer or uses "
-              "more.", "",
-              "fio runs %d s per job; cold reads follow a page-cache drop and a remount of the "
-              "FUSE daemons. Total benchmark time %.0f s." % (args.fio_runtime, elapsed), "",
-              "| machine | |", "|---|---|"]
-    report += ["| %s | %s |" % kv for kv in info]
-    if args.cosfs_set:
-        report += ["", "cosfs config additions: " + "; ".join(args.cosfs_set)]
+    report = render(args, bench, info, labels, elapsed)
     text = "\n".join(report) + "\n"
     sys.stdout.write(text)
     if args.output:
@@ -568,6 +610,26 @@ def main(argv=None):
     for name, line in problems[:20]:
         log("%s daemon log: %s" % (name, line))
     return 1 if problems else 0
+
+
+def render(args, bench, info, labels, elapsed):
+    """The markdown report, as a list of lines."""
+    rounds = "%d round%s" % (args.rounds, "s" if args.rounds > 1 else "")
+    report = ["## Results (median of %s%s)" % (rounds, ", quick" if args.quick else ""), "",
+              bench.table(labels), "",
+              "Ratios divide the cosfs median by the peer's: for MiB/s and IOPS above 1 means "
+              "cosfs is faster, for seconds and MiB above 1 means cosfs takes longer or uses "
+              "more. fio runs %d s per job; cold reads follow a page-cache drop and a remount "
+              "of the FUSE daemons. The whole run took %.0f s." % (args.fio_runtime, elapsed), ""]
+    cpu = cpu_table(bench, labels)
+    if cpu:
+        report += ["### Daemon CPU seconds (median; user + system, all threads)", "", cpu, "",
+                   "CPU time depends less than elapsed time on other load on the machine.", ""]
+    report += ["### Machine", "", "| | |", "|---|---|"]
+    report += ["| %s | %s |" % kv for kv in info]
+    if args.cosfs_set:
+        report += ["", "cosfs configuration additions: " + "; ".join(args.cosfs_set)]
+    return report
 
 
 def size_label(mib):
