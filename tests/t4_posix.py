@@ -6,6 +6,7 @@ with small files. Every test that claims persistence restarts the daemon
 (``mount.restart()``), which is a clean unmount and a fresh mount of the store.
 """
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
@@ -519,14 +520,20 @@ def test_xattr_limits(mount):
 
 
 # -- scale and names -----------------------------------------------------------------------
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_directory_with_100000_entries(mount):
     d = os.path.join(mount.plain, "many")
     os.mkdir(d)
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(100_000):
+
+    def create(first):
+        for i in range(first, 100_000, 2):
             os.mknod("f%06d" % i, 0o644 | stat.S_IFREG, dir_fd=fd)
+    try:
+        # two threads keep the daemon busy while the other waits for its reply
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(create, k) for k in range(2)]:
+                f.result()
     finally:
         os.close(fd)
     names = os.listdir(d)
@@ -540,6 +547,9 @@ def test_directory_with_100000_entries(mount):
                 os.unlink(os.path.join(d, entry.name))
     assert count == 100_000
     assert len(os.listdir(d)) == 100_000 - 5
+    mount.restart()
+    names = os.listdir(d)
+    assert len(names) == 100_000 - 5 and len(set(names)) == len(names)
 
 
 def test_key_length_limit(mount):
