@@ -660,10 +660,8 @@ class FileSystem:
                 log.warning("inode %d: invalid %s value: %s", inode.id, SSE_XATTR.decode(), exc)
                 raise
             request = value.strip(b"\0 \n\t").decode()
-            with self.catalog.transaction():
-                self.catalog.update_inode(inode.id, enc_request=request,
-                                          ctime_ns=time.time_ns())
-            await self.objects.rewrite(inode.id)
+            # recorded together with the re-encrypted data (a crash keeps both old)
+            await self.objects.rewrite(inode.id, request=request)
             log.debug("inode %d: encryption request %s", inode.id, spec.algorithm)
             return
         raise InvalidArgument("%s cannot be set here" % name.decode(errors="replace"))
@@ -688,9 +686,7 @@ class FileSystem:
             if name == SSE_XATTR and inode.is_reg:
                 if not inode.enc and not inode.enc_request:
                     raise FsError(errno.ENODATA)
-                with self.catalog.transaction():
-                    self.catalog.update_inode(ino, enc_request=None, ctime_ns=time.time_ns())
-                await self.objects.rewrite(ino)
+                await self.objects.rewrite(ino, request=None)
                 return
             raise FsError(errno.ENODATA)
         with self.catalog.transaction():

@@ -53,6 +53,9 @@ INLINE_READ_LIMIT = 2 * SEG
 #: Seconds between garbage collection passes (each pass makes the catalog durable).
 GC_MIN_INTERVAL = 1.0
 
+#: Default of :meth:`ObjectStore.rewrite`: leave the override request as it is.
+_KEEP = object()
+
 #: The cipher algorithm that seals data of a stored encryption label.
 CIPHER_OF = {"AES256": "AES256", "SM4": "SM4", "cos/kms": "AES256"}
 
@@ -718,10 +721,14 @@ class ObjectStore:
                                     data, ch.length)
         ObjectStore._seal_put(store, new, ch.idx, blob, memoryview(data)[:length])
 
-    def _record(self, st, crypt, durable):
-        """The one catalog transaction that publishes a new version (no awaits)."""
+    def _record(self, st, crypt, durable, **extra):
+        """The one catalog transaction that publishes a new version (no awaits).
+
+        ``extra`` inode fields are written in the same transaction.
+        """
         cat = self.catalog
-        fields = dict(size=st.size, mtime_ns=st.mtime_ns, ctime_ns=st.ctime_ns, etag=None)
+        fields = dict(size=st.size, mtime_ns=st.mtime_ns, ctime_ns=st.ctime_ns, etag=None,
+                      **extra)
         if crypt is None:
             fields.update(enc=None, wrapped_key=None)
         else:
@@ -742,26 +749,38 @@ class ObjectStore:
         if crypt is not None:
             self._keycache[crypt.wrapped] = crypt.key
 
-    async def rewrite(self, ino):
+    async def rewrite(self, ino, request=_KEEP):
         """Re-resolve the object's encryption now and re-encrypt it if its state changes.
 
-        Used after the override xattr was set or removed (COS: copy the object
-        onto itself with new SSE headers). Streams chunk by chunk; atomic.
+        Used when the override xattr is set or removed (COS: copy the object
+        onto itself with new SSE headers). ``request`` is the new override
+        value (None to drop it); it is recorded in the same transaction as the
+        re-encrypted chunks, so a crash leaves the old request with the old
+        state or the new request with the new state. Streams chunk by chunk.
         """
         st = self.state(ino)
+        extra = {} if request is _KEEP else {"enc_request": request}
         try:
             await self.commit(ino)
             async with st.commit_lock:
                 st.session = None
-                crypt, rewrite = self._begin(st)
                 inode = self.catalog.get_inode(ino)
+                if extra:
+                    inode.enc_request = request
+                    crypt, rewrite = self._begin(st, force_spec=True,
+                                                 spec=self.resolve_for(inode))
+                else:
+                    crypt, rewrite = self._begin(st)
                 label = None if crypt is None else crypt.label
                 if rewrite or label != inode.enc:
                     st.mtime_ns, st.ctime_ns = inode.mtime_ns, time.time_ns()
                     st.size = inode.size
                     if rewrite:
                         await self._rewrite_rest(st, crypt)
-                    self._record(st, crypt, False)
+                    self._record(st, crypt, False, **extra)
+                elif extra:
+                    with self.catalog.transaction():
+                        self.catalog.update_inode(ino, ctime_ns=time.time_ns(), **extra)
                 st.session = None
         finally:
             self._maybe_drop(st)
