@@ -396,15 +396,44 @@ def read_tree(mnt):
     return files, enc, plain_default
 
 
+def read_requests(store_dir, paths):
+    """{path: enc_request} straight from the catalog of an unmounted store.
+
+    The override request is not visible through the mount (the xattr shows the
+    actual state), yet it decides how the next write is encrypted, so it must
+    survive a crash together with the state it produced.
+    """
+    import sqlite3
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(store_dir, "catalog.db"), uri=True)
+    try:
+        out = {}
+        for path in paths:
+            parts = path.split("/")
+            row = db.execute("SELECT inode FROM buckets WHERE name=?", (parts[0],)).fetchone()
+            for name in parts[1:]:
+                if row is None:
+                    break
+                row = db.execute("SELECT inode FROM dentries WHERE parent=? AND name=?",
+                                 (row[0], name.encode())).fetchone()
+            if row is not None:
+                req = db.execute("SELECT enc_request FROM inodes WHERE id=?", (row[0],))
+                out[path] = req.fetchone()[0]
+        return out
+    finally:
+        db.close()
+
+
 def matches(model, observed):
-    files, enc, plain_default = observed
+    files, enc, plain_default = observed[:3]
     if files != model.files or plain_default != model.plain_default:
+        return False
+    if len(observed) > 3 and {p: r for p, r in observed[3].items() if r} != model.override:
         return False
     return all(e is None or enc.get(p) == e for p, e in model.enc.items())
 
 
 def describe_difference(model, observed):
-    files, enc, plain_default = observed
+    files, enc, plain_default = observed[:3]
     out = []
     for p in sorted(set(files) | set(model.files)):
         a, b = files.get(p), model.files.get(p)
@@ -420,6 +449,10 @@ def describe_difference(model, observed):
             out.append("%s: encryption %s, expected %s" % (p, enc.get(p), model.enc[p]))
     if plain_default != model.plain_default:
         out.append("plain bucket default %r, expected %r" % (plain_default, model.plain_default))
+    if len(observed) > 3:
+        requests = {p: r for p, r in observed[3].items() if r}
+        if requests != model.override:
+            out.append("override requests %r, expected %r" % (requests, model.override))
     return "; ".join(out) or "no difference"
 
 
@@ -513,11 +546,13 @@ class CrashRunner:
             self.fail("second fsck is not clean (exit %d):\n%s%s" % (res.returncode, res.stdout,
                                                                    res.stderr), journal)
 
+        requests = read_requests(m.store, sorted(set(models[k].files) | set(models[-1].files)))
         m.start()
         try:
             observed = read_tree(m.mnt)
         except OSError as exc:
             self.fail("reading the tree after the crash: %s" % exc, journal)
+        observed += (requests,)
         candidates = [("after step %d" % (k - 1) if k else "before the round", models[k])]
         if k < len(steps):
             candidates += [("inside step %d (%s)" % (k, steps[k]["op"]), mid)
