@@ -65,14 +65,21 @@ def run(store, *, repair=True, verify=False):
             cat.delete_inode(ino, regions.get(inode.bucket, store.config.region))
     referenced = {}
     inodes = {}
+    # a dry run still sees the chunks of unlinked inodes: count them as the repair
+    # would (released), so both runs report the same numbers
+    released = set()
+    dead = set(unlinked)
     for ino, ch in cat.chunk_rows():
+        if ino in dead:
+            released.add(ch.blob)
+            continue
         referenced[ch.blob] = (ino, ch)
         rep.chunks += 1
         inodes.setdefault(ino, None)
     rep.objects = len(inodes)
     garbage = cat.garbage(limit=10 ** 9)
-    rep.garbage = len(garbage)
-    garbage_blobs = {b for b, _ in garbage}
+    garbage_blobs = {b for b, _ in garbage} | released
+    rep.garbage = len(garbage_blobs)
     for region, st in store.stores.items():
         for blob in st.list():
             if blob in referenced:
