@@ -448,14 +448,17 @@ class ObjectStore:
     def _fetch(store, crypt, idx, ch, first, last, header):
         """Read and open segments [first, last] of a chunk. Runs inline or in a worker."""
         lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
+        # a range that reaches the chunk's end asks for one byte more: a blob that was
+        # extended (appended to or replaced by a longer one) must fail too
+        extra = 1 if hi == ch.length else 0
         if crypt is None:
-            data = store.get_range(ch.blob, lo, hi - lo)
+            data = store.get_range(ch.blob, lo, hi - lo + extra)
             _check_length(ch, data, hi - lo)
             return None, data
         if header is None:
             header = store.get_range(ch.blob, 0, cipher.HEADER_SIZE)
         seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
-        data = store.get_range(ch.blob, coff, clen)
+        data = store.get_range(ch.blob, coff, clen + extra)
         # a short blob must fail, not read as a hole (open_range takes what it gets)
         _check_length(ch, data, clen)
         plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),
