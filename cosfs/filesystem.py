@@ -506,7 +506,27 @@ class FileSystem:
             raise FsError(errno.EBADF) from None
 
     async def read(self, fh, offset, size) -> bytes:
-        return await self.objects.read(self._ino(fh), offset, size)
+        ino = self._ino(fh)
+        try:
+            return await self.objects.read(ino, offset, size)
+        except CosfsError as exc:
+            if exc.errno == errno.EIO:
+                # the data path knows inodes and chunks; operators need the object's name
+                log.error("cannot read object %s (inode %d) at offset %d: %s",
+                          self._object_name(ino), ino, offset, exc.code)
+            raise
+
+    def _object_name(self, ino):
+        """``bucket/key`` of an object for log messages (first name of a hard link)."""
+        try:
+            inode = self.catalog.get_inode(ino)
+            row = self.catalog.bucket_by_inode(inode.bucket)
+            bucket = row[1] if row else "?"
+            if self.catalog.parent_of(ino) is None:
+                return "%s/<unlinked>" % bucket
+            return "%s/%s" % (bucket, self.key_of(ino).decode("utf-8", "replace"))
+        except CosfsError:
+            return "<inode %d>" % ino
 
     async def write(self, fh, offset, data) -> int:
         return await self.objects.write(self._ino(fh), offset, data)
