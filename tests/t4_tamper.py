@@ -102,12 +102,16 @@ def expect_read_errors(mount):
     """Declare the ERROR lines a failed authenticated read writes."""
     mount.expect_log(r"ERROR cosfs\.objects: cannot read inode \d+ chunk \d+ \(blob [0-9a-f]{32}\)")
     mount.expect_log(r"ERROR cosfs\.fuse_ops: read: ")
+    mount.expect_log(r"ERROR cosfs\.filesystem: cannot read object [a-z0-9-]+/\S+ \(inode \d+\)")
 
 
-def assert_logged(mount, ino, idx, blob_path):
+def assert_logged(mount, ino, idx, blob_path, name):
+    """The log names the chunk and blob that failed, and the object by bucket and key."""
     blob = os.path.basename(blob_path)
     lines = [line for line in mount.log_text().splitlines() if " ERROR " in line]
     assert any(("inode %d chunk %d" % (ino, idx)) in line and blob in line for line in lines), \
+        "\n".join(lines[-10:])
+    assert any(("cannot read object %s (inode %d)" % (name, ino)) in line for line in lines), \
         "\n".join(lines[-10:])
 
 
@@ -150,7 +154,7 @@ def test_flipped_bit(mount, objects):
         assert f.read() == objects["a"][2 * CHUNK:]
     assert get(os.path.join(mount.enc, "b")) == objects["b"]
     assert get(os.path.join(mount.enc, "c")) == objects["c"]
-    assert_logged(mount, ino, idx, path)
+    assert_logged(mount, ino, idx, path, ENC + "/a")
     stays_up(mount)
 
 
@@ -166,7 +170,7 @@ def test_truncated_blob(mount, objects, cut):
     assert read_errno(os.path.join(mount.enc, "a")) == errno.EIO
     assert read_errno(os.path.join(mount.enc, "a"), 3 * CHUNK - 10, 10) == errno.EIO
     assert get(os.path.join(mount.enc, "b")) == objects["b"]
-    assert_logged(mount, ino, idx, path)
+    assert_logged(mount, ino, idx, path, ENC + "/a")
     stays_up(mount)
 
 
@@ -182,7 +186,7 @@ def test_extended_blob(mount, objects, extra):
     mount.start()
     assert read_errno(os.path.join(mount.enc, "a")) == errno.EIO
     assert get(os.path.join(mount.enc, "c")) == objects["c"]
-    assert_logged(mount, ino, idx, path)
+    assert_logged(mount, ino, idx, path, ENC + "/a")
     stays_up(mount)
 
 
@@ -199,8 +203,8 @@ def test_blobs_swapped_between_objects(mount, objects):
     assert read_errno(os.path.join(mount.enc, "a")) == errno.EIO
     assert read_errno(os.path.join(mount.enc, "b")) == errno.EIO
     assert get(os.path.join(mount.enc, "c")) == objects["c"]
-    assert_logged(mount, ino_a, idx, path_a)
-    assert_logged(mount, ino_b, idx, path_b)
+    assert_logged(mount, ino_a, idx, path_a, ENC + "/a")
+    assert_logged(mount, ino_b, idx, path_b, ENC + "/b")
     stays_up(mount)
 
 
@@ -218,8 +222,8 @@ def test_chunks_of_one_object_swapped(mount, objects):
     with open(a, "rb") as f:
         f.seek(CHUNK)
         assert f.read(CHUNK) == objects["a"][CHUNK:2 * CHUNK]
-    assert_logged(mount, ino, 0, chunks[0][1])
-    assert_logged(mount, ino, 2, chunks[2][1])
+    assert_logged(mount, ino, 0, chunks[0][1], ENC + "/a")
+    assert_logged(mount, ino, 2, chunks[2][1], ENC + "/a")
     stays_up(mount)
 
 
@@ -253,7 +257,7 @@ def test_older_blob_replayed_under_the_new_name(mount, tmp_path):
     assert read_errno(p, CHUNK, 10) == errno.EIO
     with open(p, "rb") as f:
         assert f.read(CHUNK) == old[:CHUNK]
-    assert_logged(mount, ino, 1, new_chunks[1][1])
+    assert_logged(mount, ino, 1, new_chunks[1][1], ENC + "/versioned")
     stays_up(mount)
 
 
@@ -267,7 +271,7 @@ def test_missing_blob(mount, objects):
     mount.start()
     assert read_errno(os.path.join(mount.enc, "b")) == errno.EIO
     assert get(os.path.join(mount.enc, "a")) == objects["a"]
-    assert_logged(mount, ino, idx, path)
+    assert_logged(mount, ino, idx, path, ENC + "/b")
     stays_up(mount)
 
 
@@ -285,7 +289,7 @@ def test_plain_blob_cut_short_is_an_error_not_zeros(mount):
     expect_read_errors(mount)
     mount.start()
     assert read_errno(p, 0, CHUNK) == errno.EIO
-    assert_logged(mount, ino, idx, path)
+    assert_logged(mount, ino, idx, path, PLAIN + "/short")
     stays_up(mount)
 
 
