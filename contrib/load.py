@@ -19,6 +19,7 @@ random operations on a shared set of directories:
   sequence number, CRC of the payload);
 * ``blocks``  whole 4 KiB blocks (each naming its own place, with a CRC)
   overwritten in place in shared files, several writers at once;
+* ``resize``  truncation of those shared block files by whole blocks;
 * ``read``    a whole file, log or block file, verified as it is read;
 * ``rename``  a file into another directory; ``delete`` a file;
 * ``list``    a directory with ``stat`` of each entry;
@@ -153,7 +154,8 @@ class Worker:
 
     def run(self):
         ops = [(self.write, 5), (self.append, 4), (self.blocks, 3), (self.read, 6),
-               (self.rename, 2), (self.delete, 2), (self.listing, 2), (self.scratch_dir, 1)]
+               (self.resize, 1), (self.rename, 2), (self.delete, 2), (self.listing, 2),
+               (self.scratch_dir, 1)]
         names = [f for f, w in ops for _ in range(w)]
         while time.monotonic() < self.deadline and len(self.failures) < 50:
             op = self.rnd.choice(names)
@@ -238,6 +240,11 @@ class Worker:
                 self.fail("short block write to %s" % path)
         finally:
             os.close(fd)
+
+    def resize(self, bucket):
+        """Truncate a shared block file (shrink or grow by whole blocks) under the writers."""
+        path = os.path.join(self.d(bucket, 1), "blocks-%d" % self.rnd.randrange(BLOCK_FILES))
+        os.truncate(path, self.rnd.randrange(BLOCKS + 1) * BLOCK)
 
     def entries(self, d):
         try:
