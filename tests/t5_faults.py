@@ -302,7 +302,7 @@ def test_erofs(mnt):
 # -- lost and cut blobs -------------------------------------------------------------
 def test_missing_and_truncated_blob(mnt):
     m = mnt
-    m.expect_log(r"cannot read inode|IntegrityError|missing|damaged")
+    m.expect_log(r"cannot read|IntegrityError|missing|damaged")
     datas = {n: os.urandom(3 * 64 * 1024 + 99) for n in ("gone", "cut", "fine")}
     for n, d in datas.items():
         put(os.path.join(m.enc, n), d)
@@ -409,6 +409,8 @@ def test_umount_busy(mnt):
         f.write(b" and done")
     finally:
         f.close()
+    res = m.cli("umount", m.store, check=False)  # not a mount point at all
+    assert res.returncode == 1 and res.stderr.startswith("cosfs: NotMounted"), res.stderr
     res = m.cli("umount", m.mnt, check=False)
     assert res.returncode == 0, res.stderr
     assert m.proc.poll() == 0  # umount waited for the daemon to exit
@@ -446,6 +448,42 @@ def test_enospc_catalog(small_store):
     os.mkdir(os.path.join(m.plain, "after"))
     put(os.path.join(m.plain, "after", "x"), b"works")
     assert get(os.path.join(m.plain, "after", "x")) == b"works"
+    stop_checked(m)
+    assert integrity_ok(m)
+    fsck_clean(m)
+
+
+def test_enospc_during_reencryption(small_store):
+    """Setting or removing an object's encryption re-encrypts it; when the store is full
+    that fails with ENOSPC and the object keeps its old state, now and later."""
+    m = small_store
+    m.expect_log(r"No space left|disk is full|could not commit|ENOSPC")
+    plain = os.path.join(m.plain, "plain.bin")
+    enc = os.path.join(m.enc, "enc.bin")
+    pdata, edata = os.urandom(5 * MiB), os.urandom(5 * MiB)
+    put(plain, pdata)
+    put(enc, edata)
+    assert os.getxattr(enc, "user.cos.server-side-encryption") == b"AES256"
+    filler = os.path.join(m.store, "filler")
+    # leave room for catalog updates, not for a chunk: only the re-encryption fails
+    sv = os.statvfs(m.store)
+    room = sv.f_bavail * sv.f_frsize - 512 * 1024
+    with open(filler, "wb") as f:
+        f.write(bytes(room))
+    assert errno_of(os.setxattr, plain, "user.cos.server-side-encryption", b"AES256") \
+        == errno.ENOSPC
+    assert errno_of(os.setxattr, enc, "user.cos.server-side-encryption", b"SM4") == errno.ENOSPC
+    assert errno_of(os.getxattr, plain, "user.cos.server-side-encryption") == errno.ENODATA
+    assert os.getxattr(enc, "user.cos.server-side-encryption") == b"AES256"
+    assert get(plain) == pdata and get(enc) == edata
+    os.unlink(filler)
+    # the refused requests must not come back at the next write of the objects
+    for path in (plain, enc):
+        with open(path, "r+b") as f:
+            f.write(b"x")
+    assert errno_of(os.getxattr, plain, "user.cos.server-side-encryption") == errno.ENODATA
+    assert os.getxattr(enc, "user.cos.server-side-encryption") == b"AES256"
+    assert get(plain) == b"x" + pdata[1:] and get(enc) == b"x" + edata[1:]
     stop_checked(m)
     assert integrity_ok(m)
     fsck_clean(m)
