@@ -37,6 +37,7 @@ BUCKET_RO_XATTRS = (b"user.cos.bucket-region",)
 COS_PREFIX = b"user.cos."
 XATTR_VALUE_MAX = 64 * 1024
 XATTR_TOTAL_MAX = 256 * 1024
+XATTR_LIST_MAX = 64 * 1024
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -658,6 +659,13 @@ class FileSystem:
         total = self.catalog.xattr_bytes(ino) - (0 if old is None else len(name) + len(old))
         if total + len(name) + len(value) > XATTR_TOTAL_MAX:
             raise FsError(errno.ENOSPC, "too many extended attributes on this object")
+        if old is None:
+            # listxattr answers at most 64 KiB of names (the kernel's XATTR_LIST_MAX): more
+            # would make the object's xattrs unlistable (E2BIG) and uncopyable
+            listed = sum(len(n) + 1 for n in self.catalog.list_xattrs(ino)) + len(SSE_XATTR) + 1
+            if listed + len(name) + 1 > XATTR_LIST_MAX:
+                raise FsError(errno.ENOSPC, "the names of this object's extended attributes "
+                              "would not fit in one listing")
         with self.catalog.transaction():
             self.catalog.set_xattr(ino, name, value)
             self.catalog.update_inode(ino, ctime_ns=time.time_ns())

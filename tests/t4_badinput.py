@@ -205,6 +205,25 @@ def test_xattr_values(mount):
     for ns in ("trusted.x", "security.x", "system.x"):
         assert err_of(os.setxattr, obj, ns, b"x") in (errno.ENOTSUP, errno.EOPNOTSUPP,
                                                       errno.EPERM), ns
+    # non-UTF-8 names are bytes too
+    os.setxattr(obj, b"user.\xff\xfe", b"odd")
+    assert os.getxattr(obj, b"user.\xff\xfe") == b"odd"
+    assert os.fsdecode(b"user.\xff\xfe") in os.listxattr(obj)
+
+    # many long names: refused (ENOSPC) before the list outgrows what listxattr can answer
+    many = os.path.join(mount.plain, "many")
+    put(many, b"")
+    n = 0
+    while True:
+        e = err_of(os.setxattr, many, "user.%05d" % n + "x" * 240, b"")
+        if e is not None:
+            assert e == errno.ENOSPC, e
+            break
+        n += 1
+        assert n < 2000
+    assert 200 < n and len(os.listxattr(many)) == n
+    assert subprocess.run(["cp", "-a", many, many + ".copy"]).returncode == 0
+    assert len(os.listxattr(many + ".copy")) == n
     alive(mount)
     mount.restart()
     assert os.getxattr(obj, "user.raw") == raw
