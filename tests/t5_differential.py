@@ -296,7 +296,8 @@ class Differential:
         ents = self.entries()
         open_hids = sorted(self.ref.fds)
         choices = [("write_file", 8), ("pwrite", 10), ("read", 3), ("truncate", 6),
-                   ("rename", 6), ("rename2", 3), ("chown", 1), ("unlink", 4), ("mkdir", 5), ("rmdir", 3), ("link", 3),
+                   ("rename", 6), ("rename2", 3), ("chown", 1), ("unlink", 4), ("mkdir", 5),
+                   ("rmdir", 3), ("link", 3),
                    ("symlink", 2), ("readlink", 1), ("setxattr", 4), ("getxattr", 1),
                    ("removexattr", 2), ("chmod", 2), ("utime", 3), ("listdir", 1),
                    ("open", 6 if len(open_hids) < MAX_HANDLES else 0)]
@@ -524,7 +525,7 @@ def small_chunk_mount(tmp_path):
     assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
 
 
-STEPS = int(os.environ.get("COSFS_DIFF_STEPS", "1500"))
+STEPS = int(os.environ.get("COSFS_DIFF_STEPS", "3000"))
 
 
 @pytest.mark.parametrize("bucket,seed", [(PLAIN, 1), (ENC, 2)])
