@@ -109,6 +109,9 @@ def parse(doc, root, *, max_bytes=MAX_BYTES):
         ) from None
     except UnicodeError:
         raise errors.MalformedXML("XML document is not valid text") from None
+    except LookupError:
+        # expat asks Python's codecs about an encoding it does not know itself
+        raise errors.MalformedXML("XML document declares an unknown encoding") from None
     except (ValueError, AssertionError):
         # TreeBuilder complains about unbalanced input expat let through.
         raise errors.MalformedXML("malformed XML") from None

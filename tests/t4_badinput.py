@@ -259,6 +259,8 @@ BAD_DOCS = {
                     + b"</ServerSideEncryptionConfiguration>",
     "huge": (BUCKET_DOC % b"AES256").replace(b"<Rule>", b"<!--" + b"x" * 70000 + b"--><Rule>"),
     "non-utf8": BUCKET_DOC % b"AES\xff256",
+    "unknown encoding": b'<?xml version="1.0" encoding="bogus"?>' + BUCKET_DOC % b"AES256\xe9",
+    "non-text codec": b'<?xml version="1.0" encoding="zlib"?>' + BUCKET_DOC % b"AES256\xe9",
 }
 
 
