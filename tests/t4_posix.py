@@ -597,3 +597,103 @@ def test_many_files_survive_remount(mount):
     mount.restart()
     for p, data in files.items():
         assert get(p) == data
+
+
+# -- concurrency ---------------------------------------------------------------------------
+@pytest.mark.parametrize("bucket", ["plain", "enc"])
+def test_concurrent_writers_share_chunks(mount, bucket):
+    """Four threads write interleaved, disjoint stripes of the same chunks through their own
+    descriptors, with fsyncs; every stripe ends with its owner's last write."""
+    p = os.path.join(getattr(mount, bucket), "shared")
+    put(p, b"")
+    n_chunks, writers, reps = 16, 4, 2
+    stripe = CHUNK // writers // 2 + 13                        # not aligned to anything
+
+    def stripes(k):
+        for idx in range(n_chunks):
+            for s in range(k, CHUNK // stripe + 1, writers):
+                off = idx * CHUNK + s * stripe
+                length = min(stripe, (idx + 1) * CHUNK - off)
+                if length > 0:
+                    yield idx, off, length
+
+    def work(k):
+        fd = os.open(p, os.O_WRONLY)
+        rnd = random.Random(k)
+        try:
+            for rep in range(reps):
+                mine = list(stripes(k))
+                rnd.shuffle(mine)
+                for idx, off, length in mine:
+                    os.pwrite(fd, bytes([(k * 31 + idx + rep) % 256]) * length, off)
+                    if rnd.random() < 0.01:
+                        os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    expected = bytearray(n_chunks * CHUNK)
+    for k in range(writers):
+        for idx, off, length in stripes(k):
+            expected[off:off + length] = bytes([(k * 31 + idx + reps - 1) % 256]) * length
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        for f in [pool.submit(work, k) for k in range(writers)]:
+            f.result()
+    assert get(p) == expected
+    mount.restart()
+    assert get(p) == expected
+
+
+def test_rename_replacement_is_atomic_for_readers(mount):
+    target = os.path.join(mount.enc, "target")
+    versions = [bytes([i]) * (2 * CHUNK + i * 1000) for i in range(1, 30)]
+    put(target, versions[0])
+
+    def writer():
+        for i, v in enumerate(versions[1:]):
+            tmp = os.path.join(mount.enc, ".tmp%d" % i)
+            put(tmp, v)
+            os.rename(tmp, target)
+
+    reads = 0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(writer)
+        while not done.done() or reads < 5:
+            data = get(target)
+            assert data in versions, (len(data), set(data))
+            reads += 1
+        done.result()
+    assert get(target) == versions[-1] and os.listdir(mount.enc) == ["target"]
+
+
+def test_huge_sparse_offsets(mount):
+    p = os.path.join(mount.enc, "sparse")
+    far = 1 << 40
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"far", far)
+        assert os.fstat(fd).st_size == far + 3
+        assert os.pread(fd, 10, far - 5) == bytes(5) + b"far"
+        assert os.pread(fd, 4096, 500 << 30) == bytes(4096)
+        os.ftruncate(fd, far // 2)
+        assert os.fstat(fd).st_size == far // 2
+        os.ftruncate(fd, 5)
+        assert os.pread(fd, 10, 0) == bytes(5)
+    finally:
+        os.close(fd)
+    os.truncate(p, 1 << 50)
+    mount.restart()
+    assert os.stat(p).st_size == 1 << 50
+    with open(p, "rb") as f:
+        f.seek((1 << 50) - 3)
+        assert f.read() == bytes(3)
+
+
+def test_special_files(mount):
+    os.mkfifo(os.path.join(mount.plain, "fifo"))
+    os.mknod(os.path.join(mount.plain, "null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    mount.restart()
+    assert stat.S_ISFIFO(os.stat(os.path.join(mount.plain, "fifo")).st_mode)
+    st = os.stat(os.path.join(mount.plain, "null"))
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert oserr(os.getxattr, os.path.join(mount.plain, "fifo"), "user.cos.etag") == \
+        errno.ENODATA

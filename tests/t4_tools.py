@@ -205,7 +205,7 @@ def test_sqlite_database(mount, journal):
     db.execute("CREATE INDEX t_k ON t (k)")
     rnd = random.Random(11)
     total = 0
-    for batch in range(20):
+    for batch in range(10):
         with db:
             for i in range(250):
                 db.execute("INSERT INTO t (k, v) VALUES (?, ?)",
