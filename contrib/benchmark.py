@@ -45,6 +45,14 @@ MiB = 1 << 20
 APPID = "1250000000"
 PASSWORD = "benchmark-password"
 
+#: cosfs settings of both cosfs targets; ``--cosfs-set`` replaces or adds keys.
+COSFS_SETTINGS = {
+    "chunk_size": "1MiB",
+    "cache_size": "256MiB",
+    "write_buffer": "64MiB",
+    "log_level": "warning",
+}
+
 COSFS_CONFIG = """\
 mountpoint: ./mnt
 store: ./data
@@ -53,11 +61,7 @@ appid: "{appid}"
 region: ap-guangzhou
 buckets:
   - name: {bucket}
-{encryption}chunk_size: 1MiB
-cache_size: 256MiB
-write_buffer: 64MiB
-log_level: warning
-{extra}"""
+{encryption}{settings}"""
 
 
 def log(msg):
@@ -246,11 +250,11 @@ class Gocryptfs(FuseDaemon):
 class Cosfs(FuseDaemon):
     """One cosfs store and mount; the workloads use one bucket of it."""
 
-    def __init__(self, root, name, encryption, extra):
+    def __init__(self, root, name, encryption, settings):
         super().__init__(root)
         self.name = name
         self.encryption = encryption
-        self.extra = extra
+        self.settings = settings
 
     def setup(self):
         self.folder = os.path.join(self.root, self.name)
@@ -261,8 +265,9 @@ class Cosfs(FuseDaemon):
         bucket = "bench-" + APPID
         enc = "    encryption: %s\n" % self.encryption if self.encryption else ""
         with open(self.config, "w") as f:
-            f.write(COSFS_CONFIG.format(appid=APPID, bucket=bucket, encryption=enc,
-                                        extra="".join(line + "\n" for line in self.extra)))
+            f.write(COSFS_CONFIG.format(
+                appid=APPID, bucket=bucket, encryption=enc,
+                settings="".join("%s: %s\n" % kv for kv in self.settings.items())))
         self.path = os.path.join(self.mnt, bucket)
 
     def command(self):
@@ -523,7 +528,8 @@ def parse_args(argv):
                    help="comma-separated subset of bare,gocryptfs,cosfs,cosfs-aes")
     p.add_argument("--fio-runtime", type=int, help="seconds per fio job (default 5, --quick 2)")
     p.add_argument("--cosfs-set", action="append", default=[], metavar="KEY: VALUE",
-                   help="extra line for both cosfs configs, e.g. 'writeback_cache: true'")
+                   help="a setting of both cosfs configs, e.g. 'writeback_cache: true' "
+                   "(repeatable; replaces the benchmark's own value of that key)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     a = p.parse_args(argv)
     a.rounds = a.rounds or (1 if a.quick else 3)
@@ -535,8 +541,20 @@ def parse_args(argv):
     return a
 
 
+def cosfs_settings(pairs):
+    """COSFS_SETTINGS updated with ``KEY: VALUE`` strings from the command line."""
+    settings = dict(COSFS_SETTINGS)
+    for pair in pairs:
+        key, sep, value = pair.partition(":")
+        if not sep or not key.strip() or not value.strip():
+            raise SystemExit("--cosfs-set wants 'KEY: VALUE', got %r" % pair)
+        settings[key.strip()] = value.strip()
+    return settings
+
+
 def make_targets(args, root):
     wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
+    settings = cosfs_settings(args.cosfs_set)
     targets = []
     for name in wanted:
         if name == "bare":
@@ -547,9 +565,9 @@ def make_targets(args, root):
                 continue
             targets.append(Gocryptfs(root))
         elif name == "cosfs":
-            targets.append(Cosfs(root, "cosfs", None, args.cosfs_set))
+            targets.append(Cosfs(root, "cosfs", None, settings))
         elif name == "cosfs-aes":
-            targets.append(Cosfs(root, "cosfs-aes", "AES256", args.cosfs_set))
+            targets.append(Cosfs(root, "cosfs-aes", "AES256", settings))
         else:
             raise SystemExit("unknown target %r" % name)
     return targets
@@ -628,7 +646,7 @@ def render(args, bench, info, labels, elapsed):
     report += ["### Machine", "", "| | |", "|---|---|"]
     report += ["| %s | %s |" % kv for kv in info]
     if args.cosfs_set:
-        report += ["", "cosfs configuration additions: " + "; ".join(args.cosfs_set)]
+        report += ["", "cosfs settings changed for this run: " + "; ".join(args.cosfs_set)]
     return report
 
 
