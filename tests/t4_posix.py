@@ -263,6 +263,10 @@ def test_rename_replaces_atomically(mount):
     assert oserr(os.rename, os.path.join(mount.plain, "d3"), b) == errno.ENOTDIR
     assert oserr(os.rename, os.path.join(mount.plain, "d2"),
                  os.path.join(mount.plain, "d2/sub/inside")) == errno.EINVAL
+    os.link(b, os.path.join(mount.plain, "b2"))
+    os.rename(b, os.path.join(mount.plain, "b2"))                # same inode: nothing happens
+    assert os.path.exists(b) and os.stat(b).st_nlink == 2
+    os.unlink(os.path.join(mount.plain, "b2"))
     os.rename(b, os.path.join(mount.plain, "d2/sub/moved"))   # across directories
     assert os.stat(os.path.join(mount.plain, "d2")).st_nlink == 3
     mount.restart()
@@ -517,6 +521,13 @@ def test_xattr_limits(mount):
     os.setxattr(p, "user.big", b"v" * 60000)
     assert os.getxattr(p, "user.big") == b"v" * 60000
     assert oserr(os.setxattr, p, "user." + "n" * 300, b"") == errno.ERANGE
+    for i in range(3):
+        os.setxattr(p, "user.more%d" % i, b"m" * 60000)
+    assert oserr(os.setxattr, p, "user.toomuch", b"t" * 60000) == errno.ENOSPC
+    os.setxattr(p, "user.more0", b"m" * 50000)                 # replacing frees room
+    os.setxattr(p, "user.fits", b"f" * 9000)
+    assert sorted(os.listxattr(p)) == ["user.big", "user.fits", "user.more0", "user.more1",
+                                       "user.more2"]
 
 
 # -- scale and names -----------------------------------------------------------------------

@@ -199,9 +199,13 @@ def test_override_reencrypts_in_place(mount):
     put(p, data)
     assert sse(p) is None
     assert SSE not in os.listxattr(p)
+    etag = os.getxattr(p, "user.cos.etag")
+    mtime = os.stat(p).st_mtime_ns
     os.setxattr(p, SSE, b"AES256")
     assert sse(p) == "AES256" and SSE in os.listxattr(p)
     assert get(p) == data
+    assert os.getxattr(p, "user.cos.etag") == etag             # the ETag is of the plaintext
+    assert os.stat(p).st_mtime_ns == mtime                     # the content did not change
     ino = os.stat(p).st_ino
     mount.stop()
     assert leaks(mount, marker) == []
