@@ -169,7 +169,11 @@ def load(path, *, mountpoint=None):
     except UnicodeDecodeError as exc:
         raise errors.ConfigError(f"{source}: config file is not UTF-8 text (bad byte at offset {exc.start})") from None
     lines = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        # the reader refuses control characters already here, before any parsing
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(_one_line(f"{source}: malformed YAML: {exc}")) from None
     try:
         node = loader.get_single_node()
         if node is not None:
@@ -182,9 +186,13 @@ def load(path, *, mountpoint=None):
         raise errors.ConfigError(_one_line(f"{where}: malformed YAML: {problem}")) from None
     except yaml.YAMLError as exc:
         raise errors.ConfigError(_one_line(f"{source}: malformed YAML: {exc}")) from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        # an explicit tag (!!float, !!timestamp...) on a value that is not of that type
+        raise errors.ConfigError(f"{source}: malformed YAML: a tagged value is not of its tag's "
+                                 "type") from None
     finally:
         loader.dispose()
-    override = Path(mountpoint).expanduser().absolute() if mountpoint is not None else None
+    override = Path(os.path.expanduser(mountpoint)).absolute() if mountpoint is not None else None
     return _build(data, path.absolute().parent, _Context(source, lines),
                   path=path.absolute(), mountpoint=override)
 
@@ -196,8 +204,8 @@ def from_dict(data, *, base_dir, source="<config>", mountpoint=None):
     error messages; *mountpoint* overrides ``data["mountpoint"]``. The result
     has ``path=None``. Raises :class:`errors.ConfigError`.
     """
-    override = Path(mountpoint).expanduser().absolute() if mountpoint is not None else None
-    return _build(data, Path(base_dir).expanduser().absolute(), _Context(source, {}),
+    override = Path(os.path.expanduser(mountpoint)).absolute() if mountpoint is not None else None
+    return _build(data, Path(os.path.expanduser(base_dir)).absolute(), _Context(source, {}),
                   path=None, mountpoint=override)
 
 
@@ -311,7 +319,11 @@ def _path(ctx, data, path, base_dir, *, required=False):
     text = _text(ctx, data, path, required=required)
     if text is None:
         return None
-    return Path(os.path.normpath(base_dir / Path(text).expanduser()))
+    # os.path, not pathlib: Path("./~x") drops the "./" and would read "~x" as a user's home
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        ctx.fail(path, f"cannot find the home directory of {_describe(text)}")
+    return Path(os.path.normpath(base_dir / expanded))
 
 
 def _size(ctx, data, path, default):

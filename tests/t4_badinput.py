@@ -355,6 +355,13 @@ CONFIG_CASES = {
     "keys is a file": (lambda t: t.replace("keys: ./keys", "keys: ./cosfs.yaml"), "keys"),
     "store under a file": (lambda t: t.replace("store: ./data", "store: ./cosfs.yaml/data"),
                            "data"),
+    "control character": (lambda t: t.replace("store: ./data", "store: ./da\x01ta"), "YAML"),
+    "wrongly tagged value": (lambda t: t.replace("chunk_size: 1MiB", "chunk_size: !!float big"),
+                             "YAML"),
+    "tagged mapping key": (lambda t: t.replace("    encryption:", "!!bool    encryption:"),
+                           "YAML"),
+    "unknown user's home": (lambda t: t.replace("keys: ./keys", "keys: ~no-such-user/keys"),
+                            "no-such-user"),
 }
 
 
@@ -379,6 +386,14 @@ def test_config_files(tmp_path):
     bad.write_bytes(b"store: ./d\xe9ta\n")
     assert "UTF-8" in mount_refused(str(bad))
     print("bad configuration files tried:", tried + 2)
+    # a relative path whose first component starts with "~" is not a home directory
+    from cosfs import config
+    good = write_config(str(tmp_path / "tilde"))
+    with open(good) as f:
+        text = f.read()
+    with open(good, "w") as f:
+        f.write(text.replace("store: ./data", "store: ./~data"))
+    assert str(config.load(good).store) == str(tmp_path / "tilde" / "~data")
 
 
 # -- key stores --------------------------------------------------------------------------
