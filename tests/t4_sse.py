@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import write_config
+from conftest import APPID, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -412,6 +412,19 @@ def test_marker_never_reaches_the_store_in_plaintext(mount):
     os.setxattr(enc_obj, "user.other", b"metadata is not encrypted")
     small = os.path.join(mount.enc, "small")
     put(small, marker)
+    others = []
+    for alg in ("SM4", "KMS"):                                  # the other bucket defaults
+        bucket = os.path.join(mount.mnt, "%s-%s" % (alg.lower(), APPID))
+        os.mkdir(bucket)
+        os.setxattr(bucket, BENC, alg.encode())
+        others.append(os.path.join(bucket, "marked"))
+        put(others[-1], marker_data(marker, 3 * CHUNK + 7))
+        assert sse(others[-1]) == {"SM4": "SM4", "KMS": "cos/kms"}[alg]
+    over = os.path.join(mount.plain, "override")                # an override in a plain bucket
+    put(over, b"")
+    os.setxattr(over, SSE, b"SM4")
+    with open(over, "ab") as f:
+        f.write(marker_data(marker, 2 * CHUNK))
     plain_obj = os.path.join(mount.plain, "visible")
     put(plain_obj, marker_data(marker, 1000))
     expected = get(enc_obj)
@@ -424,3 +437,6 @@ def test_marker_never_reaches_the_store_in_plaintext(mount):
     assert leaks(mount, marker) == []
     mount.start()
     assert get(enc_obj) == expected and get(small) == marker
+    for path in others:
+        assert get(path) == marker_data(marker, 3 * CHUNK + 7)
+    assert sse(over) == "SM4" and get(over) == marker_data(marker, 2 * CHUNK)
