@@ -239,6 +239,32 @@ def test_unlink_while_open(mount):
     assert get(p) == b"a new object under the old name"
 
 
+def test_removed_data_leaves_the_store(mount):
+    """Blobs of unlinked, replaced and truncated objects are deleted (plain bucket: the
+    bytes are visible in the blob files, so their absence is checkable)."""
+    marks = [os.urandom(32) for _ in range(4)]
+    paths = [os.path.join(mount.plain, "gone%d" % i) for i in range(4)]
+    for p, mark in zip(paths, marks):
+        put(p, mark * (3 * CHUNK // 32))
+    fd = os.open(paths[0], os.O_RDONLY)
+    os.unlink(paths[0])                                       # unlinked while open
+    assert os.pread(fd, 32, CHUNK) == marks[0]
+    os.close(fd)
+    os.unlink(paths[1])                                       # plain unlink
+    put(paths[2] + ".new", b"replacement")
+    os.rename(paths[2] + ".new", paths[2])                    # replaced by rename
+    os.truncate(paths[3], 0)                                  # truncated
+    mount.stop()
+    blobs = os.path.join(mount.store, "blobs")
+    for d, _, files in os.walk(blobs):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                data = fh.read()
+            assert not any(m in data for m in marks), f
+    mount.start()
+    assert os.listdir(mount.plain) == ["gone2", "gone3"]
+
+
 # -- rename ----------------------------------------------------------------------------
 def test_rename_replaces_atomically(mount):
     a, b = os.path.join(mount.plain, "a"), os.path.join(mount.plain, "b")
