@@ -371,13 +371,15 @@ class Catalog:
         return [(r[0], Inode(*r[1:])) for r in self.db.execute(sql, args)]
 
     def longest_relative_key(self, parent) -> int:
-        """Length of the longest path below directory ``parent`` (``a/b/c``), 0 if empty."""
+        """Length of the longest path below directory ``parent`` (``a/b/c``, a directory
+        with its trailing ``/``), 0 if the directory is empty."""
         row = self.db.execute(
             "WITH RECURSIVE t(ino, len) AS ("
             " SELECT inode, length(name) FROM dentries WHERE parent=?"
             " UNION ALL SELECT d.inode, t.len + 1 + length(d.name)"
             " FROM dentries d JOIN t ON d.parent=t.ino)"
-            " SELECT coalesce(max(len), 0) FROM t", (parent,)).fetchone()
+            " SELECT coalesce(max(t.len + ((i.mode & 61440) = 16384)), 0)"
+            " FROM t JOIN inodes i ON i.id=t.ino", (parent,)).fetchone()
         return row[0]
 
     def count_dir_subdirs(self, parent):

@@ -95,8 +95,12 @@ class FileSystem:
             raise FsError(errno.ENOENT)
         return self.catalog.get_inode(ino)
 
-    def _check_name(self, parent_inode, name):
-        """Validate a new entry name below a directory (object key rules)."""
+    def _check_name(self, parent_inode, name, directory=False):
+        """Validate a new entry name below a directory (object key rules).
+
+        A directory counts with its trailing ``/``: an empty one is the marker
+        object ``dir/`` in COS terms, which must fit the key limit too.
+        """
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
         if name in (b".", b"..") or b"/" in name or not name:
@@ -104,7 +108,7 @@ class FileSystem:
         if parent_inode.id == ROOT_INODE:
             return
         key = self.key_of(parent_inode.id, name)
-        names.validate_key(key)
+        names.validate_key(key + b"/" if directory else key)
 
     def key_of(self, dir_ino, name=None) -> bytes:
         """The object key of ``name`` in directory ``dir_ino`` (path inside its bucket)."""
@@ -328,7 +332,7 @@ class FileSystem:
                 raise
             self.remember(inode.id)
             return inode
-        self._check_name(pinode, name)
+        self._check_name(pinode, name, directory=True)
         if self.catalog.lookup(parent, name) is not None:
             raise FsError(errno.EEXIST)
         t = time.time_ns()
@@ -420,7 +424,7 @@ class FileSystem:
             raise FsError(errno.EPERM if old_parent == new_parent else errno.EXDEV)
         if op.bucket != np.bucket:
             raise FsError(errno.EXDEV)
-        self._check_name(np, new_name)
+        self._check_name(np, new_name, directory=src.is_dir)
         if src.is_dir:
             # every key below the directory changes with it; none may outgrow the COS limit
             new_key = len(self.key_of(new_parent, new_name))

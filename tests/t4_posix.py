@@ -602,12 +602,19 @@ def test_key_length_limit(mount):
     put(os.path.join(path, "n" * room), b"ok")
     assert oserr(put, os.path.join(path, "n" * (room + 1)), b"") == errno.ENAMETOOLONG
     assert oserr(os.mkdir, os.path.join(path, "m" * (room + 5))) == errno.ENAMETOOLONG
+    # a directory is also the marker object "key/": its key must leave room for the "/"
+    assert oserr(os.mkdir, os.path.join(path, "m" * room)) == errno.ENAMETOOLONG
+    os.mkdir(os.path.join(path, "m" * (room - 1)))
+    os.mkdir(os.path.join(base, "short"))
+    assert oserr(os.rename, os.path.join(base, "short"),
+                 os.path.join(path, "s" * room)) == errno.ENAMETOOLONG
     assert oserr(os.symlink, "t", os.path.join(path, "s" * (room + 1))) == errno.ENAMETOOLONG
     assert oserr(os.rename, os.path.join(path, "n" * room),
                  os.path.join(path, "r" * (room + 1))) == errno.ENAMETOOLONG
     assert oserr(open, os.path.join(base, "x" * 256), "wb") == errno.ENAMETOOLONG
     mount.restart()
     assert get(os.path.join(path, "n" * room)) == b"ok"
+    assert os.listdir(os.path.join(path, "m" * (room - 1))) == []
 
 
 def test_rename_dir_cannot_push_keys_past_the_limit(mount):
@@ -620,6 +627,14 @@ def test_rename_dir_cannot_push_keys_past_the_limit(mount):
     assert oserr(os.rename, os.path.join(base, "d"),
                  os.path.join(base, "L" * 250, "d")) == errno.ENAMETOOLONG
     assert get(os.path.join(deep, "h" * 40)) == b"x"
+    # an empty directory deep inside counts with its "/": 2+600+3+238+1 = 844 bytes now
+    os.mkdir(os.path.join(deep, "k" * 238))
+    os.mkdir(os.path.join(base, "M" * 5))
+    os.rename(os.path.join(base, "d"), os.path.join(base, "M" * 5, "d"))          # 850
+    os.rename(os.path.join(base, "M" * 5, "d"), os.path.join(base, "d"))
+    os.mkdir(os.path.join(base, "N" * 6))
+    assert oserr(os.rename, os.path.join(base, "d"),
+                 os.path.join(base, "N" * 6, "d")) == errno.ENAMETOOLONG           # 851
 
 
 def test_many_files_survive_remount(mount):
