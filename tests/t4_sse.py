@@ -339,6 +339,18 @@ def test_what_copies_carry(mount, tmp_path):
         assert sse(os.path.join(mount.plain, "rs")) is None
     for name in ("cp", "cp-a", "cp-x"):
         assert get(os.path.join(mount.plain, name)) == get(src)
+    # an explicit request is carried into a bucket with another default, and wins there
+    sm4 = os.path.join(mount.plain, "sm4")
+    put(sm4, os.urandom(CHUNK + 3))
+    os.setxattr(sm4, SSE, b"SM4")
+    subprocess.run(["cp", "-a", sm4, os.path.join(mount.enc, "sm4-a")], check=True)
+    subprocess.run(["mv", sm4, os.path.join(mount.enc, "sm4-mv")], check=True)
+    subprocess.run(["cp", os.path.join(mount.enc, "sm4-mv"), os.path.join(mount.enc, "sm4-cp")],
+                   check=True)
+    assert sse(os.path.join(mount.enc, "sm4-a")) == "SM4"
+    assert sse(os.path.join(mount.enc, "sm4-mv")) == "SM4"
+    assert sse(os.path.join(mount.enc, "sm4-cp")) == "AES256"
+    assert get(os.path.join(mount.enc, "sm4-a")) == get(os.path.join(mount.enc, "sm4-mv"))
     # a copy out of the mount gets the request as a plain user xattr, and back in again
     local = str(tmp_path / "local")
     subprocess.run(["cp", "-a", src, local], check=True)
