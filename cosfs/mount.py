@@ -175,7 +175,26 @@ def setup_logging(log_file=None, level="warning", verbose=0):
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(getattr(logging, name.upper(), logging.WARNING))
-    logging.getLogger("pyfuse3").setLevel(max(root.level, logging.INFO))
+    fuse_log = logging.getLogger("pyfuse3")
+    fuse_log.setLevel(max(root.level, logging.INFO))
+    if not any(isinstance(f, _DroppedReplyFilter) for f in fuse_log.filters):
+        fuse_log.addFilter(_DroppedReplyFilter())
+
+
+class _DroppedReplyFilter(logging.Filter):
+    """Downgrade pyfuse3's ERROR for a reply to a request the kernel already dropped.
+
+    The kernel sends RELEASE without waiting for it and drops every pending
+    request when the file system is unmounted (or the caller was interrupted);
+    our reply then fails with ENOENT. The handler itself ran to completion, so
+    nothing is lost and the line is no error of ours.
+    """
+
+    def filter(self, record):
+        if record.levelno >= logging.ERROR and \
+                "fuse_reply_* failed with No such file or directory" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def run_mount(config, *, ready=None):
