@@ -34,8 +34,9 @@ import t5_crash  # noqa: E402
 import t5_differential  # noqa: E402
 
 
-def differential_worker(folder, seed, ops, bucket, chunk_size, remounts):
-    m = conftest.Mount(conftest.write_config(folder, chunk_size=chunk_size))
+def differential_worker(folder, seed, ops, bucket, chunk_size, remounts, write_buffer):
+    m = conftest.Mount(conftest.write_config(folder, chunk_size=chunk_size,
+                                             write_buffer=write_buffer))
     m.start()
     try:
         root = os.path.join(m.mnt, conftest.ENC if bucket == "enc" else conftest.PLAIN, "t")
@@ -52,7 +53,8 @@ def differential_worker(folder, seed, ops, bucket, chunk_size, remounts):
     bad = m.unexpected_log_lines()
     if bad:
         raise AssertionError("unexpected errors in the daemon log:\n" + "\n".join(bad[:20]))
-    return "%d operations on the %s bucket, %d remounts" % (ops, bucket, len(marks))
+    return "%d operations on the %s bucket, write buffer %s, %d remounts" % (
+        ops, bucket, write_buffer, len(marks))
 
 
 def crash_worker(folder, seed, mix, rounds, chunk_size, max_delay):
@@ -96,6 +98,8 @@ def main(argv=None):
     p.add_argument("--max-delay", type=float, default=1.5,
                    help="crash: kill after a random delay up to this many seconds")
     p.add_argument("--chunk-size", default="64KiB")
+    p.add_argument("--write-buffer", help="differential: write buffer (default: alternate "
+                   "16MiB and the smallest, 2 chunks)")
     p.add_argument("--dir", help="where worker folders go (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the folders of passing workers")
     args = p.parse_args(argv)
@@ -110,9 +114,10 @@ def main(argv=None):
         for w in range(args.workers):
             bucket = args.bucket if args.bucket != "both" else ("plain", "enc")[w % 2]
             seed = args.seed + w
+            wb = args.write_buffer or ("16MiB", "128KiB")[(w + w // 2) % 2]
             jobs.append(("differential", os.path.join(base, "diff-%d" % seed), seed,
                          dict(ops=args.ops, bucket=bucket, chunk_size=args.chunk_size,
-                              remounts=args.remounts)))
+                              remounts=args.remounts, write_buffer=wb)))
     if args.mode in ("crash", "both"):
         mixes = list(t5_crash.MIXES) if args.mix == "all" else args.mix.split(",")
         unknown = set(mixes) - set(t5_crash.MIXES)

@@ -92,7 +92,8 @@ def apply_step(model, step):
         between.append(half)
         new.changed(path, data)
     elif op == "overwrite":
-        new.changed(path, content(step["seed"], len(model.files[path])))
+        if model.files[path]:  # writing no bytes commits nothing, the encryption stays
+            new.changed(path, content(step["seed"], len(model.files[path])))
     elif op == "rewrite_trunc":
         half = model.copy()
         half.files[path] = b""
@@ -191,9 +192,14 @@ MIXES = {
     "bucket_config": {"create": 4, "overwrite": 3, "rewrite_trunc": 1, "bucket_put": 3,
                       "bucket_delete": 3, "sse_set": 1, "sse_remove": 1, "truncate": 1},
 }
-SIZES = {"reencrypt": (2 * MiB, 6 * MiB)}
+MIXES["many_files"] = {"create": 10, "unlink": 2, "rename": 1, "overwrite": 1}
+#: (small, big) size ranges of created content per mix; "huge" files far beyond the write
+#: buffer appear now and then in the "writes" mix
+SIZES = {"reencrypt": ((1, 200 * KiB), (2 * MiB, 6 * MiB)),
+         "many_files": ((0, 4 * KiB), (4 * KiB, 64 * KiB))}
+HUGE = {"writes": (8 * MiB, 24 * MiB)}
 BUCKETS = {"reencrypt": [PLAIN, PLAIN, PLAIN, ENC]}
-MAX_FILES = 14
+MAX_FILES = {"many_files": 400}
 
 
 class Planner:
@@ -202,8 +208,10 @@ class Planner:
     def __init__(self, seed, mix):
         self.rng = random.Random(seed)
         self.mix = MIXES[mix]
-        self.big = SIZES.get(mix, (1 * MiB, 4 * MiB))
+        self.small, self.big = SIZES.get(mix, ((1, 200 * KiB), (1 * MiB, 4 * MiB)))
+        self.huge = HUGE.get(mix)
         self.buckets = BUCKETS.get(mix, [PLAIN, ENC])
+        self.max_files = MAX_FILES.get(mix, 14)
         self.counter = 0
 
     def size(self):
@@ -211,9 +219,11 @@ class Planner:
         if r < 0.1:
             return 0
         if r < 0.4:
-            return self.rng.randint(1, 200 * KiB)
-        if r < 0.6:
+            return self.rng.randint(*self.small)
+        if r < 0.6 and self.big[1] > MiB:
             return self.rng.randint(1, 16) * 64 * KiB + self.rng.randint(-2, 2)
+        if r < 0.63 and self.huge:
+            return self.rng.randint(*self.huge)
         return self.rng.randint(*self.big)
 
     def new_path(self):
@@ -248,7 +258,7 @@ class Planner:
                 pool = [p for p in files if p not in shape.overrides]
             if needs_file and not pool:
                 continue
-            if op == "create" and len(files) >= MAX_FILES:
+            if op == "create" and len(files) >= self.max_files:
                 continue
             if op == "bucket_delete" and not shape.plain_default:
                 continue
@@ -472,7 +482,7 @@ class CrashRunner:
     """Rounds of write-and-kill over one store; see the module docstring."""
 
     def __init__(self, folder, seed, mix, *, chunk_size="64KiB", write_buffer="1MiB",
-                 steps=400, max_delay=1.2, report=print):
+                 steps=1500, max_delay=1.2, report=print):
         self.folder = folder
         self.seed = seed
         self.mix = mix
@@ -613,7 +623,8 @@ def run_rounds(folder, seed, mix, rounds, **kw):
     return runner
 
 
-ROUNDS = int(os.environ.get("COSFS_CRASH_ROUNDS", "10"))
+#: kill points per scenario in CI (contrib/stress.py runs hundreds)
+ROUNDS = int(os.environ.get("COSFS_CRASH_ROUNDS", "8"))
 
 needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
@@ -624,6 +635,7 @@ needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
     ("renames_truncates", 202, 1.0),
     ("reencrypt", 303, 2.0),
     ("bucket_config", 404, 1.0),
+    ("many_files", 505, 1.0),
 ])
 def test_crash(tmp_path, mix, seed, max_delay):
     run_rounds(str(tmp_path / "fs"), seed, mix, ROUNDS, max_delay=max_delay)
