@@ -230,9 +230,17 @@ class Catalog:
             finally:
                 os.close(fd)
 
-    def checkpoint(self):
-        """Copy the WAL into the database file (syncs both); call after blobs are synced."""
-        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def wal_size(self):
+        """Bytes in the write-ahead log file (0 if none)."""
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except OSError:
+            return 0
+
+    def checkpoint(self, truncate=False):
+        """Copy the WAL into the database file (syncs both); call after blobs are synced.
+        ``truncate`` also cuts the WAL file to nothing, giving its space back."""
+        self.db.execute("PRAGMA wal_checkpoint(%s)" % ("TRUNCATE" if truncate else "PASSIVE"))
 
     def close(self):
         try:
@@ -279,8 +287,10 @@ class Catalog:
                 self.db.execute("ROLLBACK")
             except sqlite3.DatabaseError:
                 pass
+            full = "full" in str(exc)
             raise CosfsError("catalog commit failed: %s" % exc,
-                             errno=errno.ENOSPC if "full" in str(exc) else errno.EIO) from None
+                             errno=errno.ENOSPC if full else errno.EIO,
+                             code="CatalogFull" if full else None) from None
         finally:
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")

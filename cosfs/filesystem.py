@@ -69,6 +69,7 @@ class FileSystem:
         self.regions = tuple(regions)
         self.lookups: Dict[int, int] = {}
         self.handles: Dict[int, int] = {}
+        self.readonly = set()  # handles opened O_RDONLY: their close commits nothing
         self.dirs: Dict[int, DirHandle] = {}
         self._next_fh = 1
         self.daemon_info = {}
@@ -204,13 +205,35 @@ class FileSystem:
         return inode
 
     def forget(self, items):
+        """Drop kernel references; purge what is left with no name. Every item is forgotten
+        even if a purge fails (the first such error is raised at the end)."""
+        failed = None
         for ino, n in items:
             left = self.lookups.get(ino, 0) - n
             if left > 0:
                 self.lookups[ino] = left
                 continue
             self.lookups.pop(ino, None)
+            try:
+                self._maybe_purge(ino)
+            except CosfsError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    async def make_room(self):
+        """The catalog ran out of space: give the WAL's disk space back (a checkpoint) and
+        purge the nameless objects whose purge failed for lack of it. Raises CosfsError or
+        sqlite3 errors when even that fails."""
+        try:
+            # deleting released blobs frees space even when recording that fails
+            await self.objects.collect_garbage()
+        except Exception as exc:
+            log.debug("garbage collection on a full catalog: %s", exc)
+        await self.objects.checkpoint(truncate=True)
+        for ino in self.catalog.unlinked_inodes():
             self._maybe_purge(ino)
+        log.warning("catalog was full: checkpointed it to give its log's space back")
 
     def _maybe_purge(self, ino):
         """Delete an inode once it has no name, no kernel reference and no open handle."""
@@ -501,6 +524,8 @@ class FileSystem:
             await self.objects.truncate(ino, 0)
         fh = self._fh()
         self.handles[fh] = ino
+        if (flags & os.O_ACCMODE) == os.O_RDONLY:
+            self.readonly.add(fh)
         self.objects.opened(ino)
         return fh
 
@@ -537,11 +562,18 @@ class FileSystem:
         return await self.objects.write(self._ino(fh), offset, data)
 
     async def flush(self, fh):
-        """close(2) of one descriptor: commit so the content survives a daemon kill."""
-        await self.objects.commit(self._ino(fh), durable=self.fsync_on_close)
+        """close(2) of one descriptor: commit so the content survives a daemon kill.
+
+        A reader's close commits nothing: it must not report (or wait for) the failure
+        of another writer's changes, as no local file system would."""
+        ino = self._ino(fh)
+        if fh in self.readonly:
+            return
+        await self.objects.commit(ino, durable=self.fsync_on_close)
 
     async def release(self, fh):
         ino = self.handles.pop(fh, None)
+        self.readonly.discard(fh)
         if ino is None:
             return
         try:

@@ -25,6 +25,14 @@ def _translate(fn):
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
         try:
+            try:
+                return await fn(*args, **kwargs)
+            except CosfsError as exc:
+                # Each request is atomic in the catalog, so a request refused for lack of
+                # catalog space changed nothing: make room and run it once more. This is
+                # what lets deleting work on a full store.
+                if exc.code != "CatalogFull" or not await _make_room(args[0].fs):
+                    raise
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
@@ -45,6 +53,16 @@ def _translate(fn):
             log.exception("unexpected error in %s", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+async def _make_room(fs):
+    """True if the full catalog could be given room again."""
+    try:
+        await fs.make_room()
+        return True
+    except Exception as exc:
+        log.warning("catalog is full and could not be checkpointed: %s", exc)
+        return False
 
 
 def _ctx(ctx):
@@ -92,6 +110,11 @@ class Operations(pyfuse3.Operations):
         # forget has no reply: any exception here, even FUSEError, ends the mount.
         try:
             self.fs.forget(inode_list)
+        except CosfsError as exc:
+            # nameless objects whose purge failed are purged by make_room, or at next mount
+            if exc.code != "CatalogFull" or not await _make_room(self.fs):
+                log.warning("forget of %d inode(s): %s; their data is deleted at the next "
+                            "mount", len(inode_list), exc)
         except Exception:
             log.exception("forget of %d inode(s) failed; their data stays until fsck",
                           len(inode_list))

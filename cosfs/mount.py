@@ -8,6 +8,7 @@ returns. Everything else receives its collaborators from here.
 
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -99,6 +100,7 @@ def open_store(config, *, create, purpose="opened"):
         stores = {}
         for region in config.regions:
             s = LocalStore(region_dir(config, region))
+            s.headroom = functools.partial(_file_size, catalog_path + "-wal")
             if create or os.path.isdir(s.root):
                 s.create()
             stores[region] = s
@@ -106,6 +108,13 @@ def open_store(config, *, create, purpose="opened"):
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _check_keys(catalog, keys):

@@ -53,6 +53,9 @@ INLINE_READ_LIMIT = 2 * SEG
 #: Seconds between garbage collection passes (each pass makes the catalog durable).
 GC_MIN_INTERVAL = 1.0
 
+#: A catalog WAL larger than this is checkpointed at the next collection pass.
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+
 #: Default of :meth:`ObjectStore.rewrite`: leave the override request as it is.
 _KEEP = object()
 
@@ -850,16 +853,21 @@ class ObjectStore:
 
     def forget_object(self, inode):
         """Delete an object that has no names left and no users."""
-        st = self.states.pop(inode.id, None)
+        st = self.states.get(inode.id)
         region = self.region_of(inode)
+        # one transaction: if the catalog cannot take it (full), nothing is lost and the
+        # purge can be tried again
+        with self.catalog.transaction():
+            if st is not None:
+                for ch in st.pending.values():
+                    self.catalog.add_garbage(ch.blob, region)
+            self.catalog.delete_inode(inode.id, region)
         if st is not None:
+            self.states.pop(inode.id, None)
             # a seal still running finds no buffer and discards its blob itself
             st.dirty.clear()
             st.error = None
-            for ch in st.pending.values():
-                self.catalog.add_garbage(ch.blob, region)
             st.pending.clear()
-        self.catalog.delete_inode(inode.id, region)
         self._gc_wakeup.set()
 
     # -- garbage collection ------------------------------------------------
@@ -871,8 +879,13 @@ class ObjectStore:
             try:
                 await self.collect_garbage()
                 await trio.sleep(GC_MIN_INTERVAL)  # at most one durable point per interval
-                if time.monotonic() - self._last_checkpoint > 10:
+                # a burst of commits must not grow the WAL without bound: it takes space
+                # that even deletions need, and a checkpoint needs room to fold it in
+                if time.monotonic() - self._last_checkpoint > 10 or \
+                        self.catalog.wal_size() > WAL_CHECKPOINT_BYTES:
                     await self.checkpoint()
+            except CosfsError as exc:
+                log.warning("background garbage collection: %s; will retry", exc)
             except Exception:
                 log.exception("background garbage collection failed; will retry")
 
@@ -901,8 +914,13 @@ class ObjectStore:
             if len(rows) < 500:
                 return
 
-    async def checkpoint(self):
-        """Sync blobs, then let SQLite checkpoint its WAL (which syncs the catalog)."""
+    async def checkpoint(self, truncate=False):
+        """Sync blobs, then let SQLite checkpoint its WAL (which syncs the catalog).
+
+        ``truncate`` (after the catalog ran out of space) also gives the WAL's disk space
+        back: even deleting rows needs room in the WAL, and it only grows between
+        checkpoints. Raises sqlite3 errors if the checkpoint itself fails.
+        """
         self._last_checkpoint = time.monotonic()
         await self._sync_stores_settled()
-        self.catalog.checkpoint()
+        self.catalog.checkpoint(truncate)

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 #: Above this many unsynced blobs, sync the whole file system at once.
 SYNCFS_THRESHOLD = 64
 
+#: Blob writes fail with ENOSPC while less than this (at most 1/32 of the file system) would
+#: stay free: the catalog beside the blobs keeps room to record deletions, so a full store
+#: can be cured by deleting objects (SQLite needs space even to delete rows).
+RESERVE_MAX = 4 * 1024 * 1024
+
 
 def _syncfs(path):
     """syncfs(2) on the file system holding ``path``; False if unavailable or failed."""
@@ -61,6 +66,9 @@ class LocalStore:
 
     def __init__(self, root):
         self.root = os.fspath(root)
+        #: callable giving more bytes to keep free besides the reserve (the catalog's WAL,
+        #: which its checkpoint may need as room in the database file)
+        self.headroom = None
         self._unsynced = set()
         self._lock = threading.Lock()
 
@@ -79,10 +87,26 @@ class LocalStore:
         name = blob_id.hex()
         return os.path.join(self.root, name[:2], name)
 
+    def _check_room(self, blob_id, size):
+        """StoreError(ENOSPC) unless ``size`` bytes fit and the catalog's reserve stays free."""
+        try:
+            sv = os.statvfs(self.root)
+        except OSError:
+            return  # the write itself will say what is wrong
+        reserve = min(RESERVE_MAX, sv.f_blocks * sv.f_frsize // 32)
+        if self.headroom is not None:
+            reserve += self.headroom()
+        free = (sv.f_bfree if os.geteuid() == 0 else sv.f_bavail) * sv.f_frsize
+        if free < size + reserve:
+            raise StoreError("cannot write blob %s: %s (%d KiB are kept for the catalog)"
+                             % (blob_id.hex(), os.strerror(errno.ENOSPC), reserve // 1024),
+                             errno=errno.ENOSPC)
+
     # -- blob operations (block: run in a worker thread) -----------------
     def put(self, blob_id: bytes, data) -> None:
         """Store ``data`` (bytes-like) as a new blob. Raises StoreError; never overwrites."""
         path = self._path(blob_id)
+        self._check_room(blob_id, len(data))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:

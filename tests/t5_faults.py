@@ -487,3 +487,93 @@ def test_enospc_during_reencryption(small_store):
     stop_checked(m)
     assert integrity_ok(m)
     fsck_clean(m)
+
+
+@pytest.fixture
+def small_store_small_chunks(folder):
+    """A mount with 64 KiB chunks whose store lives on a 16 MiB tmpfs."""
+    cfg = write_config(folder, chunk_size="64KiB", write_buffer="256KiB")
+    m = Mount(cfg)
+    os.makedirs(m.store, mode=0o700)
+    sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", m.store)
+    try:
+        m.start()
+        yield m
+        _finish(m)
+    finally:
+        m.kill9()
+        subprocess.run(["umount", "-l", m.store], capture_output=True, timeout=60)
+
+
+def test_enospc_delete_frees(small_store_small_chunks):
+    """A store filled by many small objects: deleting them must still work (a full disk is
+    cured by deleting files), and then writing works again."""
+    m = small_store_small_chunks
+    m.expect_log(r"No space left|disk is full|could not commit|ENOSPC|forget of")
+    names = []
+    for i in range(2000):
+        path = os.path.join(m.plain if i % 2 else m.enc, "f%04d" % i)
+        err = errno_of(put, path, os.urandom(60000))
+        if os.path.exists(path):
+            names.append(path)
+        if err is not None:
+            assert err == errno.ENOSPC, err
+            if len([n for n in names]) and i > 10 and err:
+                break
+    else:
+        raise AssertionError("2000 files of 60 KB fit on a 16 MiB store")
+    # a few more attempts at the edge, as a busy writer would make
+    for i in range(20):
+        errno_of(put, os.path.join(m.plain, "edge%d" % i), os.urandom(3000))
+    failed = {}
+    for path in names:
+        err = errno_of(os.unlink, path)
+        if err is not None:
+            failed[path] = err
+    assert not failed, "%d of %d deletes failed on the full store: %s" % (
+        len(failed), len(names), sorted(set(failed.values())))
+    for i in range(20):
+        try:
+            os.unlink(os.path.join(m.plain, "edge%d" % i))
+        except FileNotFoundError:
+            pass
+
+    def free_enough():
+        sv = os.statvfs(m.store)
+        return sv.f_bavail * sv.f_frsize > 8 * MiB
+    assert wait_for(free_enough, timeout=30)
+    data = os.urandom(4 * MiB)
+    put(os.path.join(m.enc, "after"), data)
+    assert get(os.path.join(m.enc, "after")) == data
+    stop_checked(m)
+    assert integrity_ok(m)
+    fsck_clean(m)
+
+
+def test_reader_close_does_not_report_writer_failure(mnt):
+    """A writer's commit fails (read-only store); a reader of the same object closes its
+    descriptor without error, as on a local file system."""
+    m = mnt
+    m.expect_log(r"Read-only file system|could not commit")
+    path = os.path.join(m.plain, "shared.bin")
+    put(path, os.urandom(100 * 1024))
+    blobs = os.path.join(m.store, "blobs")
+    sh("mount", "--bind", blobs, blobs)
+    try:
+        sh("mount", "-o", "remount,ro,bind", blobs)
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, b"y" * 70000, 0)
+        assert errno_of(os.close, fd) in (errno.EROFS, errno.EIO)
+        reader = os.open(path, os.O_RDONLY)
+        assert os.read(reader, 5) == b"yyyyy"  # the buffered change is what the file holds
+        os.close(reader)  # must not raise
+        with open(path, "rb") as f:
+            f.read()
+    finally:
+        subprocess.run(["umount", blobs], capture_output=True, timeout=60)
+    fd = os.open(path, os.O_WRONLY)
+    os.fsync(fd)  # the retry of the buffered change succeeds now
+    os.close(fd)
+    stop_checked(m)
+    m.start()
+    assert get(path)[:70000] == b"y" * 70000
