@@ -18,6 +18,7 @@ operations; the whole log is written next to the test's temporary folder.
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import random
 import stat
@@ -185,6 +186,25 @@ class Side:
     def op_hfsync(self, hid):
         os.fsync(self.fds[hid])
 
+    def op_hmmap(self, hid, offset, data):
+        """Store ``data`` at ``offset`` (clipped to the size) through a shared mapping."""
+        fd = self.fds[hid]
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return "empty"
+        offset = min(offset, size - 1)
+        data = data[:size - offset]
+        with mmap.mmap(fd, size) as m:
+            m[offset:offset + len(data)] = data
+            m.flush()
+        return len(data)
+
+    def op_hcopy(self, src, dst, count, src_off, dst_off):
+        return os.copy_file_range(self.fds[src], self.fds[dst], count, src_off, dst_off)
+
+    def op_hfallocate(self, hid, offset, length):
+        os.posix_fallocate(self.fds[hid], offset, length)
+
     def op_hstat(self, hid):
         st = os.fstat(self.fds[hid])
         return (st.st_size, st.st_nlink, stat.S_IMODE(st.st_mode))
@@ -217,6 +237,7 @@ class Differential:
         self.max_size = max_size
         self.log = []
         self.explicit_mtime = {}  # ref st_ino -> the mtime_ns set by utime
+        self.hflags = {}  # handle -> open flags
         self.step = 0
 
     # -- failure reporting ------------------------------------------------------
@@ -303,7 +324,8 @@ class Differential:
                    ("open", 6 if len(open_hids) < MAX_HANDLES else 0)]
         if open_hids:
             choices += [("close", 4), ("hwrite", 12), ("hread", 4), ("htruncate", 3),
-                        ("hfsync", 2), ("hstat", 2)]
+                        ("hfsync", 2), ("hstat", 2), ("hmmap", 2), ("hcopy", 2),
+                        ("hfallocate", 1)]
         kinds = [k for k, w in choices for _ in range(w)]
         kind = rng.choice(kinds)
         hid = rng.choice(open_hids) if open_hids else None
@@ -366,6 +388,17 @@ class Differential:
             return (kind, hid, self.offset(), rng.randint(0, 3 * CHUNK))
         if kind == "htruncate":
             return (kind, hid, self.size())
+        if kind == "hmmap":
+            return (kind, hid, self.offset(), self.data())
+        if kind == "hcopy":
+            return (kind, hid, rng.choice(open_hids), self.size(), self.offset(), self.offset())
+        if kind == "hfallocate":
+            # cosfs has no fallocate, so glibc emulates it with writes, which it refuses
+            # (EBADF) on O_APPEND descriptors; local file systems allocate natively
+            plain = [h for h in open_hids if not self.hflags[h] & os.O_APPEND]
+            if not plain:
+                return ("hstat", hid)
+            return (kind, rng.choice(plain), self.offset(), rng.randint(1, 2 * CHUNK))
         raise AssertionError(kind)
 
     # -- comparisons -------------------------------------------------------------
@@ -460,7 +493,10 @@ class Differential:
             paths = [op[2]]
         elif kind == "open":
             paths = [op[2]]
-        elif kind in ("close", "hwrite", "hread", "htruncate", "hfsync", "hstat"):
+        elif kind == "hcopy":
+            return [], [op[1], op[2]]
+        elif kind in ("close", "hwrite", "hread", "htruncate", "hfsync", "hstat", "hmmap",
+                      "hfallocate"):
             return [], [op[1]] if kind != "close" else []
         else:
             paths = [op[1]]
@@ -481,6 +517,8 @@ class Differential:
         if op[0] == "open" and cos[0] == "err":
             for side in (self.cos, self.ref):
                 side.fds.pop(op[1], None)
+        elif op[0] == "open":
+            self.hflags[op[1]] = op[3]
         if op[0] == "utime" and ref[0] == "ok":
             self.explicit_mtime[os.stat(self.ref.p(op[1])).st_ino] = op[3]
         paths, hids = self.affected(op)
