@@ -7,6 +7,16 @@ step the entries it touched are compared (type, size, content, mode, nlink,
 user xattrs, symlink target, mtime where it was set explicitly); every
 ``FULL_EVERY`` steps the whole tree is compared, hard-link groups included.
 
+Operations: create/overwrite, pwrite at random offsets (holes, far beyond
+EOF), truncate up and down, rename (also over existing targets, and with
+RENAME_NOREPLACE / RENAME_EXCHANGE), unlink, mkdir, rmdir, link, symlink,
+readlink, user xattrs (with XATTR_CREATE / XATTR_REPLACE), chmod, chown,
+utime with nanoseconds, and up to six descriptors kept open at once: writes,
+reads, ftruncate, fsync, fstat, writes through a shared mapping,
+copy_file_range between descriptors and posix_fallocate, also after the file
+was renamed or unlinked. Names longer than NAME_MAX, missing parents and
+files used as directories make the error paths agree too.
+
 The chunk size is 64 KiB so writes of up to 300 KiB at random offsets cross
 chunk boundaries, leave holes and grow or cut multi-chunk objects cheaply.
 
