@@ -655,4 +655,8 @@ def size_label(mib):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; every mount was taken down")
+        sys.exit(130)
