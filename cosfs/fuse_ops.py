@@ -231,10 +231,16 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def setxattr(self, inode, name, value, ctx):
+        if not name.startswith(b"user."):
+            # the kernel asks for security.capability before every write: answer at once
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         await self.fs.setxattr(inode, name, value)
 
     @_translate
     async def getxattr(self, inode, name, ctx):
+        if not name.startswith(b"user."):
+            # the kernel asks for security.capability before every write: answer at once
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         return await self.fs.getxattr(inode, name)
 
     @_translate
@@ -243,4 +249,7 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def removexattr(self, inode, name, ctx):
+        if not name.startswith(b"user."):
+            # the kernel asks for security.capability before every write: answer at once
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         await self.fs.removexattr(inode, name)
