@@ -139,7 +139,9 @@ def stored_label(spec):
 class ObjectState:
     """In-memory state of one object with open handles or uncommitted changes."""
 
-    def __init__(self, inode, region):
+    def __init__(self, inode, region, budget=None):
+        self.budget = budget if budget is not None else DirtyBudget()
+        self._dirty_bytes = 0
         self.ino = inode.id
         self.region = region
         self.size = inode.size
@@ -155,12 +157,28 @@ class ObjectState:
         self.session = None  # (Crypt or None, rewrite_all: bool) while a write session is open
         self.error: Optional[BaseException] = None
         self.commit_lock = trio.Lock()
-        self.dirty_bytes = 0
         self.read_pos = -1  # where the last read ended: detects sequential readers
 
     @property
     def busy(self):
         return bool(self.open_count or self.modified or self.flushing or self.pending)
+
+    @property
+    def dirty_bytes(self):
+        """Bytes in this object's chunk buffers; changes are added to the shared budget."""
+        return self._dirty_bytes
+
+    @dirty_bytes.setter
+    def dirty_bytes(self, value):
+        self.budget.total += value - self._dirty_bytes
+        self._dirty_bytes = value
+
+
+class DirtyBudget:
+    """Dirty bytes of all open objects together, bounded by ``write_buffer``."""
+
+    def __init__(self):
+        self.total = 0
 
 
 class SegmentCache:
@@ -211,6 +229,7 @@ class ObjectStore:
         self.states: Dict[int, ObjectState] = {}
         self._keycache = {}
         self._defaults = {}
+        self.budget = DirtyBudget()
         self._reading = {}
         self._inflight = {}
         self._nursery = None
@@ -251,7 +270,7 @@ class ObjectStore:
         st = self.states.get(ino)
         if st is None:
             inode = self.catalog.get_inode(ino)
-            st = ObjectState(inode, self.region_of(inode))
+            st = ObjectState(inode, self.region_of(inode), self.budget)
             self.states[ino] = st
         return st
 
@@ -578,19 +597,33 @@ class ObjectStore:
                 self._nursery.start_soon(self._flush_bg, st, idx)
         st.modified = True
         st.mtime_ns = st.ctime_ns = now
-        if st.dirty_bytes > self.write_buffer:
+        if self.budget.total > self.write_buffer:
             await self._relieve(st)
         return len(view)
 
     async def _relieve(self, st):
-        """Seal dirty chunks until the buffer is under its limit (back-pressure)."""
-        while st.dirty_bytes > self.write_buffer and st.dirty:
-            if st.flushing:
-                ev = next(iter(st.flushing.values()))
-                await ev.wait()
+        """Seal dirty chunks until all buffers together are under the limit (back-pressure).
+
+        The writer's own oldest chunks go first, then other objects'. A random
+        writer thus keeps up to ``write_buffer`` of its file in memory, and each
+        chunk is loaded and sealed once instead of once per small write.
+        """
+        while self.budget.total > self.write_buffer:
+            victim = st if st.dirty else next(
+                (s for s in self.states.values() if s.dirty), None)
+            if victim is None:
+                return
+            if victim.flushing:
+                await next(iter(victim.flushing.values())).wait()
                 continue
-            idx = next(iter(st.dirty))
-            await self._flush_chunk(st, idx)
+            idx = next(iter(victim.dirty))
+            try:
+                await self._flush_chunk(victim, idx)
+            except CosfsError as exc:
+                if victim is st:
+                    raise
+                victim.error = exc  # reported by that object's next write or commit
+                return
             if st.error is not None:
                 err, st.error = st.error, None
                 raise err
@@ -894,6 +927,7 @@ class ObjectStore:
             self.states.pop(inode.id, None)
             # a seal still running finds no buffer and discards its blob itself
             st.dirty.clear()
+            st.dirty_bytes = 0
             st.error = None
             st.pending.clear()
         self._gc_wakeup.set()

@@ -67,7 +67,7 @@ def test_minimal_file_defaults(tmp_path):
     assert cfg.buckets == ()
     assert cfg.chunk_size == MiB
     assert cfg.cache_size == 256 * MiB
-    assert cfg.write_buffer == 64 * MiB
+    assert cfg.write_buffer == 256 * MiB
     assert cfg.log_file is None and cfg.log_level == "warning"
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (False, False, False)
 

@@ -426,7 +426,8 @@ async def test_unlinked_object_blobs_collected(tmp_path):
 
 # -- memory bound ---------------------------------------------------------------------------
 class _Tracked:
-    """A data descriptor recording the largest value ever stored in ``dirty_bytes``."""
+    """A data descriptor recording the largest value ever stored in ``_dirty_bytes``
+    (the per-object counter behind ``ObjectState.dirty_bytes``)."""
 
     peak = 0
 
@@ -444,8 +445,8 @@ class _Tracked:
 @trio_test
 async def test_sequential_write_memory_is_bounded(tmp_path, monkeypatch):
     tracked = _Tracked()
-    tracked.__set_name__(ObjectState, "dirty_bytes")
-    monkeypatch.setattr(ObjectState, "dirty_bytes", tracked, raising=False)
+    tracked.__set_name__(ObjectState, "_dirty_bytes")
+    monkeypatch.setattr(ObjectState, "_dirty_bytes", tracked, raising=False)
     _Tracked.peak = 0
     chunk = 1 * MiB
     async with fs_env(tmp_path, chunk_size="1MiB", write_buffer="2MiB") as env:
@@ -459,6 +460,7 @@ async def test_sequential_write_memory_is_bounded(tmp_path, monkeypatch):
         assert env.catalog.get_inode(ino).size == total
         assert _Tracked.peak >= chunk  # the descriptor saw the buffers
         assert _Tracked.peak <= limit, "dirty bytes peaked at %d > %d" % (_Tracked.peak, limit)
+        assert env.objects.budget.total == 0
         assert await env.objects.read(ino, total - 1000, 2000) == block[-1000:]
 
 
