@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from conftest import ENC, PLAIN, Mount, fuse_available, write_config
+from conftest import ENC, PLAIN, Mount, needs_fuse, write_config
 
 SSE = "user.cos.server-side-encryption"
 BUCKET_ENC = "user.cos.bucket-encryption"
@@ -625,8 +625,6 @@ def run_rounds(folder, seed, mix, rounds, **kw):
 
 #: kill points per scenario in CI (contrib/stress.py runs hundreds)
 ROUNDS = int(os.environ.get("COSFS_CRASH_ROUNDS", "8"))
-
-needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
 
 @needs_fuse
