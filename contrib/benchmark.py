@@ -49,7 +49,7 @@ PASSWORD = "benchmark-password"
 COSFS_SETTINGS = {
     "chunk_size": "1MiB",
     "cache_size": "256MiB",
-    "write_buffer": "64MiB",
+    "write_buffer": "256MiB",
     "log_level": "warning",
 }
 
