@@ -2,7 +2,7 @@
 """Concurrent load on a cosfs mount: many processes in the same directories and files.
 
     python contrib/load.py [--workers N] [--seconds S] [--config FILE | --mount DIR]
-                           [--max-size BYTES] [--seed N] [--keep]
+                           [--max-size BYTES] [--seed N] [--keep] [--store-size SIZE]
 
 Without ``--mount`` a fresh store is made in a temporary folder and mounted
 (foreground daemon, 64 KiB chunks); with ``--config`` that config is mounted;
@@ -29,7 +29,13 @@ Errors a local file system would give in the same race (ENOENT after a
 concurrent delete or rename, ENOTEMPTY, EEXIST) are counted, anything else is
 a failure. At the end every file and log is verified: each file matches its
 header, every log holds exactly the records its writers were told were
-appended, in order, untorn. The daemon's peak RSS (VmHWM) is reported.
+appended, in order, untorn. The daemon's peak RSS (VmHWM) is reported, and a
+fresh store is checked with ``cosfs fsck`` after the unmount.
+
+``--store-size`` puts a fresh store on a small tmpfs, so that the load fills
+it: ENOSPC is then an expected answer, torn records or blocks left by a failed
+commit are tolerated (confirmed records must still be there), and at the end
+everything is deleted, the space must come back and writing must work again.
 
 Exit status 0 when nothing unexpected happened; a JSON summary goes to stdout.
 """
@@ -40,6 +46,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -89,9 +96,10 @@ def make_block(writer, seq, index, rnd):
     return head + payload + b"%08x\n" % zlib.crc32(head + payload)
 
 
-def check_blocks(data, complete):
+def check_blocks(data, complete, lenient=False):
     """Each 4 KiB block is zeros (never written) or one whole block written for that very
-    place. Returns None or what is wrong."""
+    place. Returns None or what is wrong. ``lenient`` (a full store, where a failed commit
+    may leave half of a write) lets torn blocks pass, never misplaced ones."""
     if complete and len(data) % BLOCK:
         return "size %d is not a whole number of blocks" % len(data)
     for i in range(len(data) // BLOCK):
@@ -99,6 +107,8 @@ def check_blocks(data, complete):
         if not blk.strip(b"\0"):
             continue
         parts = blk.split(b" ", 4)
+        if lenient and b"%08x\n" % zlib.crc32(blk[:-9]) != blk[-9:]:
+            continue  # torn by a write the full disk cut short
         if len(parts) != 5 or parts[0] != b"B":
             return "block %d is neither zeros nor a block: %r" % (i, blk[:40])
         if int(parts[3]) != i:
@@ -108,19 +118,38 @@ def check_blocks(data, complete):
     return None
 
 
-def check_log(data, complete):
+_RECORD = re.compile(rb"R ([0-9]+) ([0-9]+) ([0-9a-f]{8}) ([a-z0-9]*)\n")
+
+
+def check_log(data, complete, lenient=False):
     """Parse a log. Returns ({writer: [seq...]}, problem or None). ``complete``: no partial
-    last record is allowed (the final check, when no append is in flight)."""
+    last record is allowed (the final check, when no append is in flight). ``lenient`` (a
+    full store) finds whole records wherever they are and ignores torn ones."""
     seqs = {}
+    if lenient:
+        # A write cut short by a full disk (the kernel splits writes, a later part fails)
+        # leaves half a record with the next record glued to it: find records anywhere.
+        for m in _RECORD.finditer(data):
+            w, seq, crc, payload = int(m.group(1)), int(m.group(2)), int(m.group(3), 16), \
+                m.group(4)
+            if zlib.crc32(payload) == crc:
+                got = seqs.setdefault(w, [])
+                if got and seq <= got[-1]:
+                    return seqs, "writer %d: record %d after %d (reordered)" % (w, seq, got[-1])
+                got.append(seq)
+        return seqs, None
     lines = data.split(b"\n")
     tail = lines.pop()
     if tail and complete:
         return seqs, "log ends in a partial record (%d bytes)" % len(tail)
     for i, line in enumerate(lines):
         parts = line.split(b" ", 4)
-        if len(parts) != 5 or parts[0] != b"R":
+        try:
+            w, seq, crc, payload = int(parts[1]), int(parts[2]), int(parts[3], 16), parts[4]
+            if parts[0] != b"R":
+                raise ValueError
+        except (ValueError, IndexError):
             return seqs, "line %d is not a record: %r" % (i, line[:60])
-        w, seq, crc, payload = int(parts[1]), int(parts[2]), int(parts[3], 16), parts[4]
         if zlib.crc32(payload) != crc:
             return seqs, "record %d of writer %d is torn" % (seq, w)
         got = seqs.setdefault(w, [])
@@ -132,8 +161,11 @@ def check_log(data, complete):
 
 # -- one worker -------------------------------------------------------------------------
 class Worker:
-    def __init__(self, wid, buckets, seconds, max_size, seed):
+    def __init__(self, wid, buckets, seconds, max_size, seed, lenient=False):
         self.id = wid
+        self.lenient = lenient
+        self.expected = RACY | ({errno.ENOSPC} if lenient else set())
+        self.unconfirmed = {}  # log path -> [seq] appended, but the close reported an error
         self.buckets = buckets
         self.deadline = time.monotonic() + seconds
         self.max_size = max_size
@@ -165,13 +197,13 @@ class Worker:
             try:
                 op(bucket)
             except OSError as exc:
-                if exc.errno in RACY:
+                if exc.errno in self.expected:
                     key = "%s:%s" % (name, errno.errorcode[exc.errno])
                     self.racy[key] = self.racy.get(key, 0) + 1
                 else:
                     self.fail("%s in %s: %s" % (name, os.path.basename(bucket), exc))
         return {"id": self.id, "ops": self.ops, "racy": self.racy, "failures": self.failures,
-                "appended": self.appended}
+                "appended": self.appended, "unconfirmed": self.unconfirmed}
 
     def size(self):
         r = self.rnd.random()
@@ -187,6 +219,7 @@ class Worker:
         d = self.d(bucket)
         tmp = os.path.join(d, "tmp-w%d-%d" % (self.id, self.n))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        closed = False
         try:
             pieces = []
             pos = 0
@@ -200,8 +233,16 @@ class Worker:
                 os.pwrite(fd, piece, off)
             if self.rnd.random() < 0.1:
                 os.fsync(fd)
-        finally:
+            closed = True
             os.close(fd)
+        except OSError:
+            if not closed:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.discard(tmp)
+            raise
         if self.rnd.random() < 0.5:
             final = os.path.join(d, "f-w%d-%d" % (self.id, self.n))
         else:
@@ -209,22 +250,43 @@ class Worker:
         try:
             os.rename(tmp, final)
         except OSError:
-            os.unlink(tmp)
+            self.discard(tmp)
             raise
+
+    @staticmethod
+    def discard(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
     def append(self, bucket):
         path = os.path.join(self.d(bucket, 0), "log-%d" % self.rnd.randrange(LOGS))
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        done = []
         try:
             for _ in range(self.rnd.randint(1, 8)):
                 self.seq += 1
                 rec = make_record(self.id, self.seq, self.rnd)
                 if os.write(fd, rec) != len(rec):
-                    self.fail("short append to %s" % path)
-                    return
-                self.appended.setdefault(path, []).append(self.seq)
-        finally:
+                    if not self.lenient:  # a full disk may cut a write short
+                        self.fail("short append to %s" % path)
+                    break
+                done.append(self.seq)
+        except OSError:
+            self.unconfirmed.setdefault(path, []).extend(done)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            raise
+        try:
             os.close(fd)
+        except OSError:
+            # acknowledged by write(2) but maybe not stored: close reported the failure
+            self.unconfirmed.setdefault(path, []).extend(done)
+            raise
+        self.appended.setdefault(path, []).extend(done)
 
     def blocks(self, bucket):
         """Overwrite whole blocks in place in a shared file (several writers at once)."""
@@ -264,9 +326,9 @@ class Worker:
         with open(path, "rb") as f:
             data = f.read()
         if name.startswith("log-"):
-            _, problem = check_log(data, complete=False)
+            _, problem = check_log(data, complete=False, lenient=self.lenient)
         elif name.startswith("blocks-"):
-            problem = check_blocks(data, complete=False)
+            problem = check_blocks(data, complete=False, lenient=self.lenient)
         else:
             problem = check_file(data)
         if problem:
@@ -313,7 +375,7 @@ def prepare(buckets):
             os.makedirs(os.path.join(b, "load", "d%d" % k), exist_ok=True)
 
 
-def run_workers(buckets, workers, seconds, max_size, seed, watchdog):
+def run_workers(buckets, workers, seconds, max_size, seed, watchdog, lenient=False):
     """Start the workers as processes; returns their results. Raises TimeoutError when one
     has not finished ``watchdog`` seconds after the load should have ended (a deadlock)."""
     procs = []
@@ -322,6 +384,8 @@ def run_workers(buckets, workers, seconds, max_size, seed, watchdog):
                "--seconds", str(seconds), "--max-size", str(max_size), "--seed", str(seed)]
         for b in buckets:
             cmd += ["--bucket", b]
+        if lenient:
+            cmd.append("--lenient")
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL))
     deadline = time.monotonic() + seconds + watchdog
@@ -345,13 +409,19 @@ def run_workers(buckets, workers, seconds, max_size, seed, watchdog):
     return results
 
 
-def verify(buckets, results):
-    """Final check of every file and log (no worker running). Returns a list of problems."""
+def verify(buckets, results, lenient=False):
+    """Final check of every file and log (no worker running). Returns (problems, number of
+    files, number of logs and block files). Every record whose append was confirmed by a
+    successful close must be in its log; no record may be there that nobody appended.
+    ``lenient``: the load ran on a full store (torn records and blocks, and temporary files
+    whose removal failed, are allowed there)."""
     problems = []
-    expected = {}
+    confirmed, maybe = {}, {}
     for r in results:
         for path, seqs in r["appended"].items():
-            expected.setdefault(path, {})[r["id"]] = seqs
+            confirmed.setdefault(path, {})[r["id"]] = set(seqs)
+        for path, seqs in r.get("unconfirmed", {}).items():
+            maybe.setdefault(path, {})[r["id"]] = set(seqs)
     files = logs = 0
     for b in buckets:
         for k in range(DIRS):
@@ -360,30 +430,41 @@ def verify(buckets, results):
                 path = os.path.join(d, name)
                 if name.startswith("sub-"):
                     continue
+                if name.startswith("tmp-"):
+                    if not lenient:
+                        problems.append("%s: a temporary file survived its writer" % path)
+                    continue
                 with open(path, "rb") as f:
                     data = f.read()
                 if name.startswith("log-"):
                     logs += 1
-                    seqs, problem = check_log(data, complete=True)
+                    seqs, problem = check_log(data, complete=True, lenient=lenient)
+                    sure, may = confirmed.get(path, {}), maybe.get(path, {})
+                    missing = unknown = 0
+                    example = None
+                    for w in set(seqs) | set(sure):
+                        found = set(seqs.get(w, ()))
+                        lost = sure.get(w, set()) - found
+                        missing += len(lost)
+                        unknown += len(found - sure.get(w, set()) - may.get(w, set()))
+                        if lost and example is None:
+                            example = "writer %d record %d" % (w, min(lost))
                     if problem:
                         problems.append("%s: %s" % (path, problem))
-                    elif seqs != expected.get(path, {}):
-                        problems.append("%s: records differ from what was appended (%d writers "
-                                        "in the log, %d expected)" % (path, len(seqs),
-                                                                      len(expected.get(path, {}))))
+                    elif missing or unknown:
+                        problems.append("%s: %d confirmed record(s) missing (%s), %d record(s) "
+                                        "nobody appended" % (path, missing, example, unknown))
                 elif name.startswith("blocks-"):
                     logs += 1
-                    problem = check_blocks(data, complete=True)
+                    problem = check_blocks(data, complete=True, lenient=lenient)
                     if problem:
                         problems.append("%s: %s" % (path, problem))
-                elif name.startswith("tmp-"):
-                    problems.append("%s: a temporary file survived its writer" % path)
                 else:
                     files += 1
                     problem = check_file(data)
                     if problem:
                         problems.append("%s: %s" % (path, problem))
-    for path in expected:
+    for path in confirmed:
         if not os.path.exists(path):
             problems.append("%s: log vanished" % path)
     return problems, files, logs
@@ -412,15 +493,66 @@ def summarize(results):
     return ops, racy, failures
 
 
-def load(buckets, *, workers=16, seconds=30, max_size=2 << 20, seed=1, watchdog=120):
+def drain(buckets, store, free_before):
+    """After a load on a full store: delete everything, wait for the space to come back,
+    and check that writing works again. Returns a list of problems."""
+    problems = []
+    for b in buckets:
+        try:
+            shutil.rmtree(os.path.join(b, "load"))
+        except OSError as exc:
+            problems.append("deleting %s on the full store: %s" % (b, exc))
+    deadline = time.monotonic() + 60
+    while free_space(store) < free_before * 0.8 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if free_space(store) < free_before * 0.8:
+        usage = {}
+        for root, _, names in os.walk(store):
+            for n in names:
+                part = os.path.relpath(root, store).split(os.sep)[0]
+                key = n if part == "." else part
+                usage[key] = usage.get(key, 0) + os.lstat(os.path.join(root, n)).st_size
+        problems.append("space not given back after deleting everything: %d of %d MiB free "
+                        "(store holds %s)" % (free_space(store) >> 20, free_before >> 20,
+                                              ", ".join("%s %d KiB" % (k, v >> 10)
+                                                        for k, v in sorted(usage.items()))))
+    data = os.urandom(1 << 20)
+    path = os.path.join(buckets[0], "after-drain")
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+        with open(path, "rb") as f:
+            if f.read() != data:
+                problems.append("%s: read back differs" % path)
+        os.unlink(path)
+    except OSError as exc:
+        problems.append("writing after the drain: %s" % exc)
+    return problems
+
+
+def free_space(path):
+    sv = os.statvfs(path)
+    return sv.f_bavail * sv.f_frsize
+
+
+def load(buckets, *, workers=16, seconds=30, max_size=2 << 20, seed=1, watchdog=120,
+         full_store=None):
     """Prepare, run and verify one load. Returns (summary dict, worker results); the summary's
-    ``ok`` says it all, the results let :func:`verify` check the same files again later."""
+    ``ok`` says it all, the results let :func:`verify` check the same files again later.
+
+    ``full_store``: the store directory of a mount whose store is meant to fill up; ENOSPC is
+    then expected, verification is lenient, and afterwards everything is deleted and the
+    space must come back (:func:`drain`)."""
     prepare(buckets)
+    lenient = full_store is not None
+    free_before = free_space(full_store) if lenient else 0
     t0 = time.monotonic()
-    results = run_workers(buckets, workers, seconds, max_size, seed, watchdog)
+    results = run_workers(buckets, workers, seconds, max_size, seed, watchdog, lenient)
     elapsed = time.monotonic() - t0
     ops, racy, failures = summarize(results)
-    problems, files, logs = verify(buckets, results)
+    problems, files, logs = verify(buckets, results, lenient)
+    if lenient:
+        problems += drain(buckets, full_store, free_before)
     return {"ok": not failures and not problems, "workers": workers, "seconds": round(elapsed, 1),
             "ops": ops, "total_ops": sum(ops.values()), "racy_errors": racy,
             "failures": failures[:20], "problems": problems[:20], "files_verified": files,
@@ -439,6 +571,11 @@ def _mount_fresh(args):
         sys.path.insert(0, os.path.join(here, "..", "tests"))
         from conftest import write_config
         config = write_config(folder, chunk_size="64KiB", write_buffer="4MiB")
+        if args.store_size:
+            store = os.path.join(folder, "data")
+            os.makedirs(store, mode=0o700)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % args.store_size,
+                            "tmpfs", store], check=True)
     import yaml
     with open(config) as f:
         mnt = yaml.safe_load(f).get("mountpoint") or "./mnt"
@@ -465,23 +602,32 @@ def main(argv=None):
     p.add_argument("--config", help="mount this config instead of a fresh store")
     p.add_argument("--mount", help="use the buckets of this already mounted cosfs")
     p.add_argument("--keep", action="store_true", help="keep the temporary store")
+    p.add_argument("--store-size", help="put the fresh store on a tmpfs of this size (e.g. "
+                   "48m, needs root) so that it fills up: ENOSPC is expected, and afterwards "
+                   "everything is deleted and the space must come back")
+    p.add_argument("--lenient", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--bucket", action="append", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
-        w = Worker(args.worker, args.bucket, args.seconds, args.max_size, args.seed)
+        w = Worker(args.worker, args.bucket, args.seconds, args.max_size, args.seed,
+                   args.lenient)
         print(json.dumps(w.run()))
         return 0
     proc = folder = None
+    if args.store_size and (args.mount or args.config):
+        p.error("--store-size makes a fresh store: it goes without --mount and --config")
     if args.mount:
         mnt = args.mount
     else:
         mnt, proc, folder = _mount_fresh(args)
+    store = os.path.join(folder, "data") if folder else None
     summary = {"ok": False}
     try:
         buckets = [os.path.join(mnt, b) for b in sorted(os.listdir(mnt))]
         summary, _ = load(buckets, workers=args.workers, seconds=args.seconds,
-                          max_size=args.max_size, seed=args.seed)
+                          max_size=args.max_size, seed=args.seed,
+                          full_store=store if args.store_size else None)
         if proc is not None:
             summary["daemon_peak_rss_mib"] = round(peak_rss(proc.pid) / 2 ** 20, 1)
         summary["seed"] = args.seed
@@ -500,6 +646,17 @@ def main(argv=None):
             with open(log, errors="replace") as f:
                 errors = [line.rstrip() for line in f
                           if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
+            if args.store_size:  # a full store is what this run is about
+                errors = [e for e in errors if "No space left" not in e]
+            if folder:
+                res = subprocess.run([sys.executable, "-m", "cosfs.cli", "fsck", "--config",
+                                      os.path.join(folder, "cosfs.yaml")],
+                                     capture_output=True, text=True)
+                summary["fsck"] = res.stdout.strip().splitlines()
+                if res.returncode != 0:
+                    errors.append("fsck: " + (res.stdout + res.stderr).strip())
+            if store and args.store_size:
+                subprocess.run(["umount", "-l", store], capture_output=True)
             summary["daemon_log_errors"] = errors[:20]
             summary["ok"] = summary["ok"] and not errors and proc.returncode == 0
         print(json.dumps(summary, indent=2))

@@ -35,6 +35,8 @@ from .errors import CosfsError, FsError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+#: The WAL file is cut back to this size when it restarts after a checkpoint.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 ROOT_INODE = 1
 
 _SCHEMA = """
@@ -176,6 +178,8 @@ class Catalog:
             # Checkpoints are run by the data path after it synced the blobs that the
             # checkpointed commits reference (see objects.ObjectStore.checkpoint).
             self.db.execute("PRAGMA wal_autocheckpoint=0")
+            # a burst of changes grows the WAL; without a limit it keeps that size for good
+            self.db.execute("PRAGMA journal_size_limit=%d" % WAL_SIZE_LIMIT)
             if not exists or not self._has_schema():
                 self._create_schema()
             else:

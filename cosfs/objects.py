@@ -558,6 +558,10 @@ class ObjectStore:
             err, st.error = st.error, None
             raise err
         self._begin(st)
+        if self.budget.total > self.write_buffer:
+            # make room before this write takes effect: if sealing fails (ENOSPC), the
+            # write fails having changed nothing, as write(2) must
+            await self._relieve(st)
         cs = self.chunk_size
         view = memoryview(data)
         pos = offset
@@ -597,8 +601,6 @@ class ObjectStore:
                 self._nursery.start_soon(self._flush_bg, st, idx)
         st.modified = True
         st.mtime_ns = st.ctime_ns = now
-        if self.budget.total > self.write_buffer:
-            await self._relieve(st)
         return len(view)
 
     async def _relieve(self, st):

@@ -62,3 +62,33 @@ def test_concurrent_load(tmp_path):
         m.stop()
     bad = m.unexpected_log_lines()
     assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a tmpfs store")
+def test_concurrent_load_on_full_store(tmp_path):
+    """The same load on a 40 MiB store that fills up: ENOSPC is expected, nothing else;
+    every append confirmed by a successful close is there; then everything is deleted, the
+    space comes back and writing works again; fsck is clean."""
+    import subprocess
+    engine = load_engine()
+    m = Mount(write_config(str(tmp_path / "fs"), chunk_size="64KiB", write_buffer="4MiB"))
+    m.expect_log(r"No space left")
+    os.makedirs(m.store, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m,mode=0700", "tmpfs", m.store],
+                   check=True)
+    try:
+        m.start()
+        summary, _ = engine.load([m.plain, m.enc], workers=WORKERS, seconds=12,
+                                 max_size=3 << 20, seed=11, watchdog=90, full_store=m.store)
+        print("full-store load summary:", summary)
+        assert not summary["failures"], "\n".join(summary["failures"])
+        assert not summary["problems"], "\n".join(summary["problems"])
+        assert any(k.endswith(":ENOSPC") for k in summary["racy_errors"]), summary
+        m.stop()
+        res = m.cli("fsck", "--config", m.config, check=False)
+        assert res.returncode == 0 and "DAMAGED" not in res.stdout, res.stdout
+    finally:
+        m.stop()
+        subprocess.run(["umount", "-l", m.store], capture_output=True, timeout=60)
+    bad = m.unexpected_log_lines()
+    assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
