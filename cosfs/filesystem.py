@@ -130,6 +130,12 @@ class FileSystem:
         """The kernel now holds ``n`` more references (lookup, create, readdirplus)."""
         self.lookups[ino] = self.lookups.get(ino, 0) + n
 
+    @staticmethod
+    def _new_gid(pinode, ctx):
+        """Group of a new entry: the directory's if it is setgid (as on local file systems;
+        the kernel leaves this to FUSE file systems), else the caller's."""
+        return pinode.gid if pinode.mode & stat.S_ISGID else ctx.gid
+
     def _new_mode(self, mode, ctx, kind):
         return kind | (stat.S_IMODE(mode) & ~ctx.umask & 0o7777)
 
@@ -308,8 +314,8 @@ class FileSystem:
             raise FsError(errno.EEXIST)
         t = time.time_ns()
         with self.catalog.transaction():
-            inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=ctx.gid, rdev=rdev,
-                                           nlink=1, bucket=pinode.bucket, target=target,
+            inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
+                                           rdev=rdev, nlink=1, bucket=pinode.bucket, target=target,
                                            object_id=os.urandom(16), t=t)
             if target is not None:
                 self.catalog.update_inode(inode.id, size=len(target))
@@ -359,9 +365,11 @@ class FileSystem:
         if self.catalog.lookup(parent, name) is not None:
             raise FsError(errno.EEXIST)
         t = time.time_ns()
+        if pinode.mode & stat.S_ISGID:
+            dmode |= stat.S_ISGID  # a setgid directory passes the bit on to subdirectories
         with self.catalog.transaction():
-            inode = self.catalog.new_inode(mode=dmode, uid=ctx.uid, gid=ctx.gid, nlink=2,
-                                           bucket=pinode.bucket, t=t)
+            inode = self.catalog.new_inode(mode=dmode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
+                                           nlink=2, bucket=pinode.bucket, t=t)
             self.catalog.add_dentry(parent, name, inode.id)
             self.catalog.update_inode(parent, nlink=pinode.nlink + 1, mtime_ns=t, ctime_ns=t)
         self.remember(inode.id)

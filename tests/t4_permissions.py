@@ -232,3 +232,24 @@ def test_secret_and_metadata_file_modes(tmp_path):
             assert mode_of(os.path.join(root, name)) == 0o700, os.path.join(root, name)
         for name in files:
             assert mode_of(os.path.join(root, name)) & 0o077 == 0, os.path.join(root, name)
+
+
+def test_setid_bits(shared):
+    """A setgid directory gives its group (and, to subdirectories, its setgid bit) to new
+    entries; another user's write clears a file's setuid/setgid bits. As on local disks."""
+    m = shared
+    d = os.path.join(m.plain, "team")
+    os.mkdir(d)
+    os.chown(d, 0, 4242)
+    os.chmod(d, 0o2777)
+    prog = os.path.join(m.plain, "prog")
+    make(prog, b"#!/bin/sh\n", 0o6777)
+    r = as_nobody(["create", os.path.join(d, "f"), "x"], ["mkdir", os.path.join(d, "sub")],
+                  ["stat", os.path.join(d, "sub")], ["write", prog, "#"])
+    assert r[0] == [NOBODY, 4242, 0o644], r[0]
+    assert r[2] == [NOBODY, 4242, 0o2755], r[2]
+    assert r[3] is None
+    assert stat.S_IMODE(os.stat(prog).st_mode) == 0o777
+    m.restart()
+    assert os.stat(os.path.join(d, "f")).st_gid == 4242
+    assert stat.S_IMODE(os.stat(os.path.join(d, "sub")).st_mode) == 0o2755
