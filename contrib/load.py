@@ -413,8 +413,8 @@ def verify(buckets, results, lenient=False):
     """Final check of every file and log (no worker running). Returns (problems, number of
     files, number of logs and block files). Every record whose append was confirmed by a
     successful close must be in its log; no record may be there that nobody appended.
-    ``lenient``: the load ran on a full store (torn records and blocks, and temporary files
-    whose removal failed, are allowed there)."""
+    ``lenient``: writers were cut off (a full store, a daemon stopped under them): torn
+    records and blocks, and temporary files whose removal failed, are allowed then."""
     problems = []
     confirmed, maybe = {}, {}
     for r in results:
