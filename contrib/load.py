@@ -98,8 +98,8 @@ def make_block(writer, seq, index, rnd):
 
 def check_blocks(data, complete, lenient=False):
     """Each 4 KiB block is zeros (never written) or one whole block written for that very
-    place. Returns None or what is wrong. ``lenient`` (a full store, where a failed commit
-    may leave half of a write) lets torn blocks pass, never misplaced ones."""
+    place. Returns None or what is wrong. Blocks are page-aligned, so even a write cut
+    short (``lenient``: a full disk, a stopped daemon) never tears one."""
     if complete and len(data) % BLOCK:
         return "size %d is not a whole number of blocks" % len(data)
     for i in range(len(data) // BLOCK):
@@ -107,8 +107,6 @@ def check_blocks(data, complete, lenient=False):
         if not blk.strip(b"\0"):
             continue
         parts = blk.split(b" ", 4)
-        if lenient and b"%08x\n" % zlib.crc32(blk[:-9]) != blk[-9:]:
-            continue  # torn by a write the full disk cut short
         if len(parts) != 5 or parts[0] != b"B":
             return "block %d is neither zeros nor a block: %r" % (i, blk[:40])
         if int(parts[3]) != i:
@@ -414,7 +412,7 @@ def verify(buckets, results, lenient=False):
     files, number of logs and block files). Every record whose append was confirmed by a
     successful close must be in its log; no record may be there that nobody appended.
     ``lenient``: writers were cut off (a full store, a daemon stopped under them): torn
-    records and blocks, and temporary files whose removal failed, are allowed then."""
+    records and temporary files whose removal failed are allowed then."""
     problems = []
     confirmed, maybe = {}, {}
     for r in results:
