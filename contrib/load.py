@@ -654,7 +654,8 @@ def main(argv=None):
                 if res.returncode != 0:
                     errors.append("fsck: " + (res.stdout + res.stderr).strip())
             if store and args.store_size:
-                subprocess.run(["umount", "-l", store], capture_output=True)
+                if subprocess.run(["umount", store], capture_output=True).returncode:
+                    subprocess.run(["umount", "-l", store], capture_output=True)
             summary["daemon_log_errors"] = errors[:20]
             summary["ok"] = summary["ok"] and not errors and proc.returncode == 0
         print(json.dumps(summary, indent=2))
