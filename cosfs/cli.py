@@ -200,7 +200,7 @@ def cmd_keys(args):
 
 def rewrap(store):
     """Re-wrap every object's data key with the current master key (data unchanged)."""
-    from .objects import data_key_aad
+    from .chunkio import data_key_aad
     cat, keys = store.catalog, store.keys
     n = 0
     rows = list(cat.db.execute("SELECT id, object_id, enc, wrapped_key FROM inodes"

@@ -32,109 +32,29 @@ import hashlib
 import logging
 import os
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import trio
 
 from . import cipher
-from .catalog import Chunk
-from .errors import CosfsError, FsError, IntegrityError, StoreError
 from .bucketconf import parse_encryption, spec_from_config
+from .catalog import Chunk
+from .chunkio import (CIPHER_OF, Crypt, data_key_aad, reseal, seal_put, store_failure,
+                      stored_label)
+from .collector import Collector
+from .errors import CosfsError, FsError, StoreError
+from .reader import ChunkReader
 from .resolver import EncryptionSpec, WriterKind, resolve, parse_override
 
 log = logging.getLogger(__name__)
-
-SEG = cipher.SEGMENT_SIZE
-#: Plaintext reads below this size are decrypted on the trio thread: the
-#: thread hop would cost more than the work (S3QL does the same).
-INLINE_READ_LIMIT = 2 * SEG
 
 #: Chunks up to this size are sealed and stored on the trio thread: for small files
 #: the hand-off to a worker and back costs more than the work (measured: 1-2 ms per
 #: file against ~0.2 ms of work).
 INLINE_WRITE_LIMIT = 128 * 1024
 
-#: Seconds between garbage collection passes (each pass makes the catalog durable).
-GC_MIN_INTERVAL = 1.0
-
-#: A catalog WAL larger than this is checkpointed at the next collection pass.
-WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
-
 #: Default of :meth:`ObjectStore.rewrite`: leave the override request as it is.
 _KEEP = object()
-
-#: The cipher algorithm that seals data of a stored encryption label.
-CIPHER_OF = {"AES256": "AES256", "SM4": "SM4", "cos/kms": "AES256"}
-
-
-@dataclass(frozen=True)
-class Crypt:
-    """How a blob is sealed: algorithm label, data key and object identity. Never logged."""
-
-    label: str
-    key: bytes = field(repr=False)
-    object_id: bytes
-    wrapped: bytes = field(repr=False, default=b"")
-
-    @property
-    def algorithm(self):
-        return CIPHER_OF[self.label]
-
-    def context(self, idx, blob):
-        return cipher.BlobContext(object_id=self.object_id, chunk_index=idx, blob_id=blob)
-
-
-def _delete_blobs(store, blobs):
-    """Delete blobs (worker thread); returns those deleted. Stops at the first failure."""
-    done = []
-    try:
-        for blob in blobs:
-            store.delete(blob)
-            done.append(blob)
-    except CosfsError as exc:
-        log.warning("garbage collection: %s (will retry)", exc)
-    return done
-
-
-def data_key_aad(object_id, label):
-    """Associated data binding a wrapped data key to its object and algorithm label."""
-    return b"cosfs-data-key\0" + object_id + b"\0" + label.encode()
-
-
-def _store_failure(exc):
-    """The exception to raise for a failed group of store tasks.
-
-    A group made only of CosfsErrors becomes its first member; anything
-    else (a cancellation, a bug) is returned unchanged so nothing is lost.
-    """
-    leaves, todo = [], [exc]
-    while todo:
-        e = todo.pop(0)
-        inner = getattr(e, "exceptions", None)
-        if inner is None:
-            leaves.append(e)
-        else:
-            todo.extend(inner)
-    if leaves and all(isinstance(e, CosfsError) for e in leaves):
-        return leaves[0]
-    return exc
-
-
-def _check_length(ch, data, expected):
-    """Raise StoreError (EIO) when the store returned fewer bytes than the chunk map promises."""
-    if len(data) != expected:
-        raise StoreError("blob %s of chunk %d is damaged: read %d bytes, expected %d"
-                         % (ch.blob.hex(), ch.idx, len(data), expected), errno=errno.EIO)
-
-
-def stored_label(spec):
-    """The label an object's encryption is recorded (and reported) under, or None."""
-    if spec is None:
-        return None
-    return "cos/kms" if spec.algorithm in ("KMS", "cos/kms") else spec.algorithm
-
 
 class ObjectState:
     """In-memory state of one object with open handles or uncommitted changes."""
@@ -181,34 +101,6 @@ class DirtyBudget:
         self.total = 0
 
 
-class SegmentCache:
-    """Bounded LRU of plaintext segments keyed by (blob id, segment index).
-
-    Blobs are immutable, so entries never go stale; a deleted blob's entries
-    simply age out.
-    """
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.used = 0
-        self.entries = OrderedDict()
-
-    def get(self, key):
-        data = self.entries.get(key)
-        if data is not None:
-            self.entries.move_to_end(key)
-        return data
-
-    def put(self, key, data):
-        if self.capacity <= 0 or key in self.entries:
-            return
-        self.entries[key] = data
-        self.used += len(data)
-        while self.used > self.capacity and self.entries:
-            _, old = self.entries.popitem(last=False)
-            self.used -= len(old)
-
-
 class ObjectStore:
     """The data path over a catalog, per-region chunk stores and a key store.
 
@@ -223,24 +115,19 @@ class ObjectStore:
         self.keys = keystore
         self.chunk_size = chunk_size
         self.write_buffer = max(write_buffer, 2 * chunk_size)
-        self.cache = SegmentCache(cache_size)
-        self.headers = SegmentCache(4 * 1024 * 1024)
         self.limiter = trio.CapacityLimiter(threads or max(2, (os.cpu_count() or 2) + 1))
+        self.reader = ChunkReader(cache_size=cache_size, limiter=self.limiter)
+        self.collector = Collector(catalog, stores, self.limiter, self.reader.in_use)
         self.states: Dict[int, ObjectState] = {}
         self._keycache = {}
         self._defaults = {}
         self.budget = DirtyBudget()
-        self._reading = {}
-        self._inflight = {}
         self._nursery = None
-        self._gc_wakeup = trio.Event()
-        self._last_checkpoint = time.monotonic()
-        self._commits = 0  # catalog commits that published blobs (see _sync_stores_settled)
 
     def attach(self, nursery):
         """Start background work (garbage collection) in ``nursery``."""
         self._nursery = nursery
-        nursery.start_soon(self._gc_loop)
+        nursery.start_soon(self.collector.run)
 
     # -- states ----------------------------------------------------------
     def region_of(self, inode):
@@ -380,7 +267,7 @@ class ObjectStore:
         # A sequential reader gets the rest of each chunk in one worker call and the
         # next chunk prefetched; a random reader only the segments it asks for.
         ahead = (st is not None and offset == st.read_pos
-                 and self.cache.capacity >= 4 * self.chunk_size)
+                 and self.reader.cache.capacity >= 4 * self.chunk_size)
         if st is not None:
             st.read_pos = end
         for idx in range(offset // cs, (end - 1) // cs + 1):
@@ -391,16 +278,17 @@ class ObjectStore:
                 piece = bytes(buf[lo:hi])
             elif st is not None and idx in st.pending:
                 ch = st.pending[idx]
-                piece = await self._read_blob(st.region, st.session[0], ino, idx, ch, lo, hi,
-                                              ahead)
+                piece = await self.reader.read(self.store_of(st.region), st.session[0], ino,
+                                               idx, ch, lo, hi, ahead)
             else:
                 if st is not None and st.cut_from is not None and idx >= st.cut_from:
                     ch = None
                 else:
                     if committed is None:
-                        committed = (self.region_of(inode), self.stored_crypt(inode))
+                        committed = (self.store_of(self.region_of(inode)),
+                                     self.stored_crypt(inode))
                     ch = self.catalog.chunk(ino, idx)
-                piece = b"" if ch is None else await self._read_blob(
+                piece = b"" if ch is None else await self.reader.read(
                     committed[0], committed[1], ino, idx, ch, lo, hi, ahead)
                 if ahead and ch is not None:
                     self._prefetch(st, committed, ino, idx + 1)
@@ -414,103 +302,8 @@ class ObjectStore:
         if self._nursery is None or idx in st.dirty or idx in st.pending:
             return
         ch = self.catalog.chunk(ino, idx)
-        if ch is None or ch.blob in self._inflight or self.cache.get((ch.blob, 0)) is not None:
-            return
-
-        async def fetch():
-            try:
-                await self._read_blob(committed[0], committed[1], ino, idx, ch, 0, ch.length)
-            except CosfsError:
-                pass  # the reader that needs it will report the error
-        self._nursery.start_soon(fetch)
-
-    async def _read_blob(self, region, crypt, ino, idx, ch, lo, hi, ahead=False) -> bytes:
-        """Bytes [lo, hi) of a chunk's stored content (may be shorter: the rest is a hole).
-
-        ``ahead``: also fetch the rest of the chunk into the cache (sequential reader).
-        """
-        hi = min(hi, ch.length)
-        if lo >= hi:
-            return b""
-        s0, s1 = lo // SEG, (hi - 1) // SEG
-        while True:
-            segs = {}
-            missing = []
-            for s in range(s0, s1 + 1):
-                data = self.cache.get((ch.blob, s))
-                if data is None:
-                    missing.append(s)
-                else:
-                    segs[s] = data
-            ev = self._inflight.get(ch.blob) if missing else None
-            if ev is None:
-                break
-            await ev.wait()  # a prefetch of this blob is under way: use its result
-        if missing:
-            first, last = missing[0], missing[-1]
-            if ahead:
-                last = max(last, (ch.length - 1) // SEG)
-            store = self.store_of(region)
-            header = None
-            if crypt is not None:
-                header = self.headers.get((ch.blob, 0))
-            self._reading[ch.blob] = self._reading.get(ch.blob, 0) + 1
-            ev = None
-            try:
-                args = (store, crypt, idx, ch, first, last, header)
-                if (last - first + 1) * SEG <= INLINE_READ_LIMIT:
-                    header, plain = self._fetch(*args)
-                else:
-                    ev = self._inflight[ch.blob] = trio.Event()
-                    header, plain = await trio.to_thread.run_sync(
-                        self._fetch, *args, limiter=self.limiter)
-            except CosfsError as exc:
-                log.error("cannot read inode %d chunk %d (blob %s): %s",
-                          ino, idx, ch.blob.hex(), exc)
-                raise
-            finally:
-                n = self._reading[ch.blob] - 1
-                if n:
-                    self._reading[ch.blob] = n
-                else:
-                    del self._reading[ch.blob]
-                if ev is not None:
-                    del self._inflight[ch.blob]
-                    ev.set()
-            if header is not None:
-                self.headers.put((ch.blob, 0), header)
-            view = memoryview(plain)
-            for s in range(first, min(last, (ch.length - 1) // SEG) + 1):
-                data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])
-                segs[s] = data
-                self.cache.put((ch.blob, s), data)
-        if s0 == s1:
-            base = s0 * SEG
-            return segs[s0][lo - base:hi - base]
-        whole = b"".join(segs[s] for s in range(s0, s1 + 1))
-        base = s0 * SEG
-        return whole[lo - base:hi - base]
-
-    @staticmethod
-    def _fetch(store, crypt, idx, ch, first, last, header):
-        """Read and open segments [first, last] of a chunk. Runs inline or in a worker."""
-        lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
-        # a range that reaches the chunk's end asks for one byte more: a blob that was
-        # extended (appended to or replaced by a longer one) must fail too
-        extra = 1 if hi == ch.length else 0
-        if crypt is None:
-            data = store.get_range(ch.blob, lo, hi - lo + extra)
-            _check_length(ch, data, hi - lo)
-            return None, data
-        if header is None:
-            header = store.get_range(ch.blob, 0, cipher.HEADER_SIZE)
-        seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
-        data = store.get_range(ch.blob, coff, clen + extra)
-        # a short blob must fail, not read as a hole (open_range takes what it gets)
-        _check_length(ch, data, clen)
-        plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),
-                                  header, data, seg0, ch.length)
-        return header, plain
+        if ch is not None:
+            self.reader.prefetch(self._nursery, committed[0], committed[1], ino, idx, ch)
 
     # -- writing ----------------------------------------------------------
     def _existing_length(self, st, idx, inode=None):
@@ -654,9 +447,9 @@ class ObjectStore:
         store = self.store_of(st.region)
         try:
             if len(data) <= INLINE_WRITE_LIMIT:
-                self._seal_put(store, crypt, idx, blob, data)
+                seal_put(store, crypt, idx, blob, data)
             else:
-                await trio.to_thread.run_sync(self._seal_put, store, crypt, idx, blob, data,
+                await trio.to_thread.run_sync(seal_put, store, crypt, idx, blob, data,
                                               limiter=self.limiter)
         except CosfsError as exc:
             log.error("cannot store chunk %d of inode %d: %s", idx, st.ino, exc)
@@ -675,17 +468,11 @@ class ObjectStore:
         else:
             self._discard(blob, st.region)
 
-    @staticmethod
-    def _seal_put(store, crypt, idx, blob, data):
-        if crypt is not None:
-            data = cipher.seal_blob(crypt.algorithm, crypt.key, crypt.context(idx, blob), data)
-        store.put(blob, data)
-
     def _discard(self, blob, region):
         """A blob that was stored but will never be committed: collect it."""
         with self.catalog.transaction():
             self.catalog.add_garbage(blob, region)
-        self._gc_wakeup.set()
+        self.collector.poke()
 
     async def truncate(self, ino, size):
         """Set the object's size (zeros when growing) and commit."""
@@ -742,9 +529,9 @@ class ObjectStore:
             if rewrite:
                 await self._rewrite_rest(st, crypt)
             if durable:
-                await self._sync_stores_settled(st)
+                await self.collector.sync_stores_settled(st)
             self._record(st, crypt, durable)
-        self._gc_wakeup.set()
+        self.collector.poke()
 
     async def _flush_all(self, st):
         while st.dirty or st.flushing:
@@ -758,7 +545,7 @@ class ObjectStore:
             except BaseException as exc:
                 # trio wraps even one failure in an exception group; callers (and the
                 # FUSE adapter) need the StoreError itself to answer with its errno
-                raise _store_failure(exc)
+                raise store_failure(exc)
 
     async def _rewrite_rest(self, st, crypt):
         """Re-seal every committed chunk not replaced in this session (re-encryption)."""
@@ -770,25 +557,10 @@ class ObjectStore:
                 continue
             length = max(0, min(ch.length, st.size - ch.idx * self.chunk_size))
             blob = os.urandom(16)
-            self._reading[ch.blob] = self._reading.get(ch.blob, 0) + 1
-            try:
-                await trio.to_thread.run_sync(self._reseal, store, old, crypt, ch, length, blob,
+            with self.reader.holding(ch.blob):
+                await trio.to_thread.run_sync(reseal, store, old, crypt, ch, length, blob,
                                               limiter=self.limiter)
-            finally:
-                self._reading[ch.blob] -= 1
-                if not self._reading[ch.blob]:
-                    del self._reading[ch.blob]
             st.pending[ch.idx] = Chunk(ch.idx, blob, length)
-
-    @staticmethod
-    def _reseal(store, old, new, ch, length, blob):
-        data = store.get(ch.blob)
-        if old is None:
-            _check_length(ch, data, ch.length)
-        else:
-            data = cipher.open_blob(old.algorithm, old.key, old.context(ch.idx, ch.blob),
-                                    data, ch.length)
-        ObjectStore._seal_put(store, new, ch.idx, blob, memoryview(data)[:length])
 
     def _record(self, st, crypt, durable, **extra):
         """The one catalog transaction that publishes a new version (no awaits).
@@ -808,7 +580,7 @@ class ObjectStore:
             for idx, ch in st.pending.items():
                 cat.set_chunk(st.ino, idx, ch.blob, ch.length, st.region)
             cat.update_inode(st.ino, **fields)
-        self._commits += 1
+        self.collector.commits += 1
         st.pending.clear()
         st.cut_from = None
         # writes that arrived while this commit awaited stay buffered for the next one
@@ -853,7 +625,7 @@ class ObjectStore:
                 st.session = None
         finally:
             self._maybe_drop(st)
-        self._gc_wakeup.set()
+        self.collector.poke()
 
     async def commit_all(self, durable=False):
         """Commit every object with changes (unmount, SIGTERM, syncfs)."""
@@ -865,33 +637,16 @@ class ObjectStore:
         if durable:
             await self.sync_catalog()
 
-    async def _sync_stores(self):
-        for store in self.stores.values():
-            await trio.to_thread.run_sync(store.sync_all, limiter=self.limiter)
-
-    async def _sync_stores_settled(self, st=None):
-        """Sync the stores so that a catalog sync may follow at once (with no await between).
-
-        A catalog sync makes every earlier commit durable, including commits that
-        other tasks made while the stores were being synced, whose blobs that sync
-        may have missed; likewise chunks of ``st`` stored meanwhile would be
-        recorded unsynced. So sync again until a round saw neither. After a few
-        busy rounds the last sync runs on the trio thread, where nothing can
-        overtake it (it blocks other requests, but only under such contention).
-        """
-        for _ in range(4):
-            commits = self._commits
-            pending = dict(st.pending) if st is not None else None
-            await self._sync_stores()
-            if self._commits == commits and (st is None or st.pending == pending):
-                return
-        for store in self.stores.values():
-            store.sync_all()
-
     async def sync_catalog(self):
         """Everything committed so far survives a machine crash after this returns."""
-        await self._sync_stores_settled()
-        self.catalog.sync()
+        await self.collector.sync_catalog()
+
+    async def collect_garbage(self):
+        """Delete released blobs now (see :class:`cosfs.collector.Collector`)."""
+        await self.collector.collect_garbage()
+
+    async def checkpoint(self, truncate=False):
+        await self.collector.checkpoint(truncate)
 
     # -- content helpers ----------------------------------------------------
     async def etag(self, ino):
@@ -932,61 +687,4 @@ class ObjectStore:
             st.dirty_bytes = 0
             st.error = None
             st.pending.clear()
-        self._gc_wakeup.set()
-
-    # -- garbage collection ------------------------------------------------
-    async def _gc_loop(self):
-        while True:
-            with trio.move_on_after(5):
-                await self._gc_wakeup.wait()
-            self._gc_wakeup = trio.Event()
-            try:
-                await self.collect_garbage()
-                await trio.sleep(GC_MIN_INTERVAL)  # at most one durable point per interval
-                # a burst of commits must not grow the WAL without bound: it takes space
-                # that even deletions need, and a checkpoint needs room to fold it in
-                if time.monotonic() - self._last_checkpoint > 10 or \
-                        self.catalog.wal_size() > WAL_CHECKPOINT_BYTES:
-                    await self.checkpoint()
-            except CosfsError as exc:
-                log.warning("background garbage collection: %s; will retry", exc)
-            except Exception:
-                log.exception("background garbage collection failed; will retry")
-
-    async def collect_garbage(self):
-        """Delete blobs listed in ``garbage`` that no read is using.
-
-        A blob is deleted only after the commit that released it is durable:
-        otherwise a power loss could bring the catalog back at the old version,
-        pointing at a deleted blob. So each pass first makes the catalog
-        durable (blobs synced, then the WAL fsynced: nothing is written, so
-        this works on a full disk too) and then deletes what it saw before.
-        """
-        while True:
-            rows = [(b, r) for b, r in self.catalog.garbage(500) if b not in self._reading]
-            if not rows:
-                return
-            await self.sync_catalog()
-            by_region = {}
-            for blob, region in rows:
-                if region in self.stores:
-                    by_region.setdefault(region, []).append(blob)
-            done = []
-            for region, blobs in by_region.items():
-                # one worker call per batch: a thread hop per blob cost ~1 ms each
-                done += await trio.to_thread.run_sync(_delete_blobs, self.stores[region], blobs,
-                                                      limiter=self.limiter)
-            self.catalog.forget_garbage(done)
-            if len(rows) < 500:
-                return
-
-    async def checkpoint(self, truncate=False):
-        """Sync blobs, then let SQLite checkpoint its WAL (which syncs the catalog).
-
-        ``truncate`` (after the catalog ran out of space) also gives the WAL's disk space
-        back: even deleting rows needs room in the WAL, and it only grows between
-        checkpoints. Raises sqlite3 errors if the checkpoint itself fails.
-        """
-        self._last_checkpoint = time.monotonic()
-        await self._sync_stores_settled()
-        self.catalog.checkpoint(truncate)
+        self.collector.poke()

@@ -26,6 +26,9 @@ LAYERS = [
     ["bucketconf"],
     ["store"],
     ["catalog"],
+    # The data path's parts: blob I/O helpers, then the read path and the collector.
+    ["chunkio"],
+    ["reader", "collector"],
     ["objects"],
     ["filesystem"],
     ["fuse_ops"],

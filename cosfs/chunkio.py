@@ -1,0 +1,161 @@
+"""Chunk blobs on the wire between the data path and the store: seal, store, fetch, open.
+
+Everything here is a plain function of its arguments (or a small container),
+so it can run on the trio thread or in a worker thread alike: it touches no
+shared state except the stores, which are thread-safe. The data path
+(:mod:`cosfs.objects`) decides where each call runs.
+"""
+
+import errno
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from . import cipher
+from .errors import CosfsError, StoreError
+
+log = logging.getLogger(__name__)
+
+SEG = cipher.SEGMENT_SIZE
+
+#: The cipher algorithm that seals data of a stored encryption label.
+CIPHER_OF = {"AES256": "AES256", "SM4": "SM4", "cos/kms": "AES256"}
+
+
+@dataclass(frozen=True)
+class Crypt:
+    """How a blob is sealed: algorithm label, data key and object identity. Never logged."""
+
+    label: str
+    key: bytes = field(repr=False)
+    object_id: bytes
+    wrapped: bytes = field(repr=False, default=b"")
+
+    @property
+    def algorithm(self):
+        return CIPHER_OF[self.label]
+
+    def context(self, idx, blob):
+        return cipher.BlobContext(object_id=self.object_id, chunk_index=idx, blob_id=blob)
+
+
+def data_key_aad(object_id, label):
+    """Associated data binding a wrapped data key to its object and algorithm label."""
+    return b"cosfs-data-key\0" + object_id + b"\0" + label.encode()
+
+
+def stored_label(spec):
+    """The label an object's encryption is recorded (and reported) under, or None."""
+    if spec is None:
+        return None
+    return "cos/kms" if spec.algorithm in ("KMS", "cos/kms") else spec.algorithm
+
+
+def check_length(ch, data, expected):
+    """Raise StoreError (EIO) when the store returned fewer bytes than the chunk map promises."""
+    if len(data) != expected:
+        raise StoreError("blob %s of chunk %d is damaged: read %d bytes, expected %d"
+                         % (ch.blob.hex(), ch.idx, len(data), expected), errno=errno.EIO)
+
+
+def store_failure(exc):
+    """The exception to raise for a failed group of store tasks.
+
+    A group made only of CosfsErrors becomes its first member; anything
+    else (a cancellation, a bug) is returned unchanged so nothing is lost.
+    """
+    leaves, todo = [], [exc]
+    while todo:
+        e = todo.pop(0)
+        inner = getattr(e, "exceptions", None)
+        if inner is None:
+            leaves.append(e)
+        else:
+            todo.extend(inner)
+    if leaves and all(isinstance(e, CosfsError) for e in leaves):
+        return leaves[0]
+    return exc
+
+
+def seal_put(store, crypt, idx, blob, data):
+    """Seal ``data`` as chunk ``idx`` (when ``crypt`` is set) and store it as ``blob``."""
+    if crypt is not None:
+        data = cipher.seal_blob(crypt.algorithm, crypt.key, crypt.context(idx, blob), data)
+    store.put(blob, data)
+
+
+def reseal(store, old, new, ch, length, blob):
+    """Re-encrypt a stored chunk: open it with ``old``, keep ``length`` bytes, seal with ``new``."""
+    data = store.get(ch.blob)
+    if old is None:
+        check_length(ch, data, ch.length)
+    else:
+        data = cipher.open_blob(old.algorithm, old.key, old.context(ch.idx, ch.blob),
+                                data, ch.length)
+    seal_put(store, new, ch.idx, blob, memoryview(data)[:length])
+
+
+def fetch(store, crypt, idx, ch, first, last, header):
+    """Read and open segments [first, last] of a chunk; returns (header, plaintext).
+
+    ``header`` is the blob's cached header or None (then it is read). Raises
+    StoreError for a short blob and IntegrityError for one that fails
+    authentication.
+    """
+    lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
+    # a range that reaches the chunk's end asks for one byte more: a blob that was
+    # extended (appended to or replaced by a longer one) must fail too
+    extra = 1 if hi == ch.length else 0
+    if crypt is None:
+        data = store.get_range(ch.blob, lo, hi - lo + extra)
+        check_length(ch, data, hi - lo)
+        return None, data
+    if header is None:
+        header = store.get_range(ch.blob, 0, cipher.HEADER_SIZE)
+    seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
+    data = store.get_range(ch.blob, coff, clen + extra)
+    # a short blob must fail, not read as a hole (open_range takes what it gets)
+    check_length(ch, data, clen)
+    plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),
+                              header, data, seg0, ch.length)
+    return header, plain
+
+
+def delete_blobs(store, blobs):
+    """Delete blobs; returns those deleted. Stops at the first failure (retried later)."""
+    done = []
+    try:
+        for blob in blobs:
+            store.delete(blob)
+            done.append(blob)
+    except CosfsError as exc:
+        log.warning("garbage collection: %s (will retry)", exc)
+    return done
+
+
+class SegmentCache:
+    """Bounded LRU of byte strings keyed by (blob id, segment index).
+
+    Blobs are immutable, so entries never go stale; a deleted blob's entries
+    simply age out.
+    """
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.used = 0
+        self.entries = OrderedDict()
+
+    def get(self, key):
+        data = self.entries.get(key)
+        if data is not None:
+            self.entries.move_to_end(key)
+        return data
+
+    def put(self, key, data):
+        if self.capacity <= 0 or key in self.entries:
+            return
+        self.entries[key] = data
+        self.used += len(data)
+        while self.used > self.capacity and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.used -= len(old)

@@ -1,0 +1,131 @@
+"""Reading chunk blobs: cached, authenticated, with read-ahead for sequential readers.
+
+:class:`ChunkReader` turns "bytes [lo, hi) of chunk ``idx`` stored in blob
+``ch.blob``" into plaintext. Segments are fetched with one ranged read per
+run of missing segments, opened by :mod:`cosfs.cipher` and kept in a bounded
+LRU keyed by (blob, segment): blobs never change, so the cache is never
+invalidated. A blob being read is marked *in use* so garbage collection does
+not delete it under the reader.
+
+Runs on the trio thread; small fetches are done inline (the thread hop costs
+more than the work), larger ones in a worker thread behind the shared limiter.
+"""
+
+import contextlib
+import logging
+
+import trio
+
+from .chunkio import SEG, SegmentCache, fetch
+from .errors import CosfsError
+
+log = logging.getLogger(__name__)
+
+#: Fetches up to this many plaintext bytes run on the trio thread (S3QL does the same).
+INLINE_READ_LIMIT = 2 * SEG
+
+
+class ChunkReader:
+    """Read path of the data path; one per mount."""
+
+    def __init__(self, *, cache_size, limiter):
+        self.cache = SegmentCache(cache_size)
+        self.headers = SegmentCache(4 * 1024 * 1024)
+        self.limiter = limiter
+        self.reading = {}   # blob -> number of reads under way (kept from collection)
+        self.inflight = {}  # blob -> Event of a worker fetch under way (others wait for it)
+
+    def in_use(self, blob):
+        return blob in self.reading
+
+    @contextlib.contextmanager
+    def holding(self, blob):
+        """Keep ``blob`` from garbage collection while the block runs."""
+        self.reading[blob] = self.reading.get(blob, 0) + 1
+        try:
+            yield
+        finally:
+            n = self.reading[blob] - 1
+            if n:
+                self.reading[blob] = n
+            else:
+                del self.reading[blob]
+
+    def cached_start(self, blob):
+        """True if the first segment of ``blob`` is cached or being fetched."""
+        return blob in self.inflight or self.cache.get((blob, 0)) is not None
+
+    async def read(self, store, crypt, ino, idx, ch, lo, hi, ahead=False) -> bytes:
+        """Bytes [lo, hi) of a chunk's stored content (shorter if the chunk is: a hole).
+
+        ``ahead``: also fetch the rest of the chunk into the cache (sequential
+        reader). Raises StoreError/IntegrityError (logged with inode and chunk).
+        """
+        hi = min(hi, ch.length)
+        if lo >= hi:
+            return b""
+        s0, s1 = lo // SEG, (hi - 1) // SEG
+        while True:
+            segs = {}
+            missing = []
+            for s in range(s0, s1 + 1):
+                data = self.cache.get((ch.blob, s))
+                if data is None:
+                    missing.append(s)
+                else:
+                    segs[s] = data
+            ev = self.inflight.get(ch.blob) if missing else None
+            if ev is None:
+                break
+            await ev.wait()  # a fetch of this blob is under way: use its result
+        if missing:
+            await self._fill(store, crypt, ino, idx, ch, missing[0], missing[-1], ahead, segs)
+        base = s0 * SEG
+        if s0 == s1:
+            return segs[s0][lo - base:hi - base]
+        whole = b"".join(segs[s] for s in range(s0, s1 + 1))
+        return whole[lo - base:hi - base]
+
+    async def _fill(self, store, crypt, ino, idx, ch, first, last, ahead, segs):
+        """Fetch segments [first, last] (to the chunk's end if ``ahead``) into cache and segs."""
+        final = (ch.length - 1) // SEG
+        if ahead:
+            last = final
+        header = None if crypt is None else self.headers.get((ch.blob, 0))
+        ev = None
+        with self.holding(ch.blob):
+            try:
+                args = (store, crypt, idx, ch, first, last, header)
+                if (last - first + 1) * SEG <= INLINE_READ_LIMIT:
+                    header, plain = fetch(*args)
+                else:
+                    ev = self.inflight[ch.blob] = trio.Event()
+                    header, plain = await trio.to_thread.run_sync(fetch, *args,
+                                                                  limiter=self.limiter)
+            except CosfsError as exc:
+                log.error("cannot read inode %d chunk %d (blob %s): %s",
+                          ino, idx, ch.blob.hex(), exc)
+                raise
+            finally:
+                if ev is not None:
+                    del self.inflight[ch.blob]
+                    ev.set()
+        if header is not None:
+            self.headers.put((ch.blob, 0), header)
+        view = memoryview(plain)
+        for s in range(first, min(last, final) + 1):
+            data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])
+            segs[s] = data
+            self.cache.put((ch.blob, s), data)
+
+    def prefetch(self, nursery, store, crypt, ino, idx, ch):
+        """Start reading a whole chunk into the cache in the background."""
+        if self.cached_start(ch.blob):
+            return
+
+        async def run():
+            try:
+                await self.read(store, crypt, ino, idx, ch, 0, ch.length)
+            except CosfsError:
+                pass  # the reader that needs it will meet (and report) the error
+        nursery.start_soon(run)
