@@ -30,6 +30,7 @@ LAYERS = [
     ["chunkio"],
     ["reader", "collector"],
     ["objects"],
+    ["xattrs"],
     ["filesystem"],
     ["fuse_ops"],
     ["fsck"],

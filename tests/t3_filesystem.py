@@ -13,8 +13,8 @@ import pytest
 
 from cosfs.catalog import ROOT_INODE
 from cosfs.errors import CosfsError, FsError
-from cosfs.filesystem import (BUCKET_ENC_XATTR, RENAME_EXCHANGE, RENAME_NOREPLACE, SSE_XATTR,
-                              Ctx)
+from cosfs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Ctx
+from cosfs.xattrs import BUCKET_ENC_XATTR, SSE_XATTR
 from cosfs.names import MAX_KEY_BYTES
 
 from helpers import APPID, ENC, PLAIN, fs_env, tmp_path, trio_test  # noqa: F401
