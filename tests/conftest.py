@@ -172,13 +172,18 @@ class Mount:
         return res
 
 
-@pytest.fixture
-def config_path(tmp_path):
-    return write_config(str(tmp_path / "fs"))
+def put(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
-@pytest.fixture
-def mount(config_path):
+def get(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def mounted(config_path):
+    """Generator for a mount fixture: a started Mount, stopped and log-checked afterwards."""
     if not fuse_available():
         pytest.skip("needs /dev/fuse and fusermount3")
     m = Mount(config_path).start()
@@ -188,3 +193,13 @@ def mount(config_path):
         m.stop()
     bad = m.unexpected_log_lines()
     assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    return write_config(str(tmp_path / "fs"))
+
+
+@pytest.fixture
+def mount(config_path):
+    yield from mounted(config_path)

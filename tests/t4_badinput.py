@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from conftest import (APPID, ENC, PLAIN, Mount, cosfs_cmd, fuse_available, is_mounted,
-                      write_config)
+from conftest import (APPID, ENC, PLAIN, Mount, cosfs_cmd, fuse_available, get, is_mounted,
+                      put, write_config)
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -36,16 +36,6 @@ def err_of(fn, *args, **kwargs):
     except OSError as exc:
         return exc.errno
     return None
-
-
-def put(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def get(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def cli_inproc(capsys, *args):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import APPID, ENC, PLAIN, write_config
+from conftest import APPID, ENC, PLAIN, get, put, write_config
 
 CHUNK = 64 * 1024
 
@@ -37,16 +37,6 @@ def oserr(fn, *args, **kwargs):
     except OSError as exc:
         return exc.errno
     raise AssertionError("%s%r did not fail" % (getattr(fn, "__name__", fn), args))
-
-
-def put(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def get(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # -- the mount root: buckets -------------------------------------------------------

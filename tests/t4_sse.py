@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import APPID, write_config
+from conftest import APPID, get, put, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,16 +34,6 @@ def oserr(fn, *args):
     except OSError as exc:
         return exc.errno
     raise AssertionError("%s%r did not fail" % (fn.__name__, args))
-
-
-def put(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def get(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def sse(path):

@@ -15,7 +15,7 @@ import sqlite3
 
 import pytest
 
-from conftest import ENC, PLAIN, write_config
+from conftest import ENC, PLAIN, get, put, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,16 +25,6 @@ CHUNK = 64 * 1024
 @pytest.fixture
 def config_path(tmp_path):
     return write_config(str(tmp_path / "fs"), chunk_size="64KiB", write_buffer="256KiB")
-
-
-def put(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def get(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def read_errno(path, offset=0, size=None):

@@ -36,7 +36,7 @@ import time
 
 import pytest
 
-from conftest import ENC, PLAIN, Mount, fuse_available, write_config
+from conftest import ENC, PLAIN, mounted, write_config
 
 CHUNK = 64 * 1024
 NAMES = ["a", "b", "c", "dd", "e"]
@@ -562,16 +562,8 @@ class Differential:
 
 @pytest.fixture
 def small_chunk_mount(tmp_path, write_buffer):
-    if not fuse_available():
-        pytest.skip("needs /dev/fuse and fusermount3")
-    m = Mount(write_config(str(tmp_path / "fs"), chunk_size="64KiB",
-                           write_buffer=write_buffer)).start()
-    try:
-        yield m
-    finally:
-        m.stop()
-    bad = m.unexpected_log_lines()
-    assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
+    yield from mounted(write_config(str(tmp_path / "fs"), chunk_size="64KiB",
+                                    write_buffer=write_buffer))
 
 
 STEPS = int(os.environ.get("COSFS_DIFF_STEPS", "3000"))

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from conftest import ENC, PLAIN, Mount, fuse_available, is_mounted, write_config
+from conftest import ENC, PLAIN, Mount, fuse_available, get, is_mounted, put, write_config
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -39,16 +39,6 @@ REGION = "ap-guangzhou"
 # -- helpers -----------------------------------------------------------------------
 def sh(*cmd):
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-
-
-def put(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def get(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def errno_of(fn, *args):
