@@ -119,13 +119,11 @@ def _finish(m):
 
 
 # -- ENOSPC: the store's file system fills up ------------------------------------
-@pytest.fixture
-def small_store(folder):
-    """A mount whose store lives on a 24 MiB tmpfs."""
-    cfg = write_config(folder, chunk_size="1MiB", write_buffer="4MiB")
-    m = Mount(cfg)
+def mount_on_tmpfs(folder, size, **config):
+    """Fixture body: a mount whose store lives on a tmpfs of ``size`` (e.g. "24m")."""
+    m = Mount(write_config(folder, **config))
     os.makedirs(m.store, mode=0o700)
-    sh("mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", m.store)
+    sh("mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size, "tmpfs", m.store)
     try:
         m.start()
         yield m
@@ -133,6 +131,12 @@ def small_store(folder):
     finally:
         m.kill9()
         subprocess.run(["umount", "-l", m.store], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def small_store(folder):
+    """A mount whose store lives on a 24 MiB tmpfs."""
+    yield from mount_on_tmpfs(folder, "24m", chunk_size="1MiB", write_buffer="4MiB")
 
 
 def fill(path, limit=64 * MiB):
@@ -484,17 +488,7 @@ def test_enospc_during_reencryption(small_store):
 @pytest.fixture
 def small_store_small_chunks(folder):
     """A mount with 64 KiB chunks whose store lives on a 16 MiB tmpfs."""
-    cfg = write_config(folder, chunk_size="64KiB", write_buffer="256KiB")
-    m = Mount(cfg)
-    os.makedirs(m.store, mode=0o700)
-    sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", m.store)
-    try:
-        m.start()
-        yield m
-        _finish(m)
-    finally:
-        m.kill9()
-        subprocess.run(["umount", "-l", m.store], capture_output=True, timeout=60)
+    yield from mount_on_tmpfs(folder, "16m", chunk_size="64KiB", write_buffer="256KiB")
 
 
 def test_enospc_delete_frees(small_store_small_chunks):
