@@ -618,6 +618,7 @@ class ObjectStore:
             async with st.commit_lock:
                 st.session = None
                 inode = self.catalog.get_inode(ino)
+                old_request = inode.enc_request
                 if extra:
                     inode.enc_request = request
                     crypt, rewrite = self._begin(st, force_spec=True,
@@ -631,7 +632,9 @@ class ObjectStore:
                     if rewrite:
                         await self._rewrite_rest(st, crypt)
                     self._record(st, crypt, False, **extra)
-                elif extra:
+                elif extra and request != old_request:
+                    # (removing an absent request from an object already in the resolved
+                    # state changes nothing: rsync -aX does that on every run)
                     with self.catalog.transaction():
                         self.catalog.update_inode(ino, ctime_ns=time.time_ns(), **extra)
                 st.session = None
