@@ -396,11 +396,6 @@ class Catalog:
             " FROM t JOIN inodes i ON i.id=t.ino", (parent,)).fetchone()
         return row[0]
 
-    def count_dir_subdirs(self, parent):
-        return self.db.execute(
-            "SELECT count(*) FROM dentries d JOIN inodes i ON i.id=d.inode"
-            " WHERE d.parent=? AND (i.mode & 61440)=16384", (parent,)).fetchone()[0]
-
     # -- chunks ----------------------------------------------------------
     def chunks(self, ino):
         return [Chunk(*r) for r in self.db.execute(
@@ -410,9 +405,6 @@ class Catalog:
         row = self.db.execute("SELECT idx, blob, length FROM chunks WHERE inode=? AND idx=?",
                               (ino, idx)).fetchone()
         return None if row is None else Chunk(*row)
-
-    def chunk_map(self, ino):
-        return {c.idx: c for c in self.chunks(ino)}
 
     def set_chunk(self, ino, idx, blob, length, region):
         """Point chunk ``idx`` at a new blob; the blob it replaces goes to garbage."""
@@ -501,7 +493,3 @@ class Catalog:
 
     def delete_bucket_config(self, bucket_ino, kind):
         self.db.execute("DELETE FROM bucket_configs WHERE bucket=? AND kind=?", (bucket_ino, kind))
-
-    # -- statistics ------------------------------------------------------
-    def total_size(self):
-        return self.db.execute("SELECT coalesce(sum(size), 0) FROM inodes").fetchone()[0]

@@ -291,9 +291,6 @@ class FileSystem(XattrOps):
         return inode.target
 
     # -- creating entries ---------------------------------------------------
-    def _bucket_of_parent(self, parent_inode):
-        return parent_inode.bucket
-
     def _make(self, parent, name, mode, ctx, *, rdev=0, target=None) -> Inode:
         """Insert a non-directory entry (one transaction)."""
         pinode = self._dir(parent)
