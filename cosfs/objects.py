@@ -217,10 +217,6 @@ class ObjectStore:
         return resolve(override=override, bucket_default=self.bucket_default(inode.bucket),
                        writer=writer, **extra)
 
-    @staticmethod
-    def _aad(object_id, label):
-        return data_key_aad(object_id, label)
-
     def stored_crypt(self, inode) -> Optional[Crypt]:
         """The Crypt of an object's committed chunks (None when plain)."""
         if not inode.enc:
@@ -228,7 +224,7 @@ class ObjectStore:
         wrapped = inode.wrapped_key
         key = self._keycache.get(wrapped)
         if key is None:
-            key = self.keys.unwrap(wrapped, self._aad(inode.object_id, inode.enc))
+            key = self.keys.unwrap(wrapped, data_key_aad(inode.object_id, inode.enc))
             if len(self._keycache) > 4096:
                 self._keycache.clear()
             self._keycache[wrapped] = key
@@ -237,7 +233,7 @@ class ObjectStore:
     def _new_crypt(self, label, object_id):
         """A fresh data key for a new encryption generation of an object, wrapped at once."""
         key = cipher.new_data_key(CIPHER_OF[label])
-        return Crypt(label, key, object_id, self.keys.wrap(key, self._aad(object_id, label)))
+        return Crypt(label, key, object_id, self.keys.wrap(key, data_key_aad(object_id, label)))
 
     def _begin(self, st, force_spec=False, spec=None):
         """Open a write session: decide the encryption of the new content (once)."""
@@ -331,8 +327,8 @@ class ObjectStore:
             buf = st.dirty[idx] = bytearray(buf)
         return buf
 
-    async def _load(self, st, idx, upto):
-        """Mutable chunk buffer for idx with its current content (up to ``upto`` bytes)."""
+    async def _load(self, st, idx):
+        """Mutable chunk buffer for idx holding its current content."""
         buf = st.dirty.get(idx)
         if buf is not None:
             return self._mutable(st, idx, buf)
@@ -390,7 +386,7 @@ class ObjectStore:
                     if o == 0 and n >= existing:
                         buf = st.dirty[idx] = bytearray()
                     else:
-                        buf = await self._load(st, idx, existing)
+                        buf = await self._load(st, idx)
                 buf = self._mutable(st, idx, buf)
                 before = len(buf)
                 if before < o:
@@ -498,7 +494,7 @@ class ObjectStore:
                 cut = size - last * cs
                 if size % cs and last >= 0 and (last in st.dirty or
                                                 self._existing_length(st, last) > cut):
-                    buf = await self._load(st, last, cut)
+                    buf = await self._load(st, last)
                     if len(buf) > cut:
                         st.dirty_bytes -= len(buf) - cut
                         del buf[cut:]
