@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from . import durable
 from .errors import (CosfsError, InvalidArgument, MalformedXML,
                      NoSuchEncryptionConfiguration)
 
@@ -38,7 +39,7 @@ def _load_config(path, mountpoint=None):
 # -- mount / umount ---------------------------------------------------------------
 def _makedirs(path, what, mode=0o777):
     try:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        durable.makedirs(path, mode)
     except OSError as exc:
         raise CosfsError("cannot create %s directory %s: %s" % (what, path, exc.strerror),
                          errno=exc.errno, code="InvalidConfig") from None

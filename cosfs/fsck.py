@@ -88,10 +88,13 @@ def run(store, *, repair=True, verify=False):
                 continue
             rep.orphans += 1
             if repair:
-                st.delete(blob)
-        if repair:
-            st.sync_all()
+                st.delete(blob)  # never referenced: losing the deletion to a crash is harmless
     if repair:
+        if garbage:
+            # the releases (some made just above, for unlinked inodes) must be durable
+            # before their blobs go: open_store made every blob durable if the store
+            # was left unclean, so the catalog may be synced now
+            cat.sync()
         for blob, region in garbage:
             s = store.stores.get(region)
             if s is not None:

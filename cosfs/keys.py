@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from cosfs import durable
 from cosfs.errors import IntegrityError, KeyStoreError
 
 log = logging.getLogger(__name__)
@@ -268,14 +269,19 @@ def _check_private(path, st, what, wanted):
 def _make_directory(path):
     parent = os.path.dirname(path)
     try:
-        os.makedirs(parent, exist_ok=True)
+        durable.makedirs(parent, 0o777)
         os.mkdir(path, 0o700)
     except FileExistsError:
         return  # created meanwhile by someone else; the caller checks its mode
     except OSError as exc:
         raise KeyStoreError("key store %s: cannot create: %s" % (path, exc.strerror)) from None
-    # The umask may have taken bits away; we just created it, so set it exactly.
-    os.chmod(path, 0o700)
+    try:
+        # The umask may have taken bits away; we just created it, so set it exactly.
+        os.chmod(path, 0o700)
+        durable.fsync_dir(path)
+        durable.fsync_dir(parent)
+    except OSError as exc:
+        raise KeyStoreError("key store %s: cannot create: %s" % (path, exc.strerror)) from None
 
 
 def _load_all(path):
@@ -384,7 +390,7 @@ def _write_key_file(path, number):
         finally:
             os.close(fd)
         _link_no_replace(temp, final)
-        _fsync_dir(path)
+        durable.fsync_dir(path)
     except OSError as exc:
         raise KeyStoreError("key store %s: cannot write master key v%d: %s"
                             % (path, number, exc.strerror)) from None
@@ -410,11 +416,3 @@ def _link_no_replace(temp, final):
             raise KeyStoreError("key file %s already exists (rotated by another process?)"
                                 % final) from None
         os.rename(temp, final)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,46 +7,38 @@ modified, so readers can cache by blob id without invalidation.
 Layout of :class:`LocalStore`: ``<root>/<first two hex digits>/<32 hex digits>``.
 A blob is written straight to its final name: a crash mid-write leaves at worst
 a partial blob that the catalog never references (an orphan that ``cosfs fsck``
-removes), because the catalog commits only after ``put`` returned.
+removes), because the catalog commits only after ``put`` returned, and makes a
+commit durable only after :meth:`LocalStore.sync_all` made its blobs durable.
 
 All methods block; callers on the trio thread run them with
 ``trio.to_thread.run_sync`` (see ``objects``). Every OS failure becomes a
 :class:`~cosfs.errors.StoreError` carrying the original errno.
 """
 
-import ctypes
+import concurrent.futures
 import errno
 import logging
 import os
 import threading
 
+from . import durable
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
 
-#: Above this many unsynced blobs, sync the whole file system at once.
-SYNCFS_THRESHOLD = 64
+#: Threads that fsync blobs and directories in parallel at a durability point
+#: (fsync waits for the disk, not the CPU; the file system batches concurrent ones).
+SYNC_THREADS = 8
+
+#: Blobs at least this large start their write-back as soon as they are written,
+#: so that the durability point has little left to wait for.
+EARLY_WRITEBACK = 256 * 1024
 
 #: Blob writes fail with ENOSPC while less than this (at most 1/32 of the file system) would
 #: stay free: the catalog beside the blobs keeps room to record deletions, so a full store
 #: can be cured by deleting objects (SQLite needs space even to delete rows).
 RESERVE_MAX = 4 * 1024 * 1024
-
-
-def _syncfs(path):
-    """syncfs(2) on the file system holding ``path``; False if unavailable or failed."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (OSError, AttributeError):
-        return False
-    try:
-        return libc.syncfs(fd) == 0
-    except AttributeError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def blob_name(blob_id: bytes) -> str:
@@ -59,9 +51,11 @@ class LocalStore:
 
     ``put`` writes into the page cache only: that survives a kill of the
     daemon. The store remembers which blobs are not yet on stable storage;
-    :meth:`sync_all` fsyncs them and their directories. The data path calls it
-    before any catalog commit that must survive a machine crash, so a durable
-    catalog never points at a blob that a power loss could take away.
+    :meth:`sync_all` fdatasyncs each of them and fsyncs every directory that
+    gained one, the only primitives every file system honours (see
+    :mod:`cosfs.durable`). The data path calls it before any catalog commit
+    that must survive a machine crash, so a durable catalog never points at a
+    blob that a power loss could take away.
     """
 
     def __init__(self, root):
@@ -71,14 +65,25 @@ class LocalStore:
         self.headroom = None
         self._unsynced = set()
         self._lock = threading.Lock()
+        #: held for a whole sync_all: a second caller must not return while blobs it
+        #: depends on are still being synced by the first
+        self._sync_lock = threading.Lock()
+        self._pool = None
+        self._sizeless_warned = False
 
     # -- setup -----------------------------------------------------------
     def create(self):
-        """Create the directory tree (idempotent)."""
+        """Create the directory tree (idempotent); new directories are durable on return."""
         try:
-            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            durable.makedirs(self.root, 0o700)
+            created = False
             for i in range(256):
-                os.makedirs(os.path.join(self.root, "%02x" % i), mode=0o700, exist_ok=True)
+                d = os.path.join(self.root, "%02x" % i)
+                if not os.path.isdir(d):
+                    os.makedirs(d, mode=0o700, exist_ok=True)
+                    created = True
+            if created:
+                durable.fsync_dir(self.root)
         except OSError as exc:
             raise StoreError("cannot create chunk store %s: %s" % (self.root, exc.strerror),
                              errno=exc.errno) from None
@@ -88,11 +93,22 @@ class LocalStore:
         return os.path.join(self.root, name[:2], name)
 
     def _check_room(self, blob_id, size):
-        """StoreError(ENOSPC) unless ``size`` bytes fit and the catalog's reserve stays free."""
+        """StoreError(ENOSPC) unless ``size`` bytes fit and the catalog's reserve stays free.
+
+        A file system that reports no size (0 blocks, as some FUSE and network
+        file systems do) cannot be checked: the write is let through, and the
+        first such write logs one warning.
+        """
         try:
             sv = os.statvfs(self.root)
         except OSError:
             return  # the write itself will say what is wrong
+        if sv.f_blocks == 0:
+            if not self._sizeless_warned:
+                self._sizeless_warned = True
+                log.warning("the file system of chunk store %s reports no size; the free-space "
+                            "reserve for the catalog is not enforced", self.root)
+            return
         reserve = min(RESERVE_MAX, sv.f_blocks * sv.f_frsize // 32)
         if self.headroom is not None:
             reserve += self.headroom()
@@ -122,6 +138,8 @@ class LocalStore:
             self._unlink_quietly(path)
             raise StoreError("cannot write blob %s: %s" % (blob_id.hex(), exc.strerror),
                              errno=exc.errno) from None
+        if len(data) >= EARLY_WRITEBACK:
+            durable.start_writeback(fd)
         os.close(fd)
         with self._lock:
             self._unsynced.add(blob_id)
@@ -180,37 +198,60 @@ class LocalStore:
                                  errno=exc.errno) from None
 
     def sync_all(self) -> None:
-        """Make every blob written so far, and its directory entry, durable (blocks)."""
+        """Make every blob written so far, and its directory entry, durable (blocks).
+
+        Each unsynced blob is fdatasynced and then each directory that gained
+        one is fsynced, spread over :data:`SYNC_THREADS` threads. On failure
+        the blobs stay listed as unsynced and StoreError is raised: the caller
+        must not make durable any catalog state that references them.
+        """
+        with self._sync_lock:
+            self._sync_all()
+
+    def _sync_all(self):
         with self._lock:
             blobs, self._unsynced = self._unsynced, set()
-        if len(blobs) > SYNCFS_THRESHOLD and _syncfs(self.root):
-            return  # one syncfs beats hundreds of fsyncs (e.g. after a large sequential write)
-        dirs = set()
+        if not blobs:
+            return
         try:
-            for blob_id in blobs:
-                path = self._path(blob_id)
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # deleted meanwhile (superseded before commit)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                dirs.add(os.path.dirname(path))
+            order = list(blobs)
+            present = [b for b, ok in zip(order, self._each(self._sync_blob, order)) if ok]
+            dirs = {os.path.dirname(self._path(b)) for b in present}
+            self._each(durable.fsync_dir, dirs)
         except OSError as exc:
             with self._lock:
                 self._unsynced |= blobs
+            log.error("chunk store %s: cannot make blobs durable: %s", self.root, exc)
             raise StoreError("cannot sync blobs: %s" % exc.strerror, errno=exc.errno) from None
-        for d in dirs:
-            try:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise StoreError("cannot sync %s: %s" % (d, exc.strerror), errno=exc.errno) from None
+
+    def sync_everything(self) -> int:
+        """Make every blob in the store durable (after a crash of an earlier process, whose
+        record of unsynced blobs was lost with it). Returns the number of blobs."""
+        blobs = list(self.list())
+        with self._lock:
+            self._unsynced.update(blobs)
+        self.sync_all()
+        return len(blobs)
+
+    def _sync_blob(self, blob_id):
+        """fdatasync one blob; False if it was deleted meanwhile (superseded before commit)."""
+        try:
+            durable.fdatasync_path(self._path(blob_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _each(self, fn, items):
+        """[fn(item) for item in items], in parallel threads when there are several."""
+        items = list(items)
+        if len(items) <= 2:
+            return [fn(i) for i in items]
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    SYNC_THREADS, thread_name_prefix="cosfs-sync")
+            pool = self._pool
+        return list(pool.map(fn, items))
 
     @property
     def unsynced_count(self):

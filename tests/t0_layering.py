@@ -16,7 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "cosfs"
 # Rank of each module: a module may import modules of a strictly lower rank,
 # and helper modules of the same rank group listed in SAME_RANK_OK.
 LAYERS = [
-    ["errors"],
+    ["errors", "durable"],
     ["config", "names", "xmldoc"],
     ["keys"],
     ["cipher"],
@@ -49,7 +49,7 @@ OWNED = {
     "pyfuse3": {"fuse_ops": False, "mount": True},
     "yaml": {"config": False},
 }
-NO_TRIO = {"errors", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf"}
+NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf"}
 
 
 def _modules():

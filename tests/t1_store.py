@@ -3,6 +3,8 @@
 import errno
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -166,30 +168,108 @@ def test_statvfs(store):
     assert store.statvfs().f_bsize > 0
 
 
-@pytest.mark.parametrize("syncfs_works", [True, False])
-def test_sync_all_many_blobs(store, monkeypatch, syncfs_works):
-    from cosfs import store as store_mod
-    calls = []
+def test_sync_all_fdatasyncs_every_blob_and_directory(store, monkeypatch):
+    """Durability must not depend on syncfs (a FUSE file system never sees it): every
+    unsynced blob is fdatasynced and every directory that gained one is fsynced,
+    however many there are."""
+    from cosfs import durable
+    synced, dirs = [], []
+    real_fdatasync, real_fsync_dir = durable.fdatasync_path, durable.fsync_dir
+    monkeypatch.setattr(durable, "fdatasync_path", lambda p: (synced.append(p), real_fdatasync(p)))
+    monkeypatch.setattr(durable, "fsync_dir", lambda p: (dirs.append(p), real_fsync_dir(p)))
+    ids = [bytes([i]) + bytes(15) for i in range(200)]
+    for b in ids:
+        store.put(b, b"x")
+    store.delete(ids[0])  # superseded before the sync: nothing to sync
+    store.sync_all()
+    assert sorted(synced) == sorted(store._path(b) for b in ids[1:])
+    assert sorted(dirs) == sorted({os.path.dirname(store._path(b)) for b in ids[1:]})
+    assert store.unsynced_count == 0
+    synced.clear()
+    store.sync_all()
+    assert synced == []
 
-    def fake_syncfs(path):
-        calls.append(path)
-        return syncfs_works
 
-    monkeypatch.setattr(store_mod, "_syncfs", fake_syncfs)
-    n = store_mod.SYNCFS_THRESHOLD + 1
-    for i in range(n):
+def test_sync_all_waits_for_a_sync_in_progress(store, monkeypatch):
+    """A second caller must not return while the first still syncs the blobs it depends on."""
+    from cosfs import durable
+    gate = threading.Event()
+    started = threading.Event()
+    real = durable.fdatasync_path
+
+    def slow(path):
+        started.set()
+        gate.wait(10)
+        real(path)
+
+    monkeypatch.setattr(durable, "fdatasync_path", slow)
+    store.put(bid(1), b"x")
+    first = threading.Thread(target=store.sync_all)
+    first.start()
+    assert started.wait(10)
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (store.sync_all(), second_done.set()))
+    second.start()
+    time.sleep(0.2)
+    assert not second_done.is_set()
+    gate.set()
+    first.join(10)
+    second.join(10)
+    assert second_done.is_set()
+
+
+def test_failed_sync_keeps_blobs_unsynced(store, monkeypatch):
+    from cosfs import durable
+
+    def failing(path):
+        raise OSError(errno.EIO, "Input/output error")
+
+    store.put(bid(1), b"x")
+    monkeypatch.setattr(durable, "fdatasync_path", failing)
+    with pytest.raises(StoreError) as ei:
+        store.sync_all()
+    assert ei.value.errno == errno.EIO
+    assert store.unsynced_count == 1
+    monkeypatch.undo()
+    store.sync_all()
+    assert store.unsynced_count == 0
+
+
+def test_sync_everything_after_a_crash(store):
+    for i in range(5):
         store.put(bid(i), b"x")
-    store.sync_all()
-    assert calls == [store.root]
-    assert store.unsynced_count == 0
-    # few blobs: fsync each, no syncfs
-    store.put(bid(n + 1), b"y")
-    store.sync_all()
-    assert calls == [store.root]
-    assert store.unsynced_count == 0
+    fresh = LocalStore(store.root)  # a new process: its list of unsynced blobs is empty
+    assert fresh.sync_everything() == 5
 
 
-def test_real_syncfs(store):
-    from cosfs import store as store_mod
-    assert store_mod._syncfs(store.root) in (True, False)
-    assert store_mod._syncfs(os.path.join(store.root, "missing")) is False
+def test_store_on_a_file_system_without_size(store, monkeypatch, caplog):
+    """A file system reporting 0 blocks (some FUSE and network file systems): writes work,
+    one warning, no reserve enforced."""
+    real = os.statvfs
+
+    def sizeless(path):
+        sv = real(path)
+        return os.statvfs_result((sv.f_bsize, sv.f_frsize, 0, 0, 0, 0, 0, 0, sv.f_flag,
+                                  sv.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", sizeless)
+    with caplog.at_level("WARNING", logger="cosfs.store"):
+        for i in range(3):
+            store.put(bid(i), b"x" * 1000)
+    warnings = [r for r in caplog.records if "reports no size" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_makedirs_is_durable_and_strict(tmp_path, monkeypatch):
+    from cosfs import durable
+    dirs = []
+    real = durable.fsync_dir
+    monkeypatch.setattr(durable, "fsync_dir", lambda p: (dirs.append(p), real(p)))
+    target = tmp_path / "a" / "b" / "c"
+    assert durable.makedirs(target, 0o700) is True
+    assert (target.stat().st_mode & 0o777) == 0o700
+    assert dirs == [str(tmp_path), str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+    assert durable.makedirs(target, 0o700) is False
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError):
+        durable.makedirs(tmp_path / "f")
