@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Long runs of the differential and crash tests (tests/t5_differential.py, tests/t5_crash.py).
+"""Long runs of the differential, crash and power-cut tests (tests/t5_differential.py,
+tests/t5_crash.py, tests/t5_powercut.py).
 
 CI runs a few thousand operations and a few dozen kill points; this runs as
 many as you ask for, over several seeds in parallel workers, each worker with
@@ -10,6 +11,7 @@ Examples::
     contrib/stress.py differential --ops 50000 --seed 1 --workers 4
     contrib/stress.py crash --kill-points 400 --seed 7 --workers 2 --mix writes,reencrypt
     contrib/stress.py both --ops 20000 --kill-points 200
+    contrib/stress.py powercut --kill-points 300 --seed 3 --chunk-size 64KiB
 
 Each worker uses seed ``SEED + worker number`` so a failure names the seed to
 replay with ``--workers 1 --seed N``. Folders of failed workers are kept
@@ -32,6 +34,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import conftest  # noqa: E402  (tests/ is not a package)
 import t5_crash  # noqa: E402
 import t5_differential  # noqa: E402
+import t5_powercut  # noqa: E402  (adds the power-cut mixes to t5_crash.MIXES)
 
 
 def differential_worker(folder, seed, ops, bucket, chunk_size, remounts, write_buffer):
@@ -57,17 +60,19 @@ def differential_worker(folder, seed, ops, bucket, chunk_size, remounts, write_b
         ops, bucket, write_buffer, len(marks))
 
 
-def crash_worker(folder, seed, mix, rounds, chunk_size, max_delay):
+def crash_worker(folder, seed, mix, rounds, chunk_size, max_delay, power=False):
     lines = []
-    t5_crash.run_rounds(folder, seed, mix, rounds, chunk_size=chunk_size, max_delay=max_delay,
-                        report=lines.append)
+    runner = t5_powercut.PowerCutRunner if power else t5_crash.CrashRunner
+    t5_crash.run_rounds(folder, seed, mix, rounds, runner_class=runner, chunk_size=chunk_size,
+                        max_delay=max_delay, report=lines.append)
     states = {}
     for line in lines:
         state = line.split(", state ")[1]
         kind = ("not journaled" if "not journaled" in state else
                 state.split(" step")[0] if " step" in state else "before the round")
         states[kind] = states.get(kind, 0) + 1
-    return "%d kill points (%s), states after the kill: %s" % (rounds, mix, states)
+    return "%d %s (%s), states after it: %s" % (rounds, "power cuts" if power else "kill points",
+                                                 mix, states)
 
 
 def run_job(job):
@@ -84,17 +89,19 @@ def run_job(job):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["differential", "crash", "both"])
+    p.add_argument("mode", choices=["differential", "crash", "both", "powercut"])
     p.add_argument("--ops", type=int, default=20000, help="differential operations per worker")
     p.add_argument("--kill-points", type=int, default=200,
-                   help="crash kill points in total (split over workers and mixes)")
+                   help="crash kill points (or power cuts) in total, split over workers and "
+                   "mixes")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--bucket", choices=["plain", "enc", "both"], default="both",
                    help="differential: which bucket (both: alternate between workers)")
     p.add_argument("--remounts", type=int, default=3, help="differential remounts per worker")
     p.add_argument("--mix", default="all",
-                   help="crash scenarios, comma separated: %s" % ", ".join(t5_crash.MIXES))
+                   help="crash scenarios, comma separated: %s (all: every mix; for powercut "
+                   "the power mixes and 'writes', 'many_files')" % ", ".join(t5_crash.MIXES))
     p.add_argument("--max-delay", type=float, default=1.5,
                    help="crash: kill after a random delay up to this many seconds")
     p.add_argument("--chunk-size", default="64KiB")
@@ -118,8 +125,14 @@ def main(argv=None):
             jobs.append(("differential", os.path.join(base, "diff-%d" % seed), seed,
                          dict(ops=args.ops, bucket=bucket, chunk_size=args.chunk_size,
                               remounts=args.remounts, write_buffer=wb)))
-    if args.mode in ("crash", "both"):
-        mixes = list(t5_crash.MIXES) if args.mix == "all" else args.mix.split(",")
+    if args.mode in ("crash", "both", "powercut"):
+        power = args.mode == "powercut"
+        if args.mix != "all":
+            mixes = args.mix.split(",")
+        elif power:
+            mixes = list(t5_powercut.POWER_MIXES) + ["writes", "many_files"]
+        else:
+            mixes = [m for m in t5_crash.MIXES if m not in t5_powercut.POWER_MIXES]
         unknown = set(mixes) - set(t5_crash.MIXES)
         if unknown:
             p.error("unknown mix: %s" % ", ".join(sorted(unknown)))
@@ -128,9 +141,10 @@ def main(argv=None):
             rounds = args.kill_points // len(slots) + (i < args.kill_points % len(slots))
             if rounds:
                 seed = args.seed + 1000 * w + i
-                jobs.append(("crash", os.path.join(base, "crash-%s-%d" % (mix, seed)), seed,
+                kind = "powercut" if power else "crash"
+                jobs.append((kind, os.path.join(base, "%s-%s-%d" % (kind, mix, seed)), seed,
                              dict(mix=mix, rounds=rounds, chunk_size=args.chunk_size,
-                                  max_delay=args.max_delay)))
+                                  max_delay=args.max_delay, power=power)))
 
     print("stress: %d job(s) in %s with %d worker(s)" % (len(jobs), base, args.workers))
     failed = 0

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .durable import fsync_dir
 from .errors import CosfsError, FsError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ class Catalog:
     def __init__(self, path, *, create=False):
         self.path = os.fspath(path)
         self._depth = 0
+        #: (dev, ino) of the WAL and database files when their folder was last fsynced
+        self._synced_names = None
         exists = os.path.exists(self.path)
         if not exists and not create:
             raise CosfsError("no catalog at %s (mount once to create the store)" % self.path,
@@ -182,6 +185,10 @@ class Catalog:
             self.db.execute("PRAGMA journal_size_limit=%d" % WAL_SIZE_LIMIT)
             if not exists or not self._has_schema():
                 self._create_schema()
+                # a new catalog references no blob: make the database file, its WAL and
+                # their names durable at once (later only the WAL changes between
+                # checkpoints, and SQLite syncs those)
+                self.sync()
             else:
                 self._check_schema()
         except sqlite3.DatabaseError as exc:
@@ -213,11 +220,13 @@ class Catalog:
                              % (self.path, version, SCHEMA_VERSION), code="CorruptCatalog")
 
     def sync(self):
-        """Make every commit so far durable by fsyncing the WAL and the database file.
+        """Make every commit so far durable: fsync the WAL, the database file and, when
+        either file is new since the last sync, the directory holding their names.
 
         Writes nothing, so it works on a full disk. Blocks (call it on the trio
         thread only after the blobs those commits reference were synced).
         """
+        ids = []
         for path in (self.path + "-wal", self.path):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -227,12 +236,23 @@ class Catalog:
                 raise CosfsError("cannot sync the catalog: %s" % exc.strerror,
                                  errno=exc.errno) from None
             try:
+                st = os.fstat(fd)
+                ids.append((st.st_dev, st.st_ino))
                 os.fsync(fd)
             except OSError as exc:
                 raise CosfsError("cannot sync the catalog: %s" % exc.strerror,
                                  errno=exc.errno) from None
             finally:
                 os.close(fd)
+        if ids != self._synced_names:
+            # SQLite creates the WAL anew after the last connection closed it; a file
+            # whose name is not durable is lost with everything in it
+            try:
+                fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            except OSError as exc:
+                raise CosfsError("cannot sync the catalog's folder: %s" % exc.strerror,
+                                 errno=exc.errno) from None
+            self._synced_names = ids
 
     def wal_size(self):
         """Bytes in the write-ahead log file (0 if none)."""

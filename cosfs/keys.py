@@ -390,6 +390,12 @@ def _write_key_file(path, number):
         finally:
             os.close(fd)
         _link_no_replace(temp, final)
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass  # renamed into place (no hard links here)
+        # one fsync makes both the new name and the temporary name's removal durable (a
+        # temporary file brought back by a power cut would be warned about at every open)
         durable.fsync_dir(path)
     except OSError as exc:
         raise KeyStoreError("key store %s: cannot write master key v%d: %s"

@@ -22,8 +22,8 @@ ENC = "enc-" + APPID
 
 CONFIG_TEMPLATE = """\
 mountpoint: ./mnt
-store: ./data
-keys: ./keys
+store: {store}
+keys: {keys}
 appid: "{appid}"
 region: ap-guangzhou
 regions: [ap-guangzhou, ap-shanghai]
@@ -45,13 +45,16 @@ def fuse_available():
 needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
 
-def write_config(folder, *, chunk_size="1MiB", write_buffer="16MiB", log_level="info", extra=""):
-    """Write a config into ``folder`` (data, keys and mnt live beside it). Returns its path."""
+def write_config(folder, *, chunk_size="1MiB", write_buffer="16MiB", log_level="info", extra="",
+                 store="./data", keys="./keys"):
+    """Write a config into ``folder`` (data, keys and mnt live beside it unless ``store`` and
+    ``keys`` say otherwise). Returns its path."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "cosfs.yaml")
     with open(path, "w") as f:
         f.write(CONFIG_TEMPLATE.format(appid=APPID, plain=PLAIN, enc=ENC, chunk_size=chunk_size,
-                                       write_buffer=write_buffer, log_level=log_level) + extra)
+                                       write_buffer=write_buffer, log_level=log_level,
+                                       store=store, keys=keys) + extra)
     return path
 
 

@@ -140,6 +140,8 @@ def apply_step(model, step):
         new.plain_default = "AES256"
     elif op == "bucket_delete":
         new.plain_default = None
+    elif op in ("fsync", "fsync_dir"):
+        pass
     else:
         raise AssertionError(op)
     return new, between
@@ -250,7 +252,8 @@ class Planner:
         kinds = [k for k, w in self.mix.items() for _ in range(w)]
         while True:
             op = rng.choice(kinds)
-            needs_file = op not in ("create", "hold_unlinked", "bucket_put", "bucket_delete")
+            needs_file = op not in ("create", "hold_unlinked", "bucket_put", "bucket_delete",
+                                    "fsync_dir")
             pool = files
             if op == "sse_remove":
                 pool = sorted(shape.overrides)
@@ -263,7 +266,10 @@ class Planner:
             if op == "bucket_delete" and not shape.plain_default:
                 continue
             break
-        path = rng.choice(pool) if needs_file else self.new_path()
+        if op == "fsync_dir":
+            path = "%s/%s" % (rng.choice(self.buckets), rng.choice(["crash", "crash/sub"]))
+        else:
+            path = rng.choice(pool) if needs_file else self.new_path()
         step = {"op": op, "path": path, "seed": rng.getrandbits(48)}
         if op in ("create", "rewrite_trunc", "hold_unlinked"):
             step["size"] = self.size()
@@ -354,6 +360,18 @@ def execute(mnt, step, held):
         os.setxattr(os.path.join(mnt, PLAIN), BUCKET_ENC, b"AES256")
     elif op == "bucket_delete":
         os.removexattr(os.path.join(mnt, PLAIN), BUCKET_ENC)
+    elif op == "fsync":
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    elif op == "fsync_dir":
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     else:
         raise AssertionError(op)
 
@@ -491,14 +509,27 @@ class CrashRunner:
         self.steps = steps
         self.max_delay = max_delay
         self.report = report
-        self.mount = Mount(write_config(folder, chunk_size=chunk_size,
-                                        write_buffer=write_buffer))
+        self.mount = Mount(self.make_config(folder, chunk_size, write_buffer))
         self.model = Model()
         self.round = 0
 
+    # -- what a power-cut runner changes (tests/t5_powercut.py) --
+    what = "crash test"
+
+    def make_config(self, folder, chunk_size, write_buffer):
+        return write_config(folder, chunk_size=chunk_size, write_buffer=write_buffer)
+
+    def after_kill(self):
+        """Called once the daemon is dead and the writer stopped."""
+
+    def first_allowed(self, steps, k):
+        """Index of the earliest model state the store may show after the kill when ``k``
+        steps were journaled: after a kill, everything closed survives."""
+        return k
+
     def fail(self, what, journal=None):
-        raise AssertionError("crash test %s, seed %r, round %d: %s%s" % (
-            self.mix, self.seed, self.round, what,
+        raise AssertionError("%s %s, seed %r, round %d: %s%s" % (
+            self.what, self.mix, self.seed, self.round, what,
             "" if journal is None else "\njournal %s:\n%s" % (journal, _tail(journal))))
 
     def setup(self):
@@ -544,6 +575,7 @@ class CrashRunner:
                     _, _, _, code, when = line.split()
                     if code not in ("ENOTCONN", "ECONNABORTED") and float(when) < killed_at:
                         self.fail("a step failed while the daemon was alive: " + line, journal)
+        self.after_kill()
         k = done + 1
         models, between = [self.model], []
         for step in steps[:k + 1]:
@@ -563,32 +595,45 @@ class CrashRunner:
             self.fail("second fsck is not clean (exit %d):\n%s%s" % (res.returncode, res.stdout,
                                                                    res.stderr), journal)
 
-        requests = read_requests(m.store, sorted(set(models[k].files) | set(models[-1].files)))
+        first = self.first_allowed(steps, k)
+        # every path of every allowed state: the one that matches may be any of them
+        requests = read_requests(m.store, sorted(set().union(*(mod.files
+                                                               for mod in models[first:]))))
         m.start()
         try:
             observed = read_tree(m.mnt)
         except OSError as exc:
             self.fail("reading the tree after the crash: %s" % exc, journal)
         observed += (requests,)
-        candidates = [("after step %d" % (k - 1) if k else "before the round", models[k])]
+        candidates = []
+        for j in range(first, k + 1):
+            candidates.append(("after step %d" % (j - 1) if j else "before the round",
+                               models[j]))
+            if j < len(steps):
+                candidates += [("inside step %d (%s)" % (j, steps[j]["op"]), mid)
+                               for mid in between[j]]
         if k < len(steps):
-            candidates += [("inside step %d (%s)" % (k, steps[k]["op"]), mid)
-                           for mid in between[k]]
             candidates.append(("completed step %d (%s) not journaled" % (k, steps[k]["op"]),
                                models[k + 1]))
         for label, model in candidates:
             if matches(model, observed):
                 break
         else:
-            self.fail("state after the crash (%d steps journaled, step in flight: %s) matches "
-                      "no allowed state:\n  vs last journaled: %s" % (
-                          k, steps[k] if k < len(steps) else None,
-                          describe_difference(models[k], observed)), journal)
+            self.fail("state after the crash (%d steps journaled, step in flight: %s, earliest "
+                      "allowed state: after step %d) matches no allowed state:\n  vs last "
+                      "journaled: %s\n  vs earliest allowed: %s" % (
+                          k, steps[k] if k < len(steps) else None, first - 1,
+                          describe_difference(models[k], observed),
+                          describe_difference(models[first], observed)), journal)
         # what was observed (not the in-flight guess) is where the next round starts
         self.model = model.copy()
         self.report("round %d: %d/%d steps journaled, state %s, fsck %s" % (
             self.round, k, len(steps), label, first))
         return label
+
+    def abort(self):
+        """Leave nothing mounted or running after a failure."""
+        self.mount.kill9()
 
     def finish(self):
         m = self.mount
@@ -610,14 +655,14 @@ def _tail(path, n=30):
         return "(none)"
 
 
-def run_rounds(folder, seed, mix, rounds, **kw):
-    runner = CrashRunner(folder, seed, mix, **kw)
+def run_rounds(folder, seed, mix, rounds, runner_class=CrashRunner, **kw):
+    runner = runner_class(folder, seed, mix, **kw)
     runner.setup()
     try:
         for _ in range(rounds):
             runner.run_round()
     except BaseException:
-        runner.mount.kill9()
+        runner.abort()
         raise
     runner.finish()
     return runner
