@@ -143,8 +143,39 @@ class Chunk:
     length: int
 
 
+#: CLOCK_REALTIME_COARSE of Linux (the time module names it only from Python 3.13 on)
+_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+_clock_fd = None
+
+
 def now_ns():
-    return time.time_ns()
+    """Now, in ns since the epoch: the one clock for every timestamp cosfs sets.
+
+    It is the kernel's clock for file timestamps, which also dates ``touch`` on
+    the mount (``UTIME_NOW`` reaches the daemon as a time the kernel took, and
+    pyfuse3 passes it on as a plain value). It is read by having the kernel stamp
+    a file of our own (a memfd) with the current time, so a stamp is never
+    earlier than one the kernel gave any file before, nor later than one it
+    gives after. ``time.time_ns()`` runs up to a clock tick ahead of that clock
+    and ``CLOCK_REALTIME_COARSE`` up to a tick behind it (multigrain timestamps,
+    Linux 6.13+): with either, a later operation could get an earlier time.
+    Falls back to ``CLOCK_REALTIME_COARSE`` if no memfd can be made. Any thread;
+    two system calls.
+    """
+    global _clock_fd
+    if _clock_fd is None:
+        try:
+            _clock_fd = os.memfd_create("cosfs-clock", os.MFD_CLOEXEC)
+        except (AttributeError, OSError) as exc:
+            log.warning("no memfd for the clock (%s): timestamps use CLOCK_REALTIME_COARSE", exc)
+            _clock_fd = -1
+    if _clock_fd >= 0:
+        try:
+            os.utime(_clock_fd, None)
+            return os.fstat(_clock_fd).st_mtime_ns
+        except OSError:
+            pass
+    return time.clock_gettime_ns(_COARSE)
 
 
 class Catalog:

@@ -9,6 +9,17 @@ Runs on the trio thread. Catalog changes of one request happen without an
 ``await`` in between, inside one catalog transaction, so each request is
 atomic for other requests and for a crash.
 
+Names: the kernel's names are bytes, object keys are UTF-8. Below a bucket, a
+name is used in its key form (:func:`cosfs.names.name_to_key`, which escapes
+bytes that are not UTF-8) from the moment it arrives: the catalog holds keys,
+and the key rules and the key length limit apply to the mapped key; readdir
+maps keys back (:func:`cosfs.names.key_to_name`). ``NAME_MAX`` counts the
+kernel's bytes. Names at the mount root are bucket names and are not mapped.
+
+Times: every timestamp set here comes from :func:`cosfs.catalog.now_ns`, the
+clock the kernel uses for ``UTIME_NOW``; times the kernel passes are kept as
+given.
+
 Errors: raises :class:`~cosfs.errors.CosfsError` subclasses; the FUSE adapter
 turns them into errno values.
 """
@@ -17,13 +28,12 @@ import errno
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass
 from typing import Dict
 
 from . import names
 from .bucketconf import parse_encryption, render_encryption
-from .catalog import ROOT_INODE, Inode
+from .catalog import ROOT_INODE, Inode, now_ns
 from .errors import (BucketNotEmpty, CosfsError, FsError, InvalidArgument, NotAnObject,
                      NoSuchEncryptionConfiguration)
 from .xattrs import XattrOps
@@ -82,29 +92,56 @@ class FileSystem(XattrOps):
             raise FsError(errno.ENOTDIR)
         return inode
 
-    def _child(self, parent, name) -> Inode:
-        ino = self.catalog.lookup(parent, name)
+    def _child(self, parent, key) -> Inode:
+        """The entry ``key`` (catalog form, see :meth:`_key`) of directory ``parent``."""
+        ino = self.catalog.lookup(parent, key)
         if ino is None:
             raise FsError(errno.ENOENT)
         return self.catalog.get_inode(ino)
 
-    def _check_name(self, parent_inode, name, directory=False):
-        """Validate a new entry name below a directory (object key rules).
+    def _key(self, parent, name) -> bytes:
+        """The catalog form of entry ``name`` (bytes from the kernel) in directory ``parent``.
 
-        A directory counts with its trailing ``/``: an empty one is the marker
-        object ``dir/`` in COS terms, which must fit the key limit too.
+        Below a bucket: the name as a key component, UTF-8 (:func:`names.name_to_key`);
+        a name holding a character reserved for escaped bytes is refused (EINVAL) and
+        logged. At the mount root (bucket names): the name as it is.
+        """
+        if parent == ROOT_INODE or name.isascii():
+            return name
+        try:
+            return names.name_to_key(name).encode("utf-8")
+        except CosfsError as exc:
+            log.warning("refused a name below a bucket: %s", exc)
+            raise
+
+    def _name(self, parent, key) -> bytes:
+        """The name the kernel is given for entry ``key`` of directory ``parent``: the
+        inverse of :meth:`_key`."""
+        if parent == ROOT_INODE or key.isascii():
+            return key
+        return names.key_to_name(key.decode("utf-8"))
+
+    def _check_name(self, parent_inode, name, directory=False) -> bytes:
+        """Validate a new entry name below a directory; return its catalog form.
+
+        ``NAME_MAX`` counts the name's bytes as the kernel gave them; the object key
+        rules, the length limit among them, apply to the mapped key. A directory counts
+        with its trailing ``/``: an empty one is the marker object ``dir/`` in COS
+        terms, which must fit the key limit too.
         """
         if len(name) > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
         if name in (b".", b"..") or b"/" in name or not name:
             raise FsError(errno.EINVAL)
-        if parent_inode.id == ROOT_INODE:
-            return
-        key = self.key_of(parent_inode.id, name)
-        names.validate_key(key + b"/" if directory else key)
+        key = self._key(parent_inode.id, name)
+        if parent_inode.id != ROOT_INODE:
+            path = self.key_of(parent_inode.id, key)
+            names.validate_key(path + b"/" if directory else path)
+        return key
 
     def key_of(self, dir_ino, name=None) -> bytes:
-        """The object key of ``name`` in directory ``dir_ino`` (path inside its bucket)."""
+        """The object key of entry ``name`` (catalog form) in directory ``dir_ino`` (path
+        inside its bucket)."""
         parts = [] if name is None else [name]
         ino = dir_ino
         while True:
@@ -142,7 +179,7 @@ class FileSystem(XattrOps):
         if self.catalog.lookup(ROOT_INODE, bname) is not None:
             from .errors import BucketAlreadyExists
             raise BucketAlreadyExists("bucket %s already exists" % name)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
             inode = self.catalog.new_inode(mode=stat.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid,
                                            nlink=2, t=t)
@@ -195,7 +232,7 @@ class FileSystem(XattrOps):
             if len(name) > NAME_MAX:
                 # like local file systems: the name can never exist, say why
                 raise FsError(errno.ENAMETOOLONG)
-            ino = self.catalog.lookup(parent, name)
+            ino = self.catalog.lookup(parent, self._key(parent, name))
             if ino is None:
                 raise FsError(errno.ENOENT)
             inode = self.attr(ino)
@@ -256,7 +293,7 @@ class FileSystem(XattrOps):
                       mtime_ns=None, ctx=None) -> Inode:
         """chmod/chown/utimens/truncate. Never changes an object's encryption."""
         inode = self.catalog.get_inode(ino)
-        t = time.time_ns()
+        t = now_ns()
         if size is not None:
             if not inode.is_reg:
                 raise FsError(errno.EISDIR if inode.is_dir else errno.EINVAL)
@@ -298,17 +335,17 @@ class FileSystem(XattrOps):
             log.warning("refused to create %r at the mount root: objects must live inside a "
                         "bucket", name)
             raise NotAnObject("objects must live inside a bucket")
-        self._check_name(pinode, name)
-        if self.catalog.lookup(parent, name) is not None:
+        key = self._check_name(pinode, name)
+        if self.catalog.lookup(parent, key) is not None:
             raise FsError(errno.EEXIST)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
             inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
                                            rdev=rdev, nlink=1, bucket=pinode.bucket, target=target,
                                            object_id=os.urandom(16), t=t)
             if target is not None:
                 self.catalog.update_inode(inode.id, size=len(target))
-            self.catalog.add_dentry(parent, name, inode.id)
+            self.catalog.add_dentry(parent, key, inode.id)
             self._touch_dir(parent, t)
         self.remember(inode.id)
         return self.catalog.get_inode(inode.id)
@@ -350,16 +387,16 @@ class FileSystem(XattrOps):
                 raise
             self.remember(inode.id)
             return inode
-        self._check_name(pinode, name, directory=True)
-        if self.catalog.lookup(parent, name) is not None:
+        key = self._check_name(pinode, name, directory=True)
+        if self.catalog.lookup(parent, key) is not None:
             raise FsError(errno.EEXIST)
-        t = time.time_ns()
+        t = now_ns()
         if pinode.mode & stat.S_ISGID:
             dmode |= stat.S_ISGID  # a setgid directory passes the bit on to subdirectories
         with self.catalog.transaction():
             inode = self.catalog.new_inode(mode=dmode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
                                            nlink=2, bucket=pinode.bucket, t=t)
-            self.catalog.add_dentry(parent, name, inode.id)
+            self.catalog.add_dentry(parent, key, inode.id)
             self.catalog.update_inode(parent, nlink=pinode.nlink + 1, mtime_ns=t, ctime_ns=t)
         self.remember(inode.id)
         return self.catalog.get_inode(inode.id)
@@ -373,12 +410,12 @@ class FileSystem(XattrOps):
             raise NotAnObject("objects must live inside a bucket")
         if pinode.bucket != inode.bucket:
             raise FsError(errno.EXDEV)
-        self._check_name(pinode, new_name)
-        if self.catalog.lookup(new_parent, new_name) is not None:
+        key = self._check_name(pinode, new_name)
+        if self.catalog.lookup(new_parent, key) is not None:
             raise FsError(errno.EEXIST)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
-            self.catalog.add_dentry(new_parent, new_name, ino)
+            self.catalog.add_dentry(new_parent, key, ino)
             self.catalog.update_inode(ino, nlink=inode.nlink + 1, ctime_ns=t)
             self._touch_dir(new_parent, t)
         self.remember(ino)
@@ -391,19 +428,21 @@ class FileSystem(XattrOps):
 
     async def unlink(self, parent, name, ctx=None):
         self._dir(parent)
-        inode = self._child(parent, name)
+        key = self._key(parent, name)
+        inode = self._child(parent, key)
         if inode.is_dir:
             raise FsError(errno.EISDIR)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
-            self.catalog.remove_dentry(parent, name)
+            self.catalog.remove_dentry(parent, key)
             self._drop_link(inode, t)
             self._touch_dir(parent, t)
         self._maybe_purge(inode.id)
 
     async def rmdir(self, parent, name, ctx=None):
         pinode = self._dir(parent)
-        inode = self._child(parent, name)
+        key = self._key(parent, name)
+        inode = self._child(parent, key)
         if not inode.is_dir:
             raise FsError(errno.ENOTDIR)
         if self.catalog.has_children(inode.id):
@@ -411,9 +450,9 @@ class FileSystem(XattrOps):
                 log.warning("rmdir of bucket %r refused: BucketNotEmpty", name)
                 raise BucketNotEmpty("bucket %s is not empty" % name.decode(errors="replace"))
             raise FsError(errno.ENOTEMPTY)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
-            self.catalog.remove_dentry(parent, name)
+            self.catalog.remove_dentry(parent, key)
             self.catalog.update_inode(inode.id, nlink=0, ctime_ns=t)
             self.catalog.update_inode(parent, nlink=pinode.nlink - 1, mtime_ns=t, ctime_ns=t)
             if parent == ROOT_INODE:
@@ -437,30 +476,31 @@ class FileSystem(XattrOps):
             raise FsError(errno.EINVAL)
         op = self._dir(old_parent)
         np = self._dir(new_parent)
-        src = self._child(old_parent, old_name)
+        old_key = self._key(old_parent, old_name)
+        src = self._child(old_parent, old_key)
         if ROOT_INODE in (old_parent, new_parent):
             log.warning("rename %r -> %r at the mount root refused: buckets cannot be "
                         "renamed and objects must live inside a bucket", old_name, new_name)
             raise FsError(errno.EPERM if old_parent == new_parent else errno.EXDEV)
         if op.bucket != np.bucket:
             raise FsError(errno.EXDEV)
-        self._check_name(np, new_name, directory=src.is_dir)
+        new_key = self._check_name(np, new_name, directory=src.is_dir)
         if src.is_dir:
             # every key below the directory changes with it; none may outgrow the COS limit
-            new_key = len(self.key_of(new_parent, new_name))
-            if new_key > len(self.key_of(old_parent, old_name)):
+            new_len = len(self.key_of(new_parent, new_key))
+            if new_len > len(self.key_of(old_parent, old_key)):
                 deepest = self.catalog.longest_relative_key(src.id)
-                if deepest and new_key + 1 + deepest > names.MAX_KEY_BYTES:
+                if deepest and new_len + 1 + deepest > names.MAX_KEY_BYTES:
                     raise FsError(errno.ENAMETOOLONG, "a key below the directory would be "
                                   "longer than %d bytes" % names.MAX_KEY_BYTES)
-        dst_ino = self.catalog.lookup(new_parent, new_name)
+        dst_ino = self.catalog.lookup(new_parent, new_key)
         dst = None if dst_ino is None else self.catalog.get_inode(dst_ino)
         if flags & RENAME_NOREPLACE and dst is not None:
             raise FsError(errno.EEXIST)
         if flags & RENAME_EXCHANGE:
             if dst is None:
                 raise FsError(errno.ENOENT)
-            return self._exchange(op, old_name, src, np, new_name, dst)
+            return self._exchange(op, old_key, src, np, new_key, dst)
         if dst is not None and dst.id == src.id:
             return
         if src.is_dir and self._is_ancestor(src.id, new_parent):
@@ -472,10 +512,10 @@ class FileSystem(XattrOps):
                 raise FsError(errno.EISDIR)
             if dst.is_dir and self.catalog.has_children(dst.id):
                 raise FsError(errno.ENOTEMPTY)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
-            self.catalog.remove_dentry(old_parent, old_name)
-            self.catalog.set_dentry(new_parent, new_name, src.id)
+            self.catalog.remove_dentry(old_parent, old_key)
+            self.catalog.set_dentry(new_parent, new_key, src.id)
             self.catalog.update_inode(src.id, ctime_ns=t)
             nlink_delta = {}
             if dst is not None:
@@ -494,15 +534,15 @@ class FileSystem(XattrOps):
         if dst is not None:
             self._maybe_purge(dst.id)
 
-    def _exchange(self, op, old_name, src, np, new_name, dst):
+    def _exchange(self, op, old_key, src, np, new_key, dst):
         if src.is_dir and self._is_ancestor(src.id, np.id):
             raise FsError(errno.EINVAL)
         if dst.is_dir and self._is_ancestor(dst.id, op.id):
             raise FsError(errno.EINVAL)
-        t = time.time_ns()
+        t = now_ns()
         with self.catalog.transaction():
-            self.catalog.set_dentry(op.id, old_name, dst.id)
-            self.catalog.set_dentry(np.id, new_name, src.id)
+            self.catalog.set_dentry(op.id, old_key, dst.id)
+            self.catalog.set_dentry(np.id, new_key, src.id)
             if op.id != np.id and src.is_dir != dst.is_dir:
                 delta = 1 if dst.is_dir else -1
                 self.catalog.update_inode(op.id, nlink=op.nlink + delta)
@@ -619,15 +659,16 @@ class FileSystem(XattrOps):
         pos = start
         while True:
             rows = self.catalog.list_dir(h.ino, after=after, limit=batch)
-            for name, inode in rows:
+            for key, inode in rows:
                 pos += 1
-                yield name, self.objects.overlay(inode), pos, True
+                yield self._name(h.ino, key), self.objects.overlay(inode), pos, True
             if len(rows) < batch:
                 return
             after = rows[-1][0]
 
     def readdir_sent(self, fh, name, ino):
-        self.dirs[fh].names.append(name)
+        h = self.dirs[fh]
+        h.names.append(self._key(h.ino, name))  # the cursor is in catalog (key) order
         self.remember(ino)
 
     async def releasedir(self, fh):

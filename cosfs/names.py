@@ -12,7 +12,10 @@ Choices beyond the COS documentation (see ``docs/config.md`` and
   60 characters) is only applied when the region is known;
 * object keys must also map onto a path: no NUL byte, no leading ``/``, no
   empty, ``.`` or ``..`` component. A single trailing ``/`` is allowed because
-  an empty directory is kept as a ``dir/`` marker object.
+  an empty directory is kept as a ``dir/`` marker object;
+* file names are bytes, keys are UTF-8: :func:`name_to_key` and
+  :func:`key_to_name` map every name reversibly onto a key (bytes that are not
+  UTF-8 become private-use characters, see ``docs/format.md``, "Object keys").
 """
 
 import logging
@@ -24,12 +27,22 @@ log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 850
 MAX_ENDPOINT_CHARS = 60
+#: A name's byte B that is not part of valid UTF-8 (0x80..0xFF) is the key character
+#: U+F780 + (B - 0x80); U+F780..U+F7FF are reserved for that in the keys of names.
+ESCAPE_FIRST = 0xF780
+ESCAPE_LAST = 0xF7FF
 
 _BUCKET_PART = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 _APPID = re.compile(r"[0-9]+\Z")
 _REGION = re.compile(r"[a-z]{2}-[a-z]+(?:-[0-9]+)?(?:-fsi)?\Z")
 # CAN, EM, SUB, ESC are refused by COS; NUL cannot occur in a path name.
 _FORBIDDEN_KEY_BYTES = re.compile(rb"[\x00\x18-\x1b]")
+_RESERVED = re.compile("[\uf780-\uf7ff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Python's "surrogateescape" decodes each byte that is not part of valid UTF-8 (strict:
+# no overlong forms, no encoded surrogates, nothing above U+10FFFF) to U+DC80..U+DCFF.
+_ESCAPE = {0xDC80 + i: ESCAPE_FIRST + i for i in range(0x80)}
+_UNESCAPE = {ESCAPE_FIRST + i: 0xDC80 + i for i in range(0x80)}
 
 
 def short(value, limit=40):
@@ -118,7 +131,9 @@ def validate_region(region):
 
 
 def validate_key(key):
-    """Check an object key (its path inside the bucket, as bytes).
+    """Check an object key (its path inside the bucket, as UTF-8 bytes; the components
+    of a path on the mount reach it mapped by :func:`name_to_key`, so the length limit
+    counts the mapped key).
 
     Rules, checked in this order:
 
@@ -154,3 +169,58 @@ def validate_key(key):
             raise errors.InvalidObjectName(
                 f"object key {short(key)} has an empty, '.' or '..' path component"
             )
+
+
+def name_to_key(name):
+    """The key text (str) of a file name given as bytes (a component, or components
+    joined with ``/``).
+
+    Contract (pure; no other check is made here, see :func:`validate_key`):
+
+    * a name that is valid UTF-8 maps to its decoded text, unchanged;
+    * every byte that is not part of a valid UTF-8 sequence (only 0x80..0xFF can
+      be) maps to the character U+F780 + (byte - 0x80), one character per byte;
+      valid sequences around it map as above;
+    * a name whose valid UTF-8 holds a character of U+F780..U+F7FF raises
+      :class:`errors.InvalidObjectName`: those characters stand for escaped
+      bytes, and passing them through would give two names the same key;
+    * so the mapping is one-to-one and ``key_to_name(name_to_key(n)) == n``;
+      the result always encodes as UTF-8, where an escaped byte takes 3 bytes.
+    """
+    name = bytes(name)
+    if name.isascii():
+        return name.decode("ascii")
+    text = name.decode("utf-8", "surrogateescape")
+    reserved = _RESERVED.search(text)
+    if reserved:
+        raise errors.InvalidObjectName(
+            f"name {short(name)} contains the character U+{ord(reserved.group()):04X}: "
+            f"U+{ESCAPE_FIRST:04X}..U+{ESCAPE_LAST:04X} are reserved for bytes that are not UTF-8"
+        )
+    return text.translate(_ESCAPE)
+
+
+def key_to_name(key):
+    """The file name (bytes) of key text made by :func:`name_to_key`: its inverse.
+
+    Contract (pure):
+
+    * each character U+F780..U+F7FF becomes the byte 0x80 + (char - U+F780);
+      every other character becomes its UTF-8 encoding;
+    * ``name_to_key(key_to_name(k)) == k`` for every key it accepts;
+    * key text that no name maps to raises :class:`errors.InvalidObjectName`:
+      text with surrogates (not UTF-8), or escaped bytes that together spell
+      valid UTF-8 (the name with those bytes maps to the unescaped text).
+    """
+    if key.isascii():
+        return key.encode("ascii")
+    if _SURROGATE.search(key):
+        raise errors.InvalidObjectName(f"key {short(key)} is not valid UTF-8 text")
+    if not _RESERVED.search(key):
+        return key.encode("utf-8")
+    name = key.translate(_UNESCAPE).encode("utf-8", "surrogateescape")
+    if name_to_key(name) != key:
+        raise errors.InvalidObjectName(
+            f"key {short(key)} escapes bytes that form valid UTF-8: no name maps to it"
+        )
+    return name

@@ -31,14 +31,13 @@ import errno
 import hashlib
 import logging
 import os
-import time
 from typing import Dict, Optional
 
 import trio
 
 from . import cipher
 from .bucketconf import parse_encryption, spec_from_config
-from .catalog import Chunk
+from .catalog import Chunk, now_ns
 from .chunkio import (CIPHER_OF, Crypt, data_key_aad, reseal, seal_put, store_failure,
                       stored_label)
 from .collector import Collector
@@ -367,7 +366,7 @@ class ObjectStore:
         view = memoryview(data)
         pos = offset
         end = offset + len(view)
-        now = time.time_ns()
+        now = now_ns()
         while pos < end:
             idx, o = divmod(pos, cs)
             n = min(cs - o, end - pos)
@@ -507,7 +506,7 @@ class ObjectStore:
                 st.cut_from = keep if st.cut_from is None else min(st.cut_from, keep)
             st.size = size
             st.modified = True
-            st.mtime_ns = st.ctime_ns = time.time_ns()
+            st.mtime_ns = st.ctime_ns = now_ns()
             await self.commit(ino)
         finally:
             self._maybe_drop(st)
@@ -623,7 +622,7 @@ class ObjectStore:
                     crypt, rewrite = self._begin(st)
                 label = None if crypt is None else crypt.label
                 if rewrite or label != inode.enc:
-                    st.mtime_ns, st.ctime_ns = inode.mtime_ns, time.time_ns()
+                    st.mtime_ns, st.ctime_ns = inode.mtime_ns, now_ns()
                     st.size = inode.size
                     if rewrite:
                         await self._rewrite_rest(st, crypt)
@@ -632,7 +631,7 @@ class ObjectStore:
                     # (removing an absent request from an object already in the resolved
                     # state changes nothing: rsync -aX does that on every run)
                     with self.catalog.transaction():
-                        self.catalog.update_inode(ino, ctime_ns=time.time_ns(), **extra)
+                        self.catalog.update_inode(ino, ctime_ns=now_ns(), **extra)
                 st.session = None
         finally:
             self._maybe_drop(st)

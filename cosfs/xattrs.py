@@ -12,9 +12,8 @@ Runs on the trio thread, like the rest of the filesystem layer.
 
 import errno
 import logging
-import time
 
-from .catalog import ROOT_INODE
+from .catalog import ROOT_INODE, now_ns
 from .errors import CosfsError, FsError, InvalidArgument, ReadOnlyAttribute
 from .resolver import parse_override
 
@@ -92,7 +91,7 @@ class XattrOps:
                               "would not fit in one listing")
         with self.catalog.transaction():
             self.catalog.set_xattr(ino, name, value)
-            self.catalog.update_inode(ino, ctime_ns=time.time_ns())
+            self.catalog.update_inode(ino, ctime_ns=now_ns())
 
     async def _set_cos_xattr(self, inode, name, value):
         if self._is_bucket(inode) and name == BUCKET_ENC_XATTR:
@@ -144,4 +143,4 @@ class XattrOps:
         with self.catalog.transaction():
             if not self.catalog.remove_xattr(ino, name):
                 raise FsError(errno.ENODATA)
-            self.catalog.update_inode(ino, ctime_ns=time.time_ns())
+            self.catalog.update_inode(ino, ctime_ns=now_ns())

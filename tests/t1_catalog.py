@@ -4,9 +4,11 @@ import errno
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
+from cosfs import catalog
 from cosfs.catalog import ROOT_INODE, SCHEMA_VERSION, Catalog, Chunk
 from cosfs.errors import CosfsError, FsError
 
@@ -339,3 +341,42 @@ def test_refused_catalog_is_not_left_open(tmp_path):
     with pytest.raises(CosfsError):
         Catalog(bad)
     assert _open_fds_on(bad) == 0
+
+
+# -- the clock ------------------------------------------------------------------------
+def kernel_now(path):
+    """The time the kernel gives a file it is told to stamp now (``touch``)."""
+    os.utime(path, None)
+    return os.stat(path).st_mtime_ns
+
+
+@pytest.mark.parametrize("folder", ["tmp", "disk"])
+def test_clock_agrees_with_the_kernels_file_times(tmp_path, tmp_path_factory, folder):
+    """Each stamp lies between the kernel's file stamps just before and just after it, on
+    tmpfs and on the disk alike, over many rounds: no later event gets an earlier time."""
+    probe = (tmp_path if folder == "tmp" else tmp_path_factory.mktemp("clock")) / "probe"
+    probe.touch()
+    last = 0
+    for _ in range(5000):
+        k0 = kernel_now(probe)
+        t = catalog.now_ns()
+        k1 = kernel_now(probe)
+        assert k0 <= t <= k1
+        assert t >= last
+        last = t
+
+
+def test_clock_is_never_ahead_of_the_system_clock():
+    for _ in range(5000):
+        t = catalog.now_ns()
+        assert t <= time.time_ns()
+        # and behind it by less than a clock tick (HZ is 100 or more)
+        assert time.time_ns() - t < 20_000_000
+
+
+def test_clock_falls_back_to_the_coarse_clock(monkeypatch):
+    monkeypatch.setattr(catalog, "_clock_fd", -1)
+    for _ in range(100):
+        c0 = time.clock_gettime_ns(catalog._COARSE)
+        t = catalog.now_ns()
+        assert c0 <= t <= time.clock_gettime_ns(catalog._COARSE)

@@ -11,6 +11,7 @@ import stat
 
 import pytest
 
+from cosfs import names
 from cosfs.catalog import ROOT_INODE
 from cosfs.errors import CosfsError, FsError
 from cosfs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, Ctx
@@ -164,11 +165,130 @@ async def test_key_length_limit(tmp_path):
 
 
 @pytest.mark.parametrize("name,err", [(b".", errno.EINVAL), (b"..", errno.EINVAL),
-                                      (b"a\x1bb", errno.EINVAL), (b"\xff", errno.EINVAL)])
+                                      (b"a\x1bb", errno.EINVAL),
+                                      ("\uf7ff".encode(), errno.EINVAL)])
 @trio_test
 async def test_invalid_object_names(tmp_path, name, err):
     async with fs_env(tmp_path) as env:
         await fails(err, env.fs.create(env.bucket(), name, 0o644, 0, CTX))
+
+
+def key(name):
+    return names.name_to_key(name).encode()
+
+
+@trio_test
+async def test_names_that_are_not_utf8(tmp_path):
+    """Below a bucket every name is kept under its mapped key and given back as it came."""
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        f = await mkfile(fs, b, b"caf\xe9", b"latin-1")
+        d = (await fs.mkdir(b, b"d\xe9j\xe0", 0o755, CTX)).id
+        inner = await mkfile(fs, d, b"\xff\xfe", b"inner")
+        mixed = await mkfile(fs, b, b"na\xc3\xafve-\xe9")
+        link = await fs.symlink(d, b"ln\xff", b"../t\xff", CTX)  # the target stays bytes
+        fifo = await fs.mknod(d, b"fifo\x80", stat.S_IFIFO | 0o644, 0, CTX)
+        await fs.link(f, d, b"hard\xe9", CTX)
+        # the catalog holds keys: valid UTF-8, escaped bytes as U+F780..U+F7FF
+        assert env.catalog.lookup(b, "caf\uf7e9".encode()) == f
+        assert env.catalog.lookup(b, b"caf\xe9") is None
+        assert env.catalog.lookup(b, "na\u00efve-\uf7e9".encode()) == mixed
+        assert fs.key_of(d, key(b"\xff\xfe")) == "d\uf7e9j\uf7e0/\uf7ff\uf7fe".encode()
+        for parent in (b, d):
+            for k, _ in env.catalog.list_dir(parent):
+                names.validate_key(fs.key_of(parent, k))
+        # lookups by the kernel's names
+        assert (await fs.lookup(b, b"caf\xe9")).id == f
+        assert (await fs.lookup(d, b"\xff\xfe")).id == inner
+        assert (await fs.lookup(d, b"ln\xff")).id == link.id
+        assert await fs.readlink(link.id) == b"../t\xff"
+        assert (await fs.lookup(d, b"fifo\x80")).id == fifo.id
+        assert (await fs.lookup(d, b"hard\xe9")).id == f
+        await fails(errno.ENOENT, fs.lookup(b, b"caf\xe8"))
+        await fails(errno.ENOENT, fs.lookup(b, "caf\u00e9".encode()))  # another name
+        await fails(errno.EEXIST, fs.create(b, b"caf\xe9", 0o644, 0, CTX))
+        # readdir gives the names back byte for byte
+        fh = await fs.opendir(d)
+        listed, _ = read_some(fs, fh, 0, 100)
+        await fs.releasedir(fh)
+        assert sorted(listed[2:]) == sorted([b"\xff\xfe", b"ln\xff", b"fifo\x80", b"hard\xe9"])
+        fh = await fs.opendir(b)
+        listed, _ = read_some(fs, fh, 0, 100)
+        await fs.releasedir(fh)
+        assert {b"caf\xe9", b"d\xe9j\xe0", b"na\xc3\xafve-\xe9"} <= set(listed)
+        # rename, exchange, unlink, rmdir
+        await fs.rename(b, b"caf\xe9", d, b"\xe9t\xe9")
+        assert (await fs.lookup(d, b"\xe9t\xe9")).id == f
+        await fs.rename(d, b"\xe9t\xe9", d, b"\xff\xfe", RENAME_EXCHANGE)
+        assert (await fs.lookup(d, b"\xff\xfe")).id == f
+        assert (await fs.lookup(d, b"\xe9t\xe9")).id == inner
+        for name in (b"\xff\xfe", b"\xe9t\xe9", b"ln\xff", b"fifo\x80", b"hard\xe9"):
+            await fs.unlink(d, name)
+        await fs.rmdir(b, b"d\xe9j\xe0")
+        assert env.catalog.lookup(b, key(b"d\xe9j\xe0")) is None
+
+
+@trio_test
+async def test_readdir_resumes_among_escaped_names(tmp_path):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        made = set()
+        for i in range(40):
+            name = bytes([0x61 + i % 3]) + bytes([0x80 + i]) + (b"\xc3\xa9" if i % 2 else b"")
+            await mkfile(fs, b, name)
+            made.add(name)
+        fh = await fs.opendir(b)
+        seen, nxt = read_some(fs, fh, 0, 7)
+        while True:
+            more, nxt = read_some(fs, fh, nxt, 7)
+            if not more:
+                break
+            seen += more
+        await fs.releasedir(fh)
+        assert len(seen) == 42 and set(seen[2:]) == made
+
+
+@trio_test
+async def test_name_limits_with_escaped_bytes(tmp_path, caplog):
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        # NAME_MAX counts the kernel's bytes: 255 escaped bytes are a 765-byte key
+        await mkfile(fs, b, b"\xe9" * 255)
+        await fails(errno.ENAMETOOLONG, fs.create(b, b"\xe9" * 256, 0o644, 0, CTX))
+        await fails(errno.ENAMETOOLONG, fs.lookup(b, b"\xe9" * 256))
+        # the 850-byte key limit counts the mapped key: 3 bytes per escaped byte
+        d = (await fs.mkdir(b, b"d" * 200, 0o755, CTX)).id        # "ddd.../": 201 bytes
+        await mkfile(fs, d, b"\xe9" * 216)                         # 201 + 648 = 849
+        err = await fails(errno.ENAMETOOLONG, fs.create(d, b"\xe9" * 217, 0o644, 0, CTX))
+        assert err.code == "KeyTooLong"
+        await mkfile(fs, d, b"x" + b"\xe9" * 216)                  # 850
+        # a directory counts with its "/": 851
+        await fails(errno.ENAMETOOLONG, fs.mkdir(d, b"y" + b"\xe9" * 216, 0o755, CTX))
+        await fails(errno.ENAMETOOLONG, fs.rename(b, b"\xe9" * 255, d, b"yy" + b"\xe9" * 216))
+        # the reserved characters: EINVAL, and the log says why
+        reserved = "x\uf7e9".encode()
+        ino = await mkfile(fs, b, b"src")
+        with caplog.at_level(logging.WARNING, logger="cosfs.filesystem"):
+            for call in (fs.create(b, reserved, 0o644, 0, CTX),
+                         fs.mkdir(b, reserved, 0o755, CTX),
+                         fs.mknod(b, reserved, stat.S_IFIFO | 0o644, 0, CTX),
+                         fs.symlink(b, reserved, b"t", CTX),
+                         fs.link(ino, b, reserved, CTX),
+                         fs.rename(b, b"src", b, reserved),
+                         fs.lookup(b, reserved),
+                         fs.unlink(b, reserved)):
+                err = await fails(errno.EINVAL, call)
+                assert err.code == "InvalidObjectName"
+        assert "U+F7E9" in caplog.text and "reserved" in caplog.text
+        assert [n for n, _ in env.catalog.list_dir(b)] == sorted(
+            [b"d" * 200, b"src", key(b"\xe9" * 255)])
+        # bucket names are not mapped: the COS rules refuse anything that is not ASCII
+        err = await fails(errno.EINVAL, fs.mkdir(ROOT_INODE, b"caf\xe9-" + APPID.encode(),
+                                                 0o755, CTX))
+        assert err.code == "InvalidBucketName"
 
 
 # -- lookup counts and purge ------------------------------------------------------------
@@ -715,6 +835,44 @@ async def test_metadata_changes_never_touch_encryption(tmp_path):
         inode = env.catalog.get_inode(ino)
         assert inode.enc == "AES256" and inode.mtime_ns == 2
         assert env.catalog.referenced_blobs() == blobs
+
+
+def kernel_now(path):
+    """The time the kernel gives a file it is told to stamp now (``touch``)."""
+    os.utime(path, None)
+    return os.stat(path).st_mtime_ns
+
+
+@trio_test
+async def test_stamps_agree_with_the_kernels_clock(tmp_path):
+    """What the filesystem stamps lies between the kernel's file stamps just before and
+    just after the request; explicit times are kept to the nanosecond."""
+    probe = tmp_path / "probe"
+    probe.touch()
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        b = env.bucket()
+        for i in range(100):
+            k0 = kernel_now(probe)
+            fh, inode = await fs.create(b, b"f%d" % i, 0o644, os.O_RDWR, CTX)
+            k1 = kernel_now(probe)
+            assert k0 <= inode.mtime_ns == inode.ctime_ns <= k1
+            assert k0 <= (await fs.getattr(b)).mtime_ns <= k1
+            await fs.write(fh, 0, b"data")
+            await fs.release(fh)
+            k2 = kernel_now(probe)
+            assert k1 <= env.catalog.get_inode(inode.id).mtime_ns <= k2
+            explicit = k2 - 10 ** 10 + i
+            got = await fs.setattr(inode.id, atime_ns=explicit, mtime_ns=explicit + 1)
+            k3 = kernel_now(probe)
+            assert (got.atime_ns, got.mtime_ns) == (explicit, explicit + 1)
+            assert k2 <= got.ctime_ns <= k3
+            await fs.setxattr(inode.id, b"user.x", b"1")
+            sub = await fs.mkdir(b, b"d%d" % i, 0o755, CTX)
+            await fs.rename(b, b"f%d" % i, sub.id, b"g")
+            k4 = kernel_now(probe)
+            assert k3 <= sub.mtime_ns <= env.catalog.get_inode(sub.id).mtime_ns <= k4
+            assert k3 <= env.catalog.get_inode(inode.id).ctime_ns <= k4
 
 
 @trio_test

@@ -58,6 +58,9 @@ ODD_BUT_VALID = ["new\nline", "tab\there", "bell\x07", "del\x7f", "esc-free\x1f"
                  "cr\r", "unicode-\u00e9\u4e2d\U0001f600", " lead and trail ", "back\\slash",
                  "*%?#[]{}", "~$!&'()+,;=@"]
 FORBIDDEN = [b"can\x18", b"em\x19x", b"\x1asub", b"esc\x1b"]
+# U+F780..U+F7FF stand for escaped bytes in keys: a name that holds one is refused
+RESERVED = ["\uf780".encode(), "x\uf7ff".encode(), b"\xff" + "\uf7e9".encode()]
+# not UTF-8: kept under an escaped key, given back byte for byte
 BAD_UTF8 = [b"\xff", b"half\xc3", b"\xc3(", b"\xed\xa0\x80surrogate", b"over\xc0\xaf",
             b"latin1-\xe9t\xe9"]
 
@@ -84,7 +87,7 @@ def test_forbidden_names(mount):
     put(src, b"x")
     bsrc = os.fsencode(src)
     bplain = os.fsencode(mount.plain)
-    for bad in FORBIDDEN + BAD_UTF8:
+    for bad in FORBIDDEN + RESERVED:
         path = os.path.join(bplain, bad)
         nested = os.path.join(bplain, b"ok-dir", bad)
         os.makedirs(os.path.join(bplain, b"ok-dir"), exist_ok=True)
@@ -105,6 +108,44 @@ def test_forbidden_names(mount):
     assert os.readlink(os.path.join(bplain, b"link")) == b"\xff\x18"
     assert get(src) == b"x"
     print("forbidden names tried:", tried)
+    assert "reserved for bytes that are not UTF-8" in mount.log_text()
+
+
+def test_names_that_are_not_utf8_round_trip(mount):
+    def expected(bad):
+        return sorted(n + bad for n in (b"", b"fifo-", b"ln-", b"hard-", b"ren-"))
+
+    for bucket in (mount.plain, mount.enc):
+        b = os.fsencode(bucket)
+        src = os.path.join(b, b"src")
+        put(src, b"linked")
+        for bad in BAD_UTF8:
+            d = os.path.join(b, b"d-" + bad)
+            os.mkdir(d)
+            put(os.path.join(d, bad), bad * 3)
+            os.mknod(os.path.join(d, b"fifo-" + bad), stat.S_IFIFO | 0o600)
+            os.symlink(b"t-" + bad, os.path.join(d, b"ln-" + bad))
+            os.link(src, os.path.join(d, b"hard-" + bad))
+            put(os.path.join(d, b"tmp"), b"renamed")
+            os.rename(os.path.join(d, b"tmp"), os.path.join(d, b"ren-" + bad))
+            assert sorted(os.listdir(d)) == expected(bad)
+    mount.restart()
+    for bucket in (mount.plain, mount.enc):
+        b = os.fsencode(bucket)
+        assert sorted(os.listdir(b)) == sorted([b"src"] + [b"d-" + bad for bad in BAD_UTF8])
+        for bad in BAD_UTF8:
+            d = os.path.join(b, b"d-" + bad)
+            assert sorted(os.listdir(d)) == expected(bad)
+            assert get(os.path.join(d, bad)) == bad * 3
+            assert stat.S_ISFIFO(os.lstat(os.path.join(d, b"fifo-" + bad)).st_mode)
+            assert os.readlink(os.path.join(d, b"ln-" + bad)) == b"t-" + bad
+            assert get(os.path.join(d, b"hard-" + bad)) == b"linked"
+            assert get(os.path.join(d, b"ren-" + bad)) == b"renamed"
+            for name in os.listdir(d):
+                os.unlink(os.path.join(d, name))
+            os.rmdir(d)
+        assert os.listdir(b) == [b"src"]
+    alive(mount)
 
 
 def test_key_length(mount):

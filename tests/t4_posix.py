@@ -14,6 +14,7 @@ import mmap
 import os
 import random
 import stat
+import subprocess
 import time
 
 import pytest
@@ -444,6 +445,60 @@ def test_mtime_follows_writes(mount):
     os.utime(p, ns=(7, 9))
     mount.restart()
     assert os.stat(p).st_mtime_ns == 9
+
+
+def test_touch_never_moves_a_file_back_in_time(mount):
+    """The issue's loop: create -> m1; utime(m1 - 10 s); touch -> m2 >= m1. ``touch``
+    (UTIME_NOW) is dated by the kernel, the create and the write by the daemon."""
+    for bucket in (mount.plain, mount.enc):
+        for i in range(300):
+            p = os.path.join(bucket, "touched%d" % (i % 7))
+            put(p, b"x" * (i % 3))
+            m1 = os.stat(p).st_mtime_ns
+            os.utime(p, ns=(m1 - 10 ** 10, m1 - 10 ** 10))
+            assert os.stat(p).st_mtime_ns == m1 - 10 ** 10     # explicit times are exact
+            os.utime(p, None)
+            st = os.stat(p)
+            assert st.st_mtime_ns >= m1, (i, st.st_mtime_ns - m1)
+            assert st.st_atime_ns == st.st_mtime_ns <= st.st_ctime_ns
+
+
+def touch(path, rnd):
+    """Mark ``path`` changed now, as ``touch`` the program or ``os.utime(path, None)``."""
+    if rnd.random() < 0.3:
+        subprocess.run(["touch", path], check=True)
+    else:
+        os.utime(path, None)
+
+
+def test_make_style_ordering(mount):
+    """A target written after its sources is never older than any of them; a source
+    touched or rewritten after the target is never older than the target."""
+    rnd = random.Random(17)
+    d = os.path.join(mount.enc, "build")
+    os.mkdir(d)
+    sources = [os.path.join(d, "s%d.c" % i) for i in range(3)]
+    target = os.path.join(d, "prog")
+    for s in sources:
+        put(s, b"int x;")
+    for i in range(300):
+        for s in sources:
+            touch(s, rnd)
+        newest = max(os.stat(s).st_mtime_ns for s in sources)
+        if i % 2:
+            put(target, b"built %d" % i)               # a new version of the target
+        else:
+            with open(target + ".tmp", "wb") as f:     # a new file renamed onto it
+                f.write(b"built %d" % i)
+            os.rename(target + ".tmp", target)
+        built = os.stat(target).st_mtime_ns
+        assert built >= newest, (i, built - newest)
+        s = rnd.choice(sources)
+        if i % 3 == 0:
+            put(s, b"int y;")                          # an edit
+        else:
+            touch(s, rnd)
+        assert os.stat(s).st_mtime_ns >= built, (i, os.stat(s).st_mtime_ns - built)
 
 
 def test_statfs(mount):

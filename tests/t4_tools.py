@@ -332,3 +332,79 @@ def test_find_du_and_shell_redirection(mount, tree):
     with open(os.path.join(mount.enc, "copy.txt")) as f:
         assert f.read() == "line1\nline2\nline3\n"
     assert int(run("du", "-sb", os.path.join(mount.plain, "t")).split()[0]) > 0
+
+
+# -- names that are not UTF-8 -------------------------------------------------------------
+def make_latin1_tree(root):
+    """A tree whose names are not all UTF-8, as in an archive made on an older system."""
+    broot = os.fsencode(root)
+    d = os.path.join(broot, b"d\xe9j\xe0")
+    os.makedirs(os.path.join(d, b"sub\xff"))
+    files = {b"caf\xe9": b"coffee", b"\xff\xfe": b"bom", b"na\xc3\xafve-\xe9": b"mixed",
+             b"plain.txt": b"ascii", "\u65e5\u672c".encode(): b"valid utf-8"}
+    for i, (name, data) in enumerate(files.items()):
+        for folder in (broot, d):
+            p = os.path.join(folder, name)
+            with open(p, "wb") as f:
+                f.write(data * (i + 1))
+            os.utime(p, ns=(1_500_000_000_111_111_111 + i, 1_600_000_000_222_222_222 + i))
+    with open(os.path.join(d, b"sub\xff", b"\xe9" * 200), "wb") as f:   # a 600-byte key part
+        f.write(b"deep")
+    os.symlink(b"caf\xe9", os.path.join(broot, b"ln-\xe9"))
+    os.symlink(b"../\xff\xfe", os.path.join(d, b"up-\xff"))
+    return root
+
+
+def byte_snapshot(root, ns=True):
+    """{relative path (bytes): description}, names exactly as the file system gives them;
+    ``ns=False`` compares times in whole seconds (all that tar's default format keeps)."""
+    out = {}
+    broot = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(broot):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            desc = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)]
+            if stat.S_ISLNK(st.st_mode):
+                desc.append(os.readlink(p))
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    desc += [f.read(), st.st_mtime_ns if ns else st.st_mtime_ns // 10 ** 9]
+            out[os.path.relpath(p, broot)] = desc
+    return out
+
+
+@pytest.mark.parametrize("bucket", ["plain", "enc"])
+def test_tar_and_rsync_keep_names_that_are_not_utf8(mount, tmp_path, bucket):
+    need("tar", "rsync")
+    src = make_latin1_tree(str(tmp_path / "latin1"))
+    want = byte_snapshot(src)
+    assert b"d\xe9j\xe0/sub\xff/" + b"\xe9" * 200 in want
+    dst = os.path.join(getattr(mount, bucket), "x")
+    os.mkdir(dst)
+    # tar: into the mount and back out
+    tarball = str(tmp_path / "latin1.tar")
+    run("tar", "cf", tarball, "-C", src, ".")
+    run("tar", "xf", tarball, "-C", dst)
+    assert byte_snapshot(dst, ns=False) == byte_snapshot(src, ns=False)
+    tar2 = str(tmp_path / "again.tar")
+    run("tar", "cf", tar2, "-C", dst, ".")
+    out = tmp_path / "untarred"
+    out.mkdir()
+    run("tar", "xf", tar2, "-C", str(out))
+    assert byte_snapshot(str(out), ns=False) == byte_snapshot(src, ns=False)
+    # rsync -a: into the mount, again (nothing to do), and back out
+    mirror = os.path.join(getattr(mount, bucket), "mirror")
+    run("rsync", "-a", src + "/", mirror + "/")
+    assert byte_snapshot(mirror) == want
+    mount.restart()
+    assert byte_snapshot(mirror) == want
+    res = run("rsync", "-a", "--itemize-changes", "--stats", src + "/", mirror + "/")
+    assert "Number of regular files transferred: 0" in res, res
+    back = str(tmp_path / "back")
+    run("rsync", "-a", mirror + "/", back + "/")
+    assert byte_snapshot(back) == want
+    # and the names are the exact bytes, entry by entry
+    assert sorted(os.listdir(os.fsencode(mirror))) == sorted(os.listdir(os.fsencode(src)))
+    assert sorted(os.listdir(os.path.join(os.fsencode(mirror), b"d\xe9j\xe0"))) == \
+        sorted(os.listdir(os.path.join(os.fsencode(src), b"d\xe9j\xe0")))
