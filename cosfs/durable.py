@@ -48,15 +48,6 @@ def fdatasync_path(path):
         os.close(fd)
 
 
-def fsync_path(path):
-    """fsync the file at ``path`` (its data and attributes, not its name)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def makedirs(path, mode=0o700):
     """``os.makedirs`` whose new entries are durable when it returns.
 

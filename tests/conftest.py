@@ -175,6 +175,15 @@ class Mount:
         return res
 
 
+def errno_of(fn, *args):
+    """The errno that ``fn(*args)`` fails with, or None."""
+    try:
+        fn(*args)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
 def put(path, data):
     with open(path, "wb") as f:
         f.write(data)

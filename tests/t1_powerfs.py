@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import needs_fuse
+from conftest import errno_of, needs_fuse
 from powerfs import PowerDisk, mount_type, verify_acknowledged
 
 pytestmark = needs_fuse
@@ -76,14 +76,6 @@ def power_cycle(disk):
     disk.cut()
     assert not disk.mounted()
     disk.start()
-
-
-def errno_of(fn, *args):
-    try:
-        fn(*args)
-    except OSError as exc:
-        return exc.errno
-    return None
 
 
 def log_problems(disk):

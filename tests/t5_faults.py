@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from conftest import ENC, PLAIN, Mount, fuse_available, get, is_mounted, put, write_config
+from conftest import (ENC, PLAIN, Mount, errno_of, fuse_available, get, is_mounted, put,
+                      write_config)
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -39,14 +40,6 @@ REGION = "ap-guangzhou"
 # -- helpers -----------------------------------------------------------------------
 def sh(*cmd):
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-
-
-def errno_of(fn, *args):
-    try:
-        fn(*args)
-    except OSError as exc:
-        return exc.errno
-    return None
 
 
 def catalog_ro(m):
