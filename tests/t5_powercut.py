@@ -73,6 +73,9 @@ class PowerCutRunner(CrashRunner):
     def setup(self):
         super().setup()
         self.mount.store = os.path.join(self.disk.mountpoint, "data")
+        # the model holds files only: the folders the rounds write into must be durable
+        for bucket in (PLAIN, ENC):
+            fsync_path(os.path.join(self.mount.mnt, bucket, "crash", "sub"), directory=True)
 
     def after_kill(self):
         self.disk.cut()
