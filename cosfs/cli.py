@@ -8,10 +8,17 @@ Bucket commands take ``<bucket>`` either as the path of a bucket directory on
 a running mount (the command then goes through the bucket's xattrs, so the
 daemon applies it) or as a bucket name together with ``--config FILE`` for an
 unmounted store.
+
+Also the helpers mount(8) and umount(8) run for ``/etc/fstab`` lines of type
+``fuse.cosfs`` (:func:`mount_helper`, :func:`umount_helper`; installed as
+``mount.fuse.cosfs``, ``mount.cosfs`` and ``umount.fuse.cosfs``). Their exit
+statuses follow mount(8): 1 for a wrong invocation or option, 32 for a mount
+or unmount that failed.
 """
 
 import argparse
 import errno
+import json
 import logging
 import os
 import subprocess
@@ -31,9 +38,9 @@ class UsageError(CosfsError):
     code = "Usage"
 
 
-def _load_config(path, mountpoint=None):
+def _load_config(path, mountpoint=None, overrides=None):
     from . import config
-    return config.load(path, mountpoint=mountpoint)
+    return config.load(path, mountpoint=mountpoint, overrides=overrides)
 
 
 # -- mount / umount ---------------------------------------------------------------
@@ -47,16 +54,32 @@ def _makedirs(path, what, mode=0o777):
 
 def cmd_mount(args):
     cfg = _load_config(args.config, args.mountpoint)
+    return _mount(cfg, args.config, foreground=args.foreground, log_file=args.log_file,
+                  verbose=args.verbose)
+
+
+def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_options=(),
+           fsname="cosfs", quiet=False, prog="cosfs"):
+    """Mount ``cfg``: in the foreground (blocks until unmounted), or as a daemon.
+
+    A daemon's parent returns once the mount is ready (0) or the daemon failed
+    (1, with the reason on stderr). Under systemd (``NOTIFY_SOCKET``) the
+    process that stays tells it READY=1 (``-f``), or the parent hands over to
+    the daemon with READY=1 and MAINPID.
+    """
     if cfg.mountpoint is None:
-        raise UsageError("no mount point: give one on the command line or in %s" % args.config)
+        raise UsageError("no mount point: give one on the command line or in %s" % config_name)
     _makedirs(cfg.mountpoint, "mount point")
     from .mount import run_mount, setup_logging
-    log_file = args.log_file or cfg.log_file
-    if log_file is None and not args.foreground:
+    from .service import sd_notify
+    log_file = log_file or cfg.log_file
+    if log_file is None and not foreground:
         log_file = os.path.join(cfg.store, "cosfs.log")
-    if args.foreground:
-        setup_logging(log_file, cfg.log_level, args.verbose)
-        run_mount(cfg)
+    if foreground:
+        setup_logging(log_file, cfg.log_level, verbose)
+        run_mount(cfg, kernel_options=kernel_options, fsname=fsname,
+                  ready=lambda: sd_notify("READY=1\nSTATUS=mounted %s at %s"
+                                          % (cfg.store, cfg.mountpoint)))
         return 0
     _makedirs(cfg.store, "store", mode=0o700)
     r, w = os.pipe()
@@ -69,18 +92,25 @@ def cmd_mount(args):
             if not data:
                 break
             chunks.append(data)
+        os.close(r)
         msg = b"".join(chunks).decode(errors="replace")
         if msg.startswith("ok"):
-            print("cosfs: mounted %s at %s (pid %d, log %s)" % (cfg.store, cfg.mountpoint, pid,
-                                                                 log_file))
+            sd_notify("READY=1\nMAINPID=%d\nSTATUS=mounted %s at %s"
+                      % (pid, cfg.store, cfg.mountpoint))
+            if not quiet:
+                print("%s: mounted %s at %s (pid %d, log %s)" % (prog, cfg.store, cfg.mountpoint,
+                                                                 pid, log_file))
             return 0
-        print(msg.strip() or "cosfs: the daemon exited before the mount was ready; see %s"
-              % log_file, file=sys.stderr)
+        msg = msg.strip() or "cosfs: the daemon exited before the mount was ready; see %s" \
+            % log_file
+        if prog != "cosfs" and msg.startswith("cosfs: "):
+            msg = "%s: %s" % (prog, msg[len("cosfs: "):])
+        print(msg, file=sys.stderr)
         return 1
     # the daemon
     os.close(r)
     os.setsid()
-    setup_logging(log_file, cfg.log_level, args.verbose)
+    setup_logging(log_file, cfg.log_level, verbose)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
@@ -91,7 +121,7 @@ def cmd_mount(args):
 
     status = 0
     try:
-        run_mount(cfg, ready=ready)
+        run_mount(cfg, ready=ready, kernel_options=kernel_options, fsname=fsname)
     except CosfsError as exc:
         log.error("mount failed: %s", exc)
         try:
@@ -127,7 +157,16 @@ def _running(pid):
 
 
 def cmd_umount(args):
-    path = os.path.realpath(args.mountpoint)
+    return _umount(args.mountpoint, timeout=args.timeout)
+
+
+def _umount(mountpoint, *, timeout=0, lazy=False, prog="cosfs"):
+    """Unmount, then wait until the daemon committed everything and exited.
+
+    ``lazy``: detach now (``fusermount3 -uz``) and do not wait: the daemon
+    goes on until the last open file is closed.
+    """
+    path = os.path.realpath(mountpoint)
     if not _mounted_cosfs(path):
         raise CosfsError("%s is not a mounted cosfs" % path, code="NotMounted",
                          errno=errno.EINVAL)
@@ -136,23 +175,52 @@ def cmd_umount(args):
         pid = int(os.getxattr(path, "user.cos.daemon-pid"))
     except (OSError, ValueError):
         pass
-    res = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True)
+    res = subprocess.run(["fusermount3", "-uz" if lazy else "-u", path], capture_output=True,
+                         text=True)
     if res.returncode != 0:
         detail = (res.stderr or res.stdout).strip().splitlines()
         raise CosfsError("cannot unmount %s: %s" % (path, detail[-1] if detail else "failed"),
                          code="Busy", errno=errno.EBUSY)
-    if pid:
+    if pid and not lazy:
         start = time.monotonic()
         said = False
         while _running(pid):
             if time.monotonic() - start > 1 and not said:
-                print("cosfs: waiting for the daemon (pid %d) to commit pending writes and exit"
-                      % pid, file=sys.stderr)
+                print("%s: waiting for the daemon (pid %d) to commit pending writes and exit"
+                      % (prog, pid), file=sys.stderr)
                 said = True
-            if args.timeout and time.monotonic() - start > args.timeout:
-                raise CosfsError("daemon pid %d still running after %ss" % (pid, args.timeout),
+            if timeout and time.monotonic() - start > timeout:
+                raise CosfsError("daemon pid %d still running after %ss" % (pid, timeout),
                                  code="Timeout")
-            time.sleep(0.1)
+            time.sleep(0.05)
+    return 0
+
+
+# -- status of a running daemon -------------------------------------------------------
+STATUS_XATTR = "user.cos.status"
+
+
+def cmd_status(args):
+    path = os.path.realpath(args.mountpoint)
+    if not _mounted_cosfs(path):
+        raise CosfsError("%s is not a mounted cosfs" % path, code="NotMounted",
+                         errno=errno.EINVAL)
+    try:
+        raw = os.getxattr(path, STATUS_XATTR)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise CosfsError("%s: the status is for root and the mount's owner only" % path,
+                             code="AccessDenied", errno=exc.errno) from None
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            raise CosfsError("the daemon at %s does not report its status (an older cosfs?)"
+                             % path, code="NotSupported", errno=exc.errno) from None
+        raise CosfsError("%s: %s" % (path, exc.strerror), errno=exc.errno) from None
+    st = json.loads(raw.decode())
+    if args.json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        from .service import format_status
+        print(format_status(st))
     return 0
 
 
@@ -181,11 +249,28 @@ def cmd_fsck(args):
 
 
 def cmd_keys(args):
+    if args.action == "retire" and not args.version:
+        raise UsageError("keys retire needs the VERSION to retire, e.g. v1")
+    if args.action != "retire" and args.version:
+        raise UsageError("keys %s takes no VERSION" % args.action)
+    if args.action == "retire":
+        from .errors import KeyStoreError
+        try:
+            _version_number(args.version)
+        except KeyStoreError as exc:
+            raise UsageError(str(exc)) from None
     store = _offline(args, "keys %s" % args.action)
     try:
         if args.action == "list":
-            for v in store.keys.versions():
-                print(v + (" (current)" if v == store.keys.current_version else ""))
+            _list_keys(store)
+        elif args.action == "retire":
+            from .mount import retire_key
+            removed = retire_key(store, args.version)
+            v = "v%d" % _version_number(args.version)
+            if removed:
+                print("retired master key %s: its key file was overwritten and removed" % v)
+            else:
+                print("master key %s was already retired" % v)
         elif args.action == "rotate":
             v = store.keys.rotate()
             from .mount import _check_keys
@@ -197,6 +282,38 @@ def cmd_keys(args):
     finally:
         store.close()
     return 0
+
+
+def _version_number(text):
+    from .keys import parse_version
+    return parse_version(text)
+
+
+def _list_keys(store):
+    """One line per version: current, in use by N objects, not in use, or retired."""
+    from .mount import key_usage, retired_versions
+    keys = store.keys
+    usage = key_usage(store.catalog)
+    retired = retired_versions(store.catalog)
+    leftovers = set(keys.retiring_leftovers())
+    loaded = set(keys.versions())
+    for v in sorted(loaded | set(retired) | leftovers, key=lambda v: int(v[1:])):
+        n = usage.get(v, 0)
+        label = v + (" (current)" if v == keys.current_version else "")
+        if v in retired:
+            line = "%s retired %s" % (label, retired[v])
+            if v in loaded or v in leftovers:
+                line += "; its key file is still there: run cosfs keys retire %s again" % v
+        elif n:
+            line = "%s in use by %d object(s)" % (label, n)
+        elif v == keys.current_version:
+            line = "%s not in use yet" % label
+        else:
+            line = "%s not in use (cosfs keys retire %s removes it)" % (label, v)
+        print(line)
+    if usage.get(None):
+        print("%d object(s) have a malformed wrapped key (cosfs fsck reports them)"
+              % usage[None])
 
 
 def rewrap(store):
@@ -287,6 +404,121 @@ def _bucket_encryption_mounted(args):
     return 0
 
 
+# -- mount(8) and umount(8) helpers ---------------------------------------------------
+class _HelperParser(argparse.ArgumentParser):
+    """Usage errors in one line and exit status 1, as mount(8) expects of a helper."""
+
+    def error(self, message):
+        print("%s: %s" % (self.prog, message), file=sys.stderr)
+        sys.exit(1)
+
+
+def _prog(default):
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith(("mount.", "umount.")) else default
+
+
+def mount_helper(argv=None, prog=None):
+    """``mount.fuse.cosfs CONFIG MOUNTPOINT [-sfnv] [-N NS] [-t TYPE] [-o OPTIONS]``.
+
+    What mount(8) runs for an fstab line (or ``mount -t fuse.cosfs``): mounts
+    in the background like ``cosfs mount`` and returns once the mount is ready.
+    ``-o`` options map onto configuration keys or mount flags, mount(8)'s own
+    options are accepted, anything else is refused (``-s``: ignored with a
+    warning). ``-f`` checks everything without mounting; ``-n`` is accepted
+    (there is no mtab to write); ``-v`` says what was mounted.
+    """
+    from .service import OptionError, parse_mount_options
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or _prog("mount.fuse.cosfs")
+    p = _HelperParser(prog=prog, description="mount a cosfs store (the mount(8) helper for "
+                      "fstab lines of type fuse.cosfs)")
+    p.add_argument("source", help="the configuration file")
+    p.add_argument("mountpoint")
+    p.add_argument("-o", dest="options", action="append", default=[],
+                   help="comma-separated mount options (see docs/config.md)")
+    p.add_argument("-s", dest="sloppy", action="store_true", help="ignore unknown options")
+    p.add_argument("-f", dest="fake", action="store_true", help="check, do not mount")
+    p.add_argument("-n", dest="no_mtab", action="store_true", help="accepted (no mtab)")
+    p.add_argument("-v", dest="verbose", action="store_true", help="say what was mounted")
+    p.add_argument("-N", dest="namespace", help="not supported")
+    p.add_argument("-t", dest="type", help="accepted (fuse.cosfs)")
+    args = p.parse_args(argv)
+    if args.namespace:
+        print("%s: mounting in another namespace (-N) is not supported" % prog, file=sys.stderr)
+        return 1
+    try:
+        opts = parse_mount_options(args.options, sloppy=args.sloppy)
+    except OptionError as exc:
+        print("%s: %s" % (prog, exc), file=sys.stderr)
+        return 1
+    for option in opts.unknown:
+        print("%s: ignoring unknown option %r (-s)" % (prog, option), file=sys.stderr)
+    try:
+        cfg = _load_config(args.source, args.mountpoint, overrides=opts.config)
+        if args.fake:
+            return 0
+        # the mount table shows the config file as the source, as in fstab, so that
+        # "mount -a" and findmnt recognise the line as mounted
+        source = os.path.abspath(args.source)
+        fsname = source if not any(c in source for c in ",\\\n\t") else "cosfs"
+        rc = _mount(cfg, args.source, foreground=False, kernel_options=opts.kernel,
+                    fsname=fsname, quiet=not args.verbose, prog=prog)
+    except UsageError as exc:
+        print("%s: %s" % (prog, exc), file=sys.stderr)
+        return 1
+    except CosfsError as exc:
+        print("%s: %s: %s" % (prog, exc.code, exc), file=sys.stderr)
+        return 32
+    return 0 if rc == 0 else 32
+
+
+def umount_helper(argv=None, prog=None):
+    """``umount.fuse.cosfs MOUNTPOINT [-flnrv] [-N NS] [-t TYPE]``: what umount(8) runs.
+
+    Unmounts and waits, like ``cosfs umount``, until the daemon committed every
+    pending write and exited. ``-l`` detaches lazily and does not wait; ``-f``
+    forces the unmount (``umount -i -f``: the kernel aborts the connection) and
+    does not wait either.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or _prog("umount.fuse.cosfs")
+    p = _HelperParser(prog=prog, description="unmount a cosfs mount and wait until everything "
+                      "is committed (the umount(8) helper for fuse.cosfs)")
+    p.add_argument("mountpoint")
+    p.add_argument("-f", dest="force", action="store_true", help="force (no waiting)")
+    p.add_argument("-l", dest="lazy", action="store_true", help="detach lazily (no waiting)")
+    p.add_argument("-n", dest="no_mtab", action="store_true", help="accepted")
+    p.add_argument("-r", dest="readonly", action="store_true", help="accepted")
+    p.add_argument("-v", dest="verbose", action="store_true", help="say what was done")
+    p.add_argument("-N", dest="namespace", help="not supported")
+    p.add_argument("-t", dest="type", help="accepted (fuse.cosfs)")
+    args = p.parse_args(argv)
+    if args.namespace:
+        print("%s: unmounting in another namespace (-N) is not supported" % prog,
+              file=sys.stderr)
+        return 1
+    if args.force:
+        res = subprocess.run(["umount", "-i", "-f", args.mountpoint])
+        return res.returncode
+    try:
+        _umount(args.mountpoint, lazy=args.lazy, prog=prog)
+    except CosfsError as exc:
+        print("%s: %s: %s" % (prog, exc.code, exc), file=sys.stderr)
+        return 32
+    if args.verbose:
+        print("%s: %s unmounted" % (prog, args.mountpoint))
+    return 0
+
+
+def mount_helper_main():
+    sys.exit(mount_helper())
+
+
+def umount_helper_main():
+    sys.exit(umount_helper())
+
+
 # -- entry point ------------------------------------------------------------------------
 def parser():
     p = argparse.ArgumentParser(prog="cosfs", description="COS semantics as a FUSE filesystem")
@@ -312,9 +544,15 @@ def parser():
     f.set_defaults(func=cmd_fsck)
 
     k = sub.add_parser("keys", help="master keys of an unmounted store")
-    k.add_argument("action", choices=["list", "rotate", "rewrap"])
+    k.add_argument("action", choices=["list", "rotate", "rewrap", "retire"])
+    k.add_argument("version", nargs="?", help="retire: the version to remove (v1, v2...)")
     k.add_argument("--config", required=True)
     k.set_defaults(func=cmd_keys)
+
+    st = sub.add_parser("status", help="what a running daemon is doing")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(func=cmd_status)
 
     b = sub.add_parser("bucket-encryption", help="PUT/GET/DELETE a bucket's default encryption")
     b.add_argument("--method", required=True, choices=["put", "get", "delete"])
@@ -327,7 +565,16 @@ def parser():
     return p
 
 
+COMMANDS = ("mount", "umount", "status", "fsck", "keys", "bucket-encryption")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-") and \
+            (os.path.isfile(argv[0]) or "-o" in argv[2:]):
+        # mount.fuse3 runs "cosfs SOURCE MOUNTPOINT -o OPTIONS" for an fstab line of type
+        # fuse.cosfs when there is no mount.fuse.cosfs helper
+        return mount_helper(argv, prog="cosfs")
     args = parser().parse_args(argv)
     try:
         return args.func(args)

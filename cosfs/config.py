@@ -150,13 +150,15 @@ def format_size(size):
     return str(size)
 
 
-def load(path, *, mountpoint=None):
+def load(path, *, mountpoint=None, overrides=None):
     """Read and validate the YAML configuration file at *path*.
 
     Relative paths in the file resolve against the file's folder;
     *mountpoint* (from the command line, relative to the current directory)
-    replaces the file's ``mountpoint``. Returns a :class:`Config`; raises
-    :class:`errors.ConfigError` (one line, see the module docstring).
+    replaces the file's ``mountpoint``. *overrides* (top-level key -> value,
+    e.g. from ``mount -o``) replace the file's values before validation.
+    Returns a :class:`Config`; raises :class:`errors.ConfigError` (one line,
+    see the module docstring).
     """
     path = Path(path)
     source = str(path)
@@ -193,6 +195,11 @@ def load(path, *, mountpoint=None):
     finally:
         loader.dispose()
     override = Path(os.path.expanduser(mountpoint)).absolute() if mountpoint is not None else None
+    if overrides and isinstance(data, dict):
+        data = dict(data)
+        data.update(overrides)
+        for key in overrides:
+            lines.pop((key,), None)  # an error in a value given here is not the file's line
     return _build(data, path.absolute().parent, _Context(source, lines),
                   path=path.absolute(), mountpoint=override)
 

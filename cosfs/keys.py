@@ -4,8 +4,10 @@ The key store is a directory kept apart from the data (mode 0700) holding one
 file per master key version, ``master-v1.key``, ``master-v2.key``... The
 highest version is the current one: new data keys are wrapped with it, while
 every older version still unwraps what it wrapped. Rotation adds a file and
-never touches an existing one. The file format, the wrapped key format and
-the check values are documented in ``docs/format.md`` ("Key store").
+never touches an existing one; :meth:`KeyStore.retire` removes an old version
+that nothing needs any more (the caller checks that). The file format, the
+wrapped key format and the check values are documented in ``docs/format.md``
+("Key store").
 
 Threads: :meth:`KeyStore.wrap`, :meth:`KeyStore.unwrap` and
 :meth:`KeyStore.check_values` may be called from any thread at once (they do
@@ -44,6 +46,8 @@ MASTER_KEY_SIZE = 32
 FILE_MAGIC = "cosfs-master-key 1"
 _FILE_NAME = re.compile(r"master-v([1-9][0-9]{0,8})\.key")
 _TEMP_NAME = re.compile(r"\.master-v[0-9]+\.key\.tmp\.[0-9a-f]+")
+# a key file being retired: renamed here before it is overwritten and unlinked
+_RETIRING_NAME = re.compile(r"\.master-v([1-9][0-9]{0,8})\.key\.retiring")
 _MAX_FILE_SIZE = 4096
 
 # Wrapped data key: magic, format version, master key version number; then
@@ -81,7 +85,7 @@ class _MasterKey:
 class KeyStore:
     """A directory of master key versions; see the module docstring."""
 
-    def __init__(self, path, keys):
+    def __init__(self, path, keys, missing=(), leftovers=()):
         """Private: use :meth:`KeyStore.open`."""
         self._path = path
         self._lock = threading.Lock()
@@ -89,11 +93,13 @@ class KeyStore:
         # always see a consistent mapping without taking the lock.
         self._keys = dict(keys)
         self._current = self._keys[max(self._keys)]
+        self._missing = tuple(sorted(missing))
+        self._leftovers = tuple(sorted(leftovers))
 
     # -- opening -------------------------------------------------------------
 
     @classmethod
-    def open(cls, path, *, create: bool) -> "KeyStore":
+    def open(cls, path, *, create: bool, allow_gaps: bool = False) -> "KeyStore":
         """Open the key store at ``path``; with ``create``, make it if needed.
 
         ``create=True`` creates the directory with mode 0700 (parents with
@@ -102,7 +108,10 @@ class KeyStore:
         KeyStoreError when the store is missing (without ``create``),
         unreadable, too open (group/other bits on the directory or a key
         file), holds a corrupt, truncated or unrecognised key file, or has a
-        gap in its versions. Blocking.
+        gap in its versions. ``allow_gaps=True`` accepts gaps and leaves the
+        check to the caller (:meth:`missing_versions`): versions may be
+        missing because they were retired, which only the catalog knows.
+        Blocking.
         """
         path = os.path.abspath(os.fspath(path))
         try:
@@ -119,18 +128,18 @@ class KeyStore:
             raise KeyStoreError("key store %s is not a directory" % path)
         _check_private(path, st, "directory", "700")
 
-        keys = _load_all(path)
+        keys, leftovers = _load_all(path)
         if not keys:
             if not create:
                 raise KeyStoreError("key store %s holds no master key" % path)
             keys[1] = _MasterKey(1, _write_key_file(path, 1))
             log.info("created master key v1 in key store %s", path)
         missing = sorted(set(range(1, max(keys) + 1)) - set(keys))
-        if missing:
+        if missing and not allow_gaps:
             raise KeyStoreError("key store %s is missing master key %s (versions must "
                                 "run from v1 without gaps)"
                                 % (path, ", ".join("v%d" % n for n in missing)))
-        return cls(path, keys)
+        return cls(path, keys, missing, leftovers)
 
     # -- versions ------------------------------------------------------------
 
@@ -146,6 +155,64 @@ class KeyStore:
     def versions(self) -> list:
         """All loaded versions, oldest first: ``["v1", "v2", ...]``."""
         return ["v%d" % n for n in sorted(self._keys)]
+
+    def missing_versions(self) -> list:
+        """Versions below the current one that have no key file, oldest first.
+
+        Always empty unless the store was opened with ``allow_gaps=True``.
+        """
+        return ["v%d" % n for n in self._missing]
+
+    def retiring_leftovers(self) -> list:
+        """Versions whose key file an interrupted :meth:`retire` left behind
+        (renamed, perhaps partly overwritten); :meth:`retire` removes them."""
+        return ["v%d" % n for n in self._leftovers]
+
+    def retire(self, version: str) -> bool:
+        """Remove the key file of ``version`` (not the current one) for good.
+
+        The caller must have made sure first, durably, that nothing needs the
+        version any more (see ``cosfs keys retire``). The file is renamed to
+        ``.master-v<N>.key.retiring`` and the folder fsynced, so a crash while
+        it is overwritten never leaves a damaged ``master-v<N>.key`` that
+        would stop the store from opening; then it is overwritten with random
+        bytes of the same length, fsynced, unlinked, and the folder fsynced.
+        Also finishes a retire that was interrupted. Returns True if a file
+        was removed. Blocking; KeyStoreError on any failure.
+        """
+        number = parse_version(version)
+        with self._lock:
+            if number == self._current.number:
+                raise KeyStoreError("key store %s: master key v%d is the current one and "
+                                    "cannot be retired" % (self._path, number))
+            if number > self._current.number:
+                raise KeyStoreError("key store %s does not hold master key v%d"
+                                    % (self._path, number))
+            final = os.path.join(self._path, "master-v%d.key" % number)
+            retiring = os.path.join(self._path, ".master-v%d.key.retiring" % number)
+            removed = False
+            try:
+                if os.path.lexists(final):
+                    os.rename(final, retiring)
+                    durable.fsync_dir(self._path)
+                    removed = True
+                if os.path.lexists(retiring):
+                    _overwrite(retiring)
+                    os.unlink(retiring)
+                    durable.fsync_dir(self._path)
+                    removed = True
+            except OSError as exc:
+                raise KeyStoreError("key store %s: cannot remove master key v%d: %s"
+                                    % (self._path, number, exc.strerror)) from None
+            if number in self._keys:
+                keys = dict(self._keys)
+                del keys[number]
+                self._keys = keys
+            self._missing = tuple(sorted(set(self._missing) | {number}))
+            self._leftovers = tuple(n for n in self._leftovers if n != number)
+        if removed:
+            log.info("key store %s: retired master key v%d", self._path, number)
+        return removed
 
     def rotate(self) -> str:
         """Add a new master key version and make it current; return its name.
@@ -242,6 +309,15 @@ class KeyStore:
 # Wrapped key header
 
 
+def parse_version(version) -> int:
+    """``"v3"`` (or ``"3"``, ``3``) -> 3; KeyStoreError for anything else."""
+    text = str(version)
+    match = re.fullmatch(r"v?([1-9][0-9]{0,8})", text)
+    if not match:
+        raise KeyStoreError("%r is not a master key version (expected v1, v2, ...)" % text[:40])
+    return int(match.group(1))
+
+
 def _wrapped_number(wrapped):
     if len(wrapped) < _WRAP_HEADER.size + _NONCE_SIZE + _TAG_SIZE:
         raise IntegrityError("wrapped data key is truncated (%d bytes)" % len(wrapped))
@@ -290,17 +366,23 @@ def _load_all(path):
     except OSError as exc:
         raise KeyStoreError("key store %s: cannot list: %s" % (path, exc.strerror)) from None
     keys = {}
+    leftovers = []
     for name in sorted(names):
         match = _FILE_NAME.fullmatch(name)
+        retiring = _RETIRING_NAME.fullmatch(name)
         if match:
             number = int(match.group(1))
             keys[number] = _MasterKey(number, _read_key_file(os.path.join(path, name), number))
         elif _TEMP_NAME.fullmatch(name):
             log.warning("key store %s: ignoring %s left by an interrupted write", path, name)
+        elif retiring:
+            leftovers.append(int(retiring.group(1)))
+            log.warning("key store %s: ignoring %s left by an interrupted retire (cosfs keys "
+                        "retire v%s removes it)", path, name, retiring.group(1))
         elif name.endswith(".key") or name.startswith("master"):
             raise KeyStoreError("key store %s: unrecognised key file name %r (expected "
                                 "master-v<N>.key)" % (path, name))
-    return keys
+    return keys, leftovers
 
 
 def _file_text(number, secret, created):
@@ -406,6 +488,24 @@ def _write_key_file(path, number):
         except FileNotFoundError:
             pass
     return secret
+
+
+def _overwrite(name):
+    """Overwrite a file in place with random bytes of its length and fsync it.
+
+    Best effort against recovery of the old content: copy-on-write file
+    systems, SSD wear levelling, snapshots and backups may keep old copies.
+    """
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        data = memoryview(os.urandom(size))
+        offset = 0
+        while offset < size:
+            offset += os.pwrite(fd, data[offset:], offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _link_no_replace(temp, final):

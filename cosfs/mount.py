@@ -3,9 +3,13 @@
 ``open_store`` builds catalog, chunk stores and key store from a Config and
 checks that they belong together; ``run_mount`` mounts and serves until
 unmount or SIGINT/SIGTERM, committing every buffered change before it
-returns. Everything else receives its collaborators from here.
+returns (SIGHUP reopens the log file). Everything else receives its
+collaborators from here. Also here: what needs both the catalog and the key
+store (``retire_key``, ``key_usage``) and the status a running daemon reports
+(``DaemonStatus``).
 """
 
+import collections
 import errno
 import fcntl
 import functools
@@ -19,11 +23,14 @@ from dataclasses import dataclass
 
 import trio
 
-from . import durable
-from .catalog import Catalog
-from .errors import CosfsError, KeyStoreError
-from .keys import KeyStore
+from . import __version__, durable
+from .catalog import ROOT_INODE, Catalog
+from .errors import CosfsError, IntegrityError, InvalidArgument, KeyStoreError
+from .keys import KeyStore, parse_version
+from .service import (LOG_FORMAT, JournalFormatter, LastError, ReopeningFileHandler, iso_time,
+                      log_destination, reopen_log_files, sd_notify, stderr_is_journal)
 from .store import LocalStore
+from .xattrs import STATUS_XATTR
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +106,8 @@ def open_store(config, *, create, purpose="opened"):
     try:
         catalog_path = os.path.join(store_dir, CATALOG_NAME)
         new_catalog = not os.path.exists(catalog_path)
-        keys = KeyStore.open(config.keys, create=create and new_catalog)
+        # gaps are checked against the catalog's retired versions in _check_keys
+        keys = KeyStore.open(config.keys, create=create and new_catalog, allow_gaps=True)
         catalog = Catalog(catalog_path, create=create)
         try:
             _check_keys(catalog, keys)
@@ -146,9 +154,26 @@ def _file_size(path):
         return 0
 
 
+def _meta_json(catalog, key):
+    return json.loads(catalog.get_meta(key, "{}") or "{}")
+
+
+def retired_versions(catalog) -> dict:
+    """Master key versions retired from this store: ``{"v1": "<UTC time>", ...}``."""
+    return _meta_json(catalog, "retired_keys")
+
+
 def _check_keys(catalog, keys):
-    """Refuse a key store that cannot read what this catalog holds; record new versions."""
-    recorded = json.loads(catalog.get_meta("key_checks", "{}") or "{}")
+    """Refuse a key store that cannot read what this catalog holds; record new versions.
+
+    ``key_checks`` in the catalog lists every version the store's data may need;
+    each must be in the key store, with the recorded check value. A version
+    missing below the current one must have been retired (``retired_keys``).
+    A retired version whose file is still there (a retire was interrupted) is
+    loaded but not recorded again: nothing needs it.
+    """
+    recorded = _meta_json(catalog, "key_checks")
+    retired = retired_versions(catalog)
     current = keys.check_values()
     for version, check in recorded.items():
         if version not in current:
@@ -157,9 +182,90 @@ def _check_keys(catalog, keys):
         if current[version] != check:
             raise KeyStoreError("key store %s does not belong to this store (master key %s "
                                 "differs)" % (keys.path, version))
-    if current.keys() - recorded.keys():
+    lost = [v for v in keys.missing_versions() if v not in retired]
+    if lost:
+        raise KeyStoreError("key store %s is missing master key %s (versions must run from v1 "
+                            "without gaps, except retired ones)" % (keys.path, ", ".join(lost)))
+    new = {v: c for v, c in current.items() if v not in recorded and v not in retired}
+    if new:
+        recorded.update(new)
         with catalog.transaction():
-            catalog.set_meta("key_checks", json.dumps(current, sort_keys=True))
+            catalog.set_meta("key_checks", json.dumps(recorded, sort_keys=True))
+
+
+def key_usage(catalog) -> collections.Counter:
+    """How many objects each master key version wraps the data key of:
+    ``Counter({"v2": 12, "v3": 5})``; unreadable wrapped keys count under None.
+
+    Counts every row of every catalog table with a ``wrapped_key`` column: today
+    ``inodes`` only (also objects that lost their last name and are not purged
+    yet); tables added later for object versions or uploads are counted too. The
+    store is offline (locked), so nothing is in flight in memory.
+    """
+    db = catalog.db
+    tables = []
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"):
+        quoted = '"%s"' % name.replace('"', '""')
+        if any(col[1] == "wrapped_key" for col in db.execute("PRAGMA table_info(%s)" % quoted)):
+            tables.append(quoted)
+    usage = collections.Counter()
+    for table in tables:
+        for (wrapped,) in db.execute("SELECT wrapped_key FROM %s WHERE wrapped_key IS NOT NULL"
+                                     % table):
+            try:
+                usage[KeyStore.wrapped_version(wrapped)] += 1
+            except IntegrityError:
+                usage[None] += 1
+    return usage
+
+
+def retire_key(store, version) -> bool:
+    """Remove master key ``version`` from an offline store once nothing needs it.
+
+    Refuses the current version, a version the key store never held, and a
+    version that still wraps any object's data key (InvalidArgument,
+    ``KeyInUse``). Order, so that a crash at any point leaves a store that
+    opens:
+
+    1. the catalog first, in one durable transaction: the version leaves
+       ``key_checks`` (the list of versions the data needs) and joins
+       ``retired_keys``; then the catalog is synced. From now on a missing
+       file for it is expected;
+    2. then the key file (``KeyStore.retire``): renamed aside, folder synced,
+       overwritten with random bytes, synced, unlinked, folder synced.
+
+    The other order would leave, after a crash between the steps, a catalog
+    that requires a key file that is gone: a store that refuses to open. A
+    crash between 1 and 2 leaves the file (or its renamed leftover) in place,
+    loaded but no longer required; running the command again removes it.
+    Returns True if a key file was removed, False if the version was already
+    fully retired.
+    """
+    catalog, keys = store.catalog, store.keys
+    number = parse_version(version)
+    version = "v%d" % number
+    if version == keys.current_version:
+        raise InvalidArgument("%s is the current master key: rotate first (cosfs keys rotate), "
+                              "re-wrap (cosfs keys rewrap), then retire %s" % (version, version))
+    retired = retired_versions(catalog)
+    present = version in keys.versions() or version in keys.retiring_leftovers()
+    if not present and version not in retired:
+        raise InvalidArgument("key store %s holds no master key %s" % (keys.path, version))
+    users = key_usage(catalog).get(version, 0)
+    if users:
+        raise CosfsError("master key %s still wraps the data keys of %d object(s): re-wrap "
+                         "them with the current key first (cosfs keys rewrap), then retire %s"
+                         % (version, users, version), errno=errno.EBUSY, code="KeyInUse")
+    checks = _meta_json(catalog, "key_checks")
+    if version in checks or version not in retired:
+        checks.pop(version, None)
+        retired[version] = iso_time(time.time())
+        with catalog.transaction(durable=True):
+            catalog.set_meta("key_checks", json.dumps(checks, sort_keys=True))
+            catalog.set_meta("retired_keys", json.dumps(retired, sort_keys=True))
+        catalog.sync()
+        log.info("master key %s recorded as retired in the catalog", version)
+    return keys.retire(version)
 
 
 def _check_chunk_size(catalog, config):
@@ -197,6 +303,8 @@ def ensure_buckets(fs, config):
 
 
 def setup_logging(log_file=None, level="warning", verbose=0):
+    """Log to ``log_file`` (created 0600, reopened on SIGHUP), else to standard error:
+    with a syslog priority and no timestamp when that is the systemd journal."""
     levels = ["warning", "info", "debug"]
     name = level
     if verbose:
@@ -204,10 +312,12 @@ def setup_logging(log_file=None, level="warning", verbose=0):
                           if level in levels else verbose)]
     if log_file:
         # object names are private: the log must not be readable by others, whatever the umask
-        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-    handler = (logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        handler = ReopeningFileHandler(log_file)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter() if stderr_is_journal()
+                             else logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -235,14 +345,108 @@ class _DroppedReplyFilter(logging.Filter):
         return True
 
 
-def run_mount(config, *, ready=None):
+class DaemonStatus:
+    """What a running daemon reports in the ``user.cos.status`` xattr of the mount root.
+
+    Read on the trio thread (the xattr request), so the catalog may be used.
+    Holds no secret: paths, versions, names of buckets, counters, the last
+    error line (which may name an object: the adapter lets only root and the
+    mount's owner read it).
+    """
+
+    #: the rendered value is reused this long, so that a size query and the read
+    #: that follows it (getfattr) see the same text
+    MEMO_SECONDS = 0.1
+    MAX_BUCKETS = 200
+
+    def __init__(self, config, store, objects, fs, mountpoint):
+        self.config = config
+        self.store = store
+        self.objects = objects
+        self.fs = fs
+        self.mountpoint = mountpoint
+        self.errors = LastError()
+        self.started = time.time()
+        self._started_mono = time.monotonic()
+        self._memo = (None, b"")
+
+    def snapshot(self) -> dict:
+        objects, catalog, keys = self.objects, self.store.catalog, self.store.keys
+        states = list(objects.states.values())
+        buffered = objects.budget.total
+        sealed = sum(ch.length for st in states for ch in st.pending.values())
+        changed = sum(1 for st in states if st.modified or st.dirty or st.pending)
+        rows = catalog.buckets()
+        buckets = []
+        for ino, name, region in rows[:self.MAX_BUCKETS]:
+            try:
+                spec = objects.bucket_default(ino)
+                enc = spec.algorithm if spec is not None else None
+            except CosfsError:
+                enc = "invalid configuration"
+            buckets.append({"name": name, "region": region, "encryption": enc})
+        cache = objects.reader.cache
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "mountpoint": os.fspath(self.mountpoint),
+            "store": os.fspath(self.config.store),
+            "key_store": {"path": keys.path, "current": keys.current_version,
+                          "versions": keys.versions(),
+                          "retired": sorted(retired_versions(catalog),
+                                            key=lambda v: int(v[1:]))},
+            "log": log_destination(),
+            "started": iso_time(self.started),
+            "uptime_seconds": int(time.monotonic() - self._started_mono),
+            "options": {"allow_other": self.config.allow_other,
+                        "writeback_cache": self.config.writeback_cache,
+                        "fsync_on_close": self.config.fsync_on_close},
+            "buckets": buckets,
+            "buckets_total": len(rows),
+            "open_files": len(self.fs.handles),
+            "dirty_bytes": buffered + sealed,
+            "uncommitted": {"objects": changed, "buffered_bytes": buffered,
+                            "sealed_bytes": sealed, "write_buffer": objects.write_buffer},
+            "cache": {"used_bytes": cache.used, "size_bytes": cache.capacity,
+                      "segments": len(cache.entries)},
+            "errors": {"count": self.errors.count, "last": self.errors.last},
+        }
+
+    def xattr(self) -> bytes:
+        now = time.monotonic()
+        at, value = self._memo
+        if at is None or now - at > self.MEMO_SECONDS:
+            value = json.dumps(self.snapshot(), sort_keys=True).encode()
+            self._memo = (now, value)
+        return value
+
+
+def _daemon_operations(fs, **kw):
+    """The FUSE adapter of the daemon: the status xattr is for root and the mount's owner only
+    (with ``allow_other`` everyone else reaches the mount root too)."""
+    import pyfuse3
+    from .fuse_ops import Operations
+    owner = os.getuid()
+
+    class DaemonOperations(Operations):
+        async def getxattr(self, inode, name, ctx=None):
+            if inode == ROOT_INODE and name == STATUS_XATTR and ctx is not None and \
+                    ctx.uid not in (0, owner):
+                raise pyfuse3.FUSEError(errno.EACCES)
+            return await super().getxattr(inode, name, ctx)
+
+    return DaemonOperations(fs, **kw)
+
+
+def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
     """Mount ``config`` and serve until unmounted or signalled. Blocks.
 
     ``ready`` is called once the mount is live (the daemon uses it to release
-    its parent). Raises CosfsError for any setup problem (nothing mounted).
+    its parent; in the foreground it tells systemd). ``kernel_options`` are
+    extra mount flags (``ro``, ``noexec``); ``fsname`` is the source the mount
+    table shows. Raises CosfsError for any setup problem (nothing mounted).
     """
     import pyfuse3
-    from .fuse_ops import Operations
 
     mountpoint = os.fspath(config.mountpoint)
     if not os.path.isdir(mountpoint):
@@ -258,11 +462,14 @@ def run_mount(config, *, ready=None):
         objects, fs = build(store)
         ensure_buckets(fs, config)
         fs.purge_unlinked()
-        fs.daemon_info = {"pid": os.getpid(), "store": os.fspath(config.store)}
-        ops = Operations(fs, blksize=min(objects.chunk_size, 1 << 20),
-                         writeback_cache=config.writeback_cache)
+        status = DaemonStatus(config, store, objects, fs, mountpoint)
+        fs.daemon_info = {"pid": os.getpid(), "store": os.fspath(config.store),
+                          "status": status.xattr}
+        ops = _daemon_operations(fs, blksize=min(objects.chunk_size, 1 << 20),
+                                 writeback_cache=config.writeback_cache)
         options = set(pyfuse3.default_options)
-        options |= {"fsname=cosfs", "subtype=cosfs"}
+        options |= {"fsname=" + fsname, "subtype=cosfs"}
+        options |= set(kernel_options)
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
         try:
@@ -270,6 +477,8 @@ def run_mount(config, *, ready=None):
         except RuntimeError as exc:
             raise CosfsError("cannot mount at %s: %s" % (mountpoint, exc)) from None
         log.warning("cosfs mounted %s at %s (pid %d)", config.store, mountpoint, os.getpid())
+        root = logging.getLogger()
+        root.addHandler(status.errors)
         unmounted = False
         try:
             if ready is not None:
@@ -279,6 +488,7 @@ def run_mount(config, *, ready=None):
         finally:
             pyfuse3.close(unmount=True)
             log.warning("cosfs unmounted %s%s", mountpoint, "" if unmounted else " after an error")
+            root.removeHandler(status.errors)
     finally:
         store.close()
 
@@ -302,11 +512,25 @@ def _raise_read_ahead(mountpoint):
 async def _serve(objects, mountpoint):
     import pyfuse3
 
+    stopping = []
+
+    def notify_stopping(why):
+        if not stopping:
+            stopping.append(why)
+            sd_notify("STOPPING=1\nSTATUS=%s" % why)
+
     async def on_signals(task_status=trio.TASK_STATUS_IGNORED):
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
             task_status.started()
             async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    # logrotate moved the log file: continue in a new one of the same name
+                    reopened = reopen_log_files()
+                    log.info("received SIGHUP: reopened %s",
+                             ", ".join(reopened) if reopened else "nothing (no log file)")
+                    continue
                 log.warning("received signal %d: committing and unmounting", signum)
+                notify_stopping("committing buffered writes and unmounting")
                 pyfuse3.terminate()
                 return
 
@@ -315,6 +539,7 @@ async def _serve(objects, mountpoint):
         await nursery.start(on_signals)
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         await pyfuse3.main()
+        notify_stopping("unmounted; committing buffered writes")
         await objects.commit_all(durable=True)
         await objects.collect_garbage()
         nursery.cancel_scope.cancel()

@@ -23,6 +23,8 @@ SSE_XATTR = b"user.cos.server-side-encryption"
 BUCKET_ENC_XATTR = b"user.cos.bucket-encryption"
 STATUS_XATTRS = (b"user.cos.etag", b"user.cos.version-id", b"user.cos.replication-status")
 BUCKET_RO_XATTRS = (b"user.cos.bucket-region",)
+#: on the mount root: the daemon's status as JSON (``cosfs status``)
+STATUS_XATTR = b"user.cos.status"
 COS_PREFIX = b"user.cos."
 XATTR_VALUE_MAX = 64 * 1024
 XATTR_TOTAL_MAX = 256 * 1024
@@ -53,6 +55,8 @@ class XattrOps:
     async def _get_cos_xattr(self, inode, name):
         if inode.id == ROOT_INODE and name == b"user.cos.daemon-pid" and self.daemon_info:
             return str(self.daemon_info["pid"]).encode()
+        if inode.id == ROOT_INODE and name == STATUS_XATTR and "status" in self.daemon_info:
+            return self.daemon_info["status"]()
         if self._is_bucket(inode):
             if name == BUCKET_ENC_XATTR:
                 return self.get_bucket_encryption(inode.id)

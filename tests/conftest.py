@@ -92,13 +92,15 @@ class Mount:
     def enc(self):
         return os.path.join(self.mnt, ENC)
 
-    def start(self, *extra):
+    def start(self, *extra, env=None):
+        """Start the daemon (``extra`` arguments, ``env`` its environment) and wait for
+        the mount."""
         os.makedirs(self.mnt, exist_ok=True)
         logf = open(self.log, "ab")
         self._log_offset = logf.tell()
         self.proc = subprocess.Popen(cosfs_cmd("mount", self.config, "-f", "-v", *extra),
                                      stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         logf.close()
         deadline = time.monotonic() + self.READY_TIMEOUT
         while not is_mounted(self.mnt):

@@ -369,3 +369,74 @@ def test_nothing_overwritten_on_create(store_dir):
     _rewrite(store_dir / "master-v1.key", b"not a key")
     expect_error(store_dir, create=True, match="corrupt")
     assert (store_dir / "master-v1.key").read_bytes() == b"not a key"
+
+
+# ---------------------------------------------------------------------------
+# Retiring a version
+
+
+def test_gap_allowed_on_request(store, store_dir):
+    store.rotate()
+    store.rotate()
+    os.unlink(store_dir / "master-v1.key")
+    os.unlink(store_dir / "master-v2.key")
+    expect_error(store_dir, match="missing master key v1, v2")
+    ks = KeyStore.open(store_dir, create=False, allow_gaps=True)
+    assert ks.versions() == ["v3"] and ks.current_version == "v3"
+    assert ks.missing_versions() == ["v1", "v2"]
+    assert KeyStore.open(store_dir, create=True, allow_gaps=True).versions() == ["v3"]
+
+
+def test_retire_removes_the_file(store, store_dir):
+    store.rotate()
+    wrapped = store.wrap(b"k" * 32, AAD)
+    assert store.retire("v1") is True
+    assert sorted(os.listdir(store_dir)) == ["master-v2.key"]
+    assert store.versions() == ["v2"] and store.missing_versions() == ["v1"]
+    assert store.unwrap(wrapped, AAD) == b"k" * 32
+    assert store.retire("v1") is False  # already gone: nothing to do
+    ks = KeyStore.open(store_dir, create=False, allow_gaps=True)
+    assert ks.versions() == ["v2"] and ks.missing_versions() == ["v1"]
+    # a new version still follows the highest one
+    assert store.rotate() == "v3"
+
+
+def test_retire_refuses_the_current_and_unknown_versions(store, store_dir):
+    with pytest.raises(KeyStoreError, match="current"):
+        store.retire("v1")
+    with pytest.raises(KeyStoreError, match="does not hold master key v5"):
+        store.retire("v5")
+    for bad in ("v0", "x1", "", "v1.5", "-1"):
+        with pytest.raises(KeyStoreError, match="not a master key version"):
+            store.retire(bad)
+    assert os.listdir(store_dir) == ["master-v1.key"]
+
+
+def test_retire_overwrites_before_unlinking(store, store_dir, monkeypatch):
+    store.rotate()
+    original = (store_dir / "master-v1.key").read_bytes()
+    seen = {}
+    real_unlink = os.unlink
+
+    def spy(path, *a, **kw):
+        if str(path).endswith(".master-v1.key.retiring"):
+            seen["content"] = open(path, "rb").read()
+        return real_unlink(path, *a, **kw)
+
+    monkeypatch.setattr(os, "unlink", spy)
+    store.retire("v1")
+    assert len(seen["content"]) == len(original) and seen["content"] != original
+    assert b"cosfs-master-key" not in seen["content"]
+
+
+def test_interrupted_retire_leaves_an_ignored_leftover(store, store_dir, caplog):
+    """A crash after the rename (while overwriting): the store still opens; retire finishes."""
+    store.rotate()
+    os.rename(store_dir / "master-v1.key", store_dir / ".master-v1.key.retiring")
+    _rewrite(store_dir / ".master-v1.key.retiring", os.urandom(50))  # half overwritten
+    ks = KeyStore.open(store_dir, create=False, allow_gaps=True)
+    assert "interrupted retire" in caplog.text
+    assert ks.retiring_leftovers() == ["v1"] and ks.missing_versions() == ["v1"]
+    assert ks.retire("v1") is True
+    assert sorted(os.listdir(store_dir)) == ["master-v2.key"]
+    assert ks.retiring_leftovers() == []

@@ -34,6 +34,8 @@ LAYERS = [
     ["filesystem"],
     ["fuse_ops"],
     ["fsck"],
+    # mount(8) options, systemd notification, log files and the status text
+    ["service"],
     ["mount", "cli"],
 ]
 RANK = {m: i for i, group in enumerate(LAYERS) for m in group}
