@@ -55,13 +55,40 @@ NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "
 
 
 def _modules():
-    return sorted(p.stem for p in PKG.glob("*.py") if p.stem != "__init__")
+    """Every module of the package by dotted name below ``cosfs`` (``api.auth``)."""
+    found = []
+    for p in PKG.rglob("*.py"):
+        rel = p.relative_to(PKG).with_suffix("")
+        if rel.name == "__init__":
+            continue
+        found.append(".".join(rel.parts))
+    return sorted(found)
+
+
+def _path(module):
+    return PKG.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _resolve(dotted):
+    """The cosfs module a dotted name refers to, or None for a package or a non-module."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if _path(name).exists():
+            return name
+    return None
 
 
 def _imports(module):
-    """[(imported name, lineno, lazy)] of one module; cosfs modules by short name."""
-    tree = ast.parse((PKG / (module + ".py")).read_text(), filename=module + ".py")
+    """[(imported name, lineno, lazy)] of one module; cosfs modules by dotted short name."""
+    tree = ast.parse(_path(module).read_text(), filename=module + ".py")
+    package = module.split(".")[:-1]
     found = []
+
+    def add(dotted, line, lazy):
+        target = _resolve(dotted)
+        if target is not None:
+            found.append((target, line, lazy))
 
     def visit(node, lazy):
         for child in ast.iter_child_nodes(node):
@@ -70,20 +97,23 @@ def _imports(module):
                 for alias in child.names:
                     top = alias.name.split(".")
                     if top[0] == "cosfs" and len(top) > 1:
-                        found.append((top[1], child.lineno, lazy))
+                        add(".".join(top[1:]), child.lineno, lazy)
                     else:
                         found.append((top[0], child.lineno, lazy))
             elif isinstance(child, ast.ImportFrom):
                 mod = child.module or ""
                 if child.level >= 1 or mod.split(".")[0] == "cosfs":
-                    parts = mod.split(".") if mod else []
-                    if parts and parts[0] == "cosfs":
-                        parts = parts[1:]
-                    if parts:
-                        found.append((parts[0], child.lineno, lazy))
-                    else:  # from . import a, b
-                        for alias in child.names:
-                            found.append((alias.name, child.lineno, lazy))
+                    if child.level >= 1:
+                        base = package[:len(package) - (child.level - 1)]
+                        parts = base + (mod.split(".") if mod else [])
+                    else:
+                        parts = mod.split(".")[1:]
+                    for alias in child.names:  # "from . import a" names modules
+                        dotted = ".".join(parts + [alias.name])
+                        if _path(dotted).exists():
+                            found.append((dotted, child.lineno, lazy))
+                        elif parts:
+                            add(".".join(parts), child.lineno, lazy)
                 else:
                     found.append((mod.split(".")[0], child.lineno, lazy))
             visit(child, inner)
@@ -137,7 +167,7 @@ def test_pure_layers_do_not_use_trio(module):
 
 def test_every_module_has_docstring_and_logger():
     for module in _modules():
-        text = (PKG / (module + ".py")).read_text()
+        text = _path(module).read_text()
         tree = ast.parse(text)
         assert ast.get_docstring(tree), "%s.py lacks a module docstring" % module
         if module != "errors":  # the exception tree logs nothing
@@ -149,3 +179,35 @@ def test_parser_sees_lazy_and_relative_imports():
     assert ("pyfuse3", True) in found
     assert ("catalog", False) in found
     assert ("objects", True) in found
+
+
+def _front_end(module):
+    """The front-end a module belongs to (fuse, api, console) or None for the core."""
+    if module == "fuse_ops" or module.startswith("fuse."):
+        return "fuse"
+    head = module.split(".")[0]
+    return head if head in ("api", "console") and "." in module else None
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_front_ends_do_not_import_each_other(module):
+    mine = _front_end(module)
+    if mine is None:
+        return
+    bad = ["%s line %d imports %s" % (module, line, name) for name, line, _ in _imports(module)
+           if _front_end(name) not in (None, mine)]
+    assert not bad, "\n".join(bad)
+
+
+def test_parser_resolves_subpackage_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "cosfs"
+    (pkg / "api").mkdir(parents=True)
+    for name in ("catalog.py", "api/__init__.py", "api/auth.py"):
+        (pkg / name).write_text('"""x"""\n')
+    (pkg / "api" / "app.py").write_text(
+        "from . import auth\nfrom ..catalog import Catalog\nimport cosfs.api.auth\n"
+        "def f():\n    from .auth import verify\n")
+    monkeypatch.setattr(__import__(__name__), "PKG", pkg)
+    assert _modules() == ["api.app", "api.auth", "catalog"]
+    assert sorted(_imports("api.app")) == [("api.auth", 1, False), ("api.auth", 3, False),
+                                           ("api.auth", 5, True), ("catalog", 2, False)]
