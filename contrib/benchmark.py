@@ -29,9 +29,13 @@ and, with ``--output``, to a file.
 """
 
 import argparse
+import collections
+import copy
 import json
 import os
 import platform
+import re
+import select
 import shutil
 import signal
 import statistics
@@ -39,6 +43,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 
 MiB = 1 << 20
@@ -135,6 +140,39 @@ def peak_rss_mib(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+def current_rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def populate(folder, dirs, per_dir):
+    """Add ``dirs`` x ``per_dir`` empty objects to the unmounted store of a cosfs target
+    folder straight through its catalog (creating them through a mount would take an
+    hour); the store must have been mounted once."""
+    code = ("import stat, sys\n"
+            "from cosfs.catalog import Catalog, now_ns\n"
+            "cat = Catalog(sys.argv[1])\n"
+            "dirs, per = int(sys.argv[2]), int(sys.argv[3])\n"
+            "bucket = cat.buckets()[0][0]\n"
+            "t = now_ns()\n"
+            "for d in range(dirs):\n"
+            "    with cat.transaction():\n"
+            "        dino = cat.new_inode(mode=stat.S_IFDIR | 0o755, uid=0, gid=0, nlink=2,"
+            " bucket=bucket, t=t).id\n"
+            "        cat.add_dentry(bucket, b'd%04d' % d, dino)\n"
+            "        for i in range(per):\n"
+            "            ino = cat.new_inode(mode=stat.S_IFREG | 0o644, uid=0, gid=0,"
+            " bucket=bucket, object_id=bytes(16), t=t).id\n"
+            "            cat.add_dentry(dino, b'f%06d' % i, ino)\n"
+            "cat.checkpoint(truncate=True)\n"
+            "cat.close()\n")
+    run([sys.executable, "-c", code, os.path.join(folder, "data", "catalog.db"),
+         str(dirs), str(per_dir)])
 
 
 # -- targets -----------------------------------------------------------------------
@@ -289,7 +327,29 @@ METRICS = [
     ("rsync2", "second rsync -a (nothing to copy)", "s", "lower"),
     ("hugewrite", "sequential write {huge}, dd conv=fsync", "MiB/s", "higher"),
     ("rss", "daemon peak RSS (VmHWM) writing {huge}", "MiB", "lower"),
+    # how cost grows with the work (--scale)
+    ("untarpf", "tar x ({tree}), per file", "ms", "lower"),
+    ("untar10", "tar x of 10 copies ({tree10}), per file", "ms", "lower"),
+    ("rm10", "rm -rf of the 10 copies", "s", "lower"),
+    ("create100k", "create 100,000 empty files in one folder", "s", "lower"),
+    ("ls100k", "ls -f of that folder, cold", "s", "lower"),
+    ("stat100k", "stat of the 100,000 files, cold", "s", "lower"),
+    ("rm100k", "rm -rf of the 100,000 files", "s", "lower"),
+    ("scalerss", "daemon peak RSS (VmHWM) over the scale rows", "MiB", "lower"),
+    ("mount1m", "mount a store of 1,000,000 objects", "s", "lower"),
+    ("catalog1m", "catalog size with 1,000,000 objects", "MiB", "lower"),
+    ("rss1m", "daemon RSS after mounting it and listing 1,000 folders", "MiB", "lower"),
 ]
+
+#: Creates N empty files in a folder: ``python -c CREATE_FILES FOLDER N``.
+CREATE_FILES = ("import os, sys\n"
+                "d, n = sys.argv[1], int(sys.argv[2])\n"
+                "for i in range(n):\n"
+                "    os.close(os.open(os.path.join(d, 'f%06d' % i), os.O_CREAT | os.O_WRONLY, 0o644))\n")
+#: Stats every entry of a folder: ``python -c STAT_FILES FOLDER``.
+STAT_FILES = ("import os, sys\n"
+              "for e in os.scandir(sys.argv[1]):\n"
+              "    os.stat(e.path)\n")
 
 
 class Bench:
@@ -298,6 +358,8 @@ class Bench:
         self.targets = targets
         self.results = {k: {t.name: [] for t in targets} for k, *_ in METRICS}
         self.cpu = {k: {t.name: [] for t in targets} for k, *_ in METRICS}
+        self.counter = RequestCounter() if args.count_requests else None
+        self.requests = {}  # (workload key, target name) -> Counter of the last round
 
     def record(self, key, target, value, shown, cpu=None):
         self.results[key][target.name].append(value)
@@ -346,7 +408,10 @@ class Bench:
     def tree(self, t):
         dest = os.path.join(t.path, "tree")
         os.makedirs(dest)
-        self.step("untar", t, ["tar", "-xf", self.args.tarball, "-C", dest])
+        dt = self.step("untar", t, ["tar", "-xf", self.args.tarball, "-C", dest])
+        if self.args.scale:
+            per = dt / self.args.tree_count * 1000
+            self.record("untarpf", t, per, "%.3f ms/file" % per)
         t.remount()
         drop_caches()
         self.step("lsR", t, ["ls", "-lR", dest])
@@ -361,8 +426,66 @@ class Bench:
         shutil.rmtree(dest)
 
     def step(self, key, t, cmd):
-        dt, cpu = self.measure(t, cmd)
+        if self.counter is not None and t.name != "bare":
+            with self.counter:
+                dt, cpu = self.measure(t, cmd)
+            self.requests[key, t.name] = self.counter.counts
+        else:
+            dt, cpu = self.measure(t, cmd)
         self.record(key, t, dt, "%.2f s" % dt, cpu)
+        return dt
+
+    def scale(self, t):
+        """How cost grows: a tree 10x larger, 100,000 entries in one folder."""
+        if not self.args.scale:
+            return
+        t.remount()  # a fresh daemon: VmHWM covers these rows only
+        dest = os.path.join(t.path, "tree10")
+        os.makedirs(dest)
+        dt, cpu = self.measure(t, ["tar", "-xf", self.args.tarball10, "-C", dest])
+        per = dt / (10 * self.args.tree_count) * 1000
+        self.record("untar10", t, per, "%.3f ms/file" % per, cpu)
+        self.step("rm10", t, ["rm", "-rf", dest])
+        many = os.path.join(t.path, "many")
+        os.makedirs(many)
+        self.step("create100k", t, [sys.executable, "-c", CREATE_FILES, many, "100000"])
+        t.remount()
+        drop_caches()
+        self.step("ls100k", t, ["ls", "-f", many])
+        t.remount()
+        drop_caches()
+        self.step("stat100k", t, [sys.executable, "-c", STAT_FILES, many])
+        self.step("rm100k", t, ["rm", "-rf", many])
+        if t.pid is not None:
+            rss = peak_rss_mib(t.pid)
+            self.record("scalerss", t, rss, "%.0f MiB" % rss)
+        if isinstance(t, Cosfs) and self.args.million:
+            self.million(t)
+
+    def million(self, t):
+        """Mount time, catalog size and RSS of a store holding 1,000,000 objects."""
+        folder = os.path.join(self.args.root, "million-" + t.name)
+        if not os.path.exists(folder):
+            big = Cosfs(folder, t.name, t.encryption, t.settings)
+            big.root = folder
+            big.setup()
+            big.mount()
+            big.unmount()
+            populate(big.folder, 1000, 1000)
+            self.args.million_targets[t.name] = big
+        big = self.args.million_targets[t.name]
+        start = time.monotonic()
+        big.mount()
+        dt = time.monotonic() - start
+        self.record("mount1m", t, dt, "%.2f s" % dt)
+        size = sum(os.path.getsize(os.path.join(big.folder, "data", n))
+                   for n in os.listdir(os.path.join(big.folder, "data"))
+                   if n.startswith("catalog.db"))
+        self.record("catalog1m", t, size / MiB, "%.0f MiB" % (size / MiB))
+        timed(["ls", "-R", big.path])
+        rss = current_rss_mib(big.pid)
+        self.record("rss1m", t, rss, "%.0f MiB" % rss)
+        big.unmount()
 
     def huge(self, t):
         f = os.path.join(t.path, "huge.dat")
@@ -376,7 +499,7 @@ class Bench:
             self.record("rss", t, rss, "%.0f MiB" % rss)
         os.unlink(f)
 
-    WORKLOADS = ("seq", "fio", "tree", "huge")
+    WORKLOADS = ("seq", "fio", "tree", "huge", "scale")
 
     def run(self):
         n = len(self.targets)
@@ -401,6 +524,8 @@ class Bench:
         head = ["workload", "unit"] + names + ["%s/%s" % (c, p) for c in cos for p in peers]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for key, label, unit, better in METRICS:
+            if all(self.median(key, nm) is None for nm in names):
+                continue  # a row of an option this run did not use
             row = [label.format(**labels), "%s (%s better)" % (unit, better)]
             for nm in names:
                 v = self.median(key, nm)
@@ -481,6 +606,25 @@ def build_tree(workdir, limit_files, limit_bytes):
     return tarball, source, "%d files, %.0f MiB" % (len(files), total / MiB)
 
 
+def count_files(tarball):
+    with tarfile.open(tarball) as tar:
+        return sum(1 for m in tar.getmembers() if m.isfile())
+
+
+def build_tree10(workdir, tarball):
+    """A tarball holding the tree ten times, under copy0/ ... copy9/."""
+    out = os.path.join(workdir, "tree10.tar")
+    with tarfile.open(tarball) as src, tarfile.open(out, "w") as dst:
+        members = src.getmembers()
+        for i in range(10):
+            for m in members:
+                data = src.extractfile(m) if m.isfile() else None
+                renamed = copy.copy(m)
+                renamed.name = "copy%d/%s" % (i, m.name)
+                dst.addfile(renamed, data)
+    return out
+
+
 def machine_info(workdir):
     def out(cmd):
         try:
@@ -531,6 +675,13 @@ def parse_args(argv):
                    help="a setting of both cosfs configs, e.g. 'writeback_cache: true' "
                    "(repeatable; replaces the benchmark's own value of that key)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--scale", action="store_true",
+                   help="add the rows that show how cost grows (10x tree, 100,000 files)")
+    p.add_argument("--million", action="store_true",
+                   help="with --scale: also mount a store of 1,000,000 objects (cosfs only)")
+    p.add_argument("--count-requests", action="store_true",
+                   help="count the FUSE requests of each tree workload (kernel tracepoint; "
+                   "adds a little load of its own)")
     a = p.parse_args(argv)
     a.rounds = a.rounds or (1 if a.quick else 3)
     a.fio_runtime = a.fio_runtime or (2 if a.quick else 5)
@@ -539,6 +690,73 @@ def parse_args(argv):
     a.fio_mib = 256
     a.tree_files, a.tree_bytes = (1500, 30 * MiB) if a.quick else (5000, 100 * MiB)
     return a
+
+
+TRACEFS = "/sys/kernel/tracing"
+_OPCODE = re.compile(rb"\((FUSE_[A-Z_0-9]+)\)")
+
+
+class RequestCounter:
+    """Counts the FUSE requests the kernel sends while a block runs, by opcode.
+
+    Uses the kernel's ``fuse:fuse_request_send`` tracepoint through tracefs
+    (mounted here if needed; needs root), reading ``trace_pipe`` as events come so
+    that no buffer overflows. ``available`` is False where there is no tracepoint.
+    """
+
+    def __init__(self):
+        self.enable = os.path.join(TRACEFS, "events", "fuse", "fuse_request_send", "enable")
+        if not os.path.exists(self.enable) and os.geteuid() == 0:
+            subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS],
+                           stderr=subprocess.DEVNULL)
+        self.available = os.path.exists(self.enable)
+        self.counts = collections.Counter()
+
+    def __enter__(self):
+        self.counts = collections.Counter()
+        if not self.available:
+            return self
+        with open(os.path.join(TRACEFS, "trace"), "w"):
+            pass  # opening for writing clears the buffer
+        self._stop = False
+        self._fd = os.open(os.path.join(TRACEFS, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        with open(self.enable, "w") as f:
+            f.write("1")
+        return self
+
+    def _read(self):
+        rest = b""
+        while True:
+            ready, _, _ = select.select([self._fd], [], [], 0.1)
+            data = b""
+            if ready:
+                try:
+                    data = os.read(self._fd, 1 << 20)
+                except BlockingIOError:
+                    pass
+            if not data:
+                if self._stop:
+                    break
+                continue
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                m = _OPCODE.search(line)
+                if m:
+                    self.counts[m.group(1).decode()[5:]] += 1
+
+    def __exit__(self, *exc):
+        if not self.available:
+            return False
+        with open(self.enable, "w") as f:
+            f.write("0")
+        time.sleep(0.3)  # let the reader drain what is left
+        self._stop = True
+        self._thread.join()
+        os.close(self._fd)
+        return False
 
 
 def cosfs_settings(pairs):
@@ -599,6 +817,11 @@ def main(argv=None):
     try:
         log("work directory %s; building the file tree" % root)
         args.tarball, args.source, tree_desc = build_tree(root, args.tree_files, args.tree_bytes)
+        args.tree_count = count_files(args.tarball)
+        args.root = root
+        args.million_targets = {}
+        if args.scale:
+            args.tarball10 = build_tree10(root, args.tarball)
         log("tree: %s" % tree_desc)
         for t in targets:
             t.setup()
@@ -618,7 +841,8 @@ def main(argv=None):
     info.append(("load average (1 min) at start / end", "%.2f / %.2f"
                  % (load_at_start, os.getloadavg()[0])))
     labels = {"big": size_label(args.big_mib), "huge": size_label(args.huge_mib),
-              "fio_size": size_label(args.fio_mib), "tree": tree_desc}
+              "fio_size": size_label(args.fio_mib), "tree": tree_desc,
+              "tree10": "%d files" % (10 * args.tree_count)}
     report = render(args, bench, info, labels, elapsed)
     text = "\n".join(report) + "\n"
     sys.stdout.write(text)
@@ -643,11 +867,28 @@ def render(args, bench, info, labels, elapsed):
     if cpu:
         report += ["### Daemon CPU seconds (median; user + system, all threads)", "", cpu, "",
                    "CPU time depends less than elapsed time on other load on the machine.", ""]
+    if bench.requests:
+        report += ["### FUSE requests per tree workload (last round)", "",
+                   request_table(bench, labels), ""]
     report += ["### Machine", "", "| | |", "|---|---|"]
     report += ["| %s | %s |" % kv for kv in info]
     if args.cosfs_set:
         report += ["", "cosfs settings changed for this run: " + "; ".join(args.cosfs_set)]
     return report
+
+
+def request_table(bench, labels):
+    """Markdown: requests per workload and target, total and the largest kinds."""
+    lines = ["| workload | target | requests | largest kinds |", "|---|---|---|---|"]
+    for key, label, _unit, _better in METRICS:
+        for t in bench.targets:
+            counts = bench.requests.get((key, t.name))
+            if counts is None:
+                continue
+            kinds = ", ".join("%s %d" % kv for kv in counts.most_common(6))
+            lines.append("| %s | %s | %d | %s |" % (label.format(**labels), t.name,
+                                                    sum(counts.values()), kinds))
+    return "\n".join(lines)
 
 
 def size_label(mib):

@@ -4,11 +4,13 @@ Tables (see docs/format.md, "Catalog"):
   meta            key/value settings (schema version, key check values, chunk size)
   inodes          one row per file, directory, symlink or special file; encryption state
   dentries        (parent, name) -> inode; a directory has exactly one dentry
-  chunks          (inode, index) -> blob id and plaintext length
+  chunks          (inode, index) -> blob id and plaintext length; the sealed bytes of a
+                  small chunk are packed into the row itself (``data``) instead of a blob
   xattrs          user extended attributes
   buckets         top-level directories: name, region
   bucket_configs  per-bucket configuration documents (encryption, ...)
   garbage         blobs no longer referenced, deleted from the store after commit
+  uploads         multipart uploads in progress; upload_parts: their parts (nameless inodes)
 
 Concurrency rule: the catalog is used only from the trio thread. A run of
 calls with no ``await`` in between is therefore atomic with respect to other
@@ -22,12 +24,13 @@ so that it, and every commit before it, survives a machine crash.
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .durable import fsync_dir
@@ -35,7 +38,12 @@ from .errors import CosfsError, FsError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions an older cosfs wrote that this one upgrades in place at open (see docs/format.md).
+_UPGRADES = {
+    # 1 -> 2: chunks may carry their sealed bytes (packed small chunks)
+    1: ("ALTER TABLE chunks ADD COLUMN data BLOB",),
+}
 #: The WAL file is cut back to this size when it restarts after a checkpoint.
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 ROOT_INODE = 1
@@ -74,6 +82,7 @@ CREATE TABLE chunks (
     idx INTEGER NOT NULL,
     blob BLOB NOT NULL,
     length INTEGER NOT NULL,
+    data BLOB,
     PRIMARY KEY (inode, idx)
 ) WITHOUT ROWID;
 CREATE INDEX chunks_blob ON chunks (blob);
@@ -98,10 +107,38 @@ CREATE TABLE bucket_configs (
 CREATE TABLE garbage (blob BLOB PRIMARY KEY, region TEXT NOT NULL) WITHOUT ROWID;
 """
 
+#: Multipart uploads in progress (cosfs.keyspace). Created in every catalog when it is
+#: opened, old ones included: an older cosfs ignores them (docs/format.md, "Catalog").
+_UPLOAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    bucket INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    initiated_ns INTEGER NOT NULL,
+    enc_request TEXT,
+    enc TEXT,
+    meta BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_key ON uploads (bucket, key, id);
+CREATE TABLE IF NOT EXISTS upload_parts (
+    upload TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    PRIMARY KEY (upload, number)
+) WITHOUT ROWID;
+"""
+
 INODE_COLUMNS = ("id", "mode", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns",
                  "ctime_ns", "nlink", "bucket", "object_id", "enc", "enc_request",
                  "wrapped_key", "etag", "version_id", "target")
 _SELECT_INODE = "SELECT %s FROM inodes" % ", ".join(INODE_COLUMNS)
+_INODE_INDEX = {name: i for i, name in enumerate(INODE_COLUMNS)}
+
+#: Inode rows kept in memory (about 200 bytes each); the oldest quarter goes when full.
+INODE_CACHE_SIZE = 65536
 
 
 @dataclass
@@ -138,9 +175,20 @@ class Inode:
 
 @dataclass(frozen=True)
 class Chunk:
+    """One chunk of an object: ``length`` plaintext bytes sealed as blob ``blob``.
+
+    ``data`` holds the sealed bytes of a packed chunk (kept in the catalog row);
+    None means they are a blob in the region's chunk store.
+    """
+
     idx: int
     blob: bytes
     length: int
+    data: Optional[bytes] = field(default=None, repr=False)
+
+    @property
+    def packed(self):
+        return self.data is not None
 
 
 #: CLOCK_REALTIME_COARSE of Linux (the time module names it only from Python 3.13 on)
@@ -184,6 +232,8 @@ class Catalog:
     def __init__(self, path, *, create=False):
         self.path = os.fspath(path)
         self._depth = 0
+        self._inodes = {}  # ino -> row tuple: see get_inode
+        self._parents = {}  # ino -> (parent, name): see parent_of
         #: (dev, ino) of the WAL and database files when their folder was last fsynced
         self._synced_names = None
         exists = os.path.exists(self.path)
@@ -222,6 +272,11 @@ class Catalog:
                 self.sync()
             else:
                 self._check_schema()
+            if not self._has_upload_tables():
+                with self.transaction():
+                    for statement in _UPLOAD_SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise CosfsError("catalog %s is unusable: %s" % (self.path, exc),
                              code="CorruptCatalog") from None
@@ -244,11 +299,30 @@ class Catalog:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 2)",
                 (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), t, t, t))
 
+    def _has_upload_tables(self):
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
+                               " AND name='upload_parts'").fetchone() is not None
+
     def _check_schema(self):
         version = self.get_meta("schema_version")
+        if version in _UPGRADES:
+            self._upgrade(version)
+            version = self.get_meta("schema_version")
         if version != SCHEMA_VERSION:
             raise CosfsError("catalog %s has schema version %r, this cosfs reads %d"
                              % (self.path, version, SCHEMA_VERSION), code="CorruptCatalog")
+
+    def _upgrade(self, version):
+        """Bring an older catalog to SCHEMA_VERSION in one transaction, made durable."""
+        with self.transaction():
+            while version in _UPGRADES:
+                for statement in _UPGRADES[version]:
+                    self.db.execute(statement)
+                version += 1
+            self.set_meta("schema_version", version)
+        self.sync()
+        log.warning("catalog %s upgraded to format version %d (older cosfs releases can no "
+                    "longer open it)", self.path, version)
 
     def sync(self):
         """Make every commit so far durable: fsync the WAL, the database file and, when
@@ -327,6 +401,8 @@ class Catalog:
             yield
         except BaseException:
             self._depth = 0
+            self._inodes.clear()  # it may hold rows of the rolled-back changes
+            self._parents.clear()
             self.db.execute("ROLLBACK")
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
@@ -338,6 +414,8 @@ class Catalog:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_sync', ?)", (now_ns(),))
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
+            self._inodes.clear()
+            self._parents.clear()
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.DatabaseError:
@@ -360,9 +438,21 @@ class Catalog:
 
     # -- inodes ----------------------------------------------------------
     def get_inode(self, ino) -> Inode:
-        row = self.db.execute(_SELECT_INODE + " WHERE id=?", (ino,)).fetchone()
+        """A fresh, mutable copy of inode ``ino`` (FsError ENOENT if there is none).
+
+        Rows are served from a write-through cache: every change to ``inodes`` goes
+        through this class, so the cache and the database agree, inside a transaction
+        as well; a rolled-back transaction empties it.
+        """
+        row = self._inodes.get(ino)
         if row is None:
-            raise FsError(errno.ENOENT, "no inode %d" % ino)
+            row = self.db.execute(_SELECT_INODE + " WHERE id=?", (ino,)).fetchone()
+            if row is None:
+                raise FsError(errno.ENOENT, "no inode %d" % ino)
+            if len(self._inodes) >= INODE_CACHE_SIZE:
+                for old in list(itertools.islice(self._inodes, INODE_CACHE_SIZE // 4)):
+                    del self._inodes[old]
+            self._inodes[ino] = row
         return Inode(*row)
 
     def new_inode(self, *, mode, uid, gid, rdev=0, nlink=1, bucket=0, target=None,
@@ -372,23 +462,35 @@ class Catalog:
             "INSERT INTO inodes (mode, uid, gid, rdev, atime_ns, mtime_ns, ctime_ns, nlink,"
             " bucket, object_id, enc_request, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (mode, uid, gid, rdev, t, t, t, nlink, bucket, object_id, enc_request, target))
-        return self.get_inode(cur.lastrowid)
+        # the row as SQLite now holds it (column defaults: size 0, the rest NULL)
+        row = (cur.lastrowid, mode, uid, gid, rdev, 0, t, t, t, nlink, bucket, object_id, None,
+               enc_request, None, None, None, target)
+        self._inodes[cur.lastrowid] = row
+        return Inode(*row)
 
     def update_inode(self, ino, **fields):
         if not fields:
             return
         cols = ", ".join("%s=?" % k for k in fields)
         self.db.execute("UPDATE inodes SET %s WHERE id=?" % cols, (*fields.values(), ino))
+        row = self._inodes.get(ino)
+        if row is not None:
+            row = list(row)
+            for k, v in fields.items():
+                row[_INODE_INDEX[k]] = v
+            self._inodes[ino] = tuple(row)
 
     def delete_inode(self, ino, region):
         """Remove an inode with its chunks (to garbage) and xattrs."""
         with self.transaction():
             self.db.execute(
                 "INSERT OR IGNORE INTO garbage (blob, region) SELECT blob, ? FROM chunks"
-                " WHERE inode=?", (region, ino))
+                " WHERE inode=? AND data IS NULL", (region, ino))
             self.db.execute("DELETE FROM chunks WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM inodes WHERE id=?", (ino,))
+            self._inodes.pop(ino, None)
+            self._parents.pop(ino, None)
 
     def unlinked_inodes(self):
         """Inodes without any name (left by a crash while they were open)."""
@@ -407,19 +509,32 @@ class Catalog:
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
 
     def remove_dentry(self, parent, name):
-        self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+        for (gone,) in self.db.execute(
+                "DELETE FROM dentries WHERE parent=? AND name=? RETURNING inode", (parent, name)):
+            self._parents.pop(gone, None)
 
     def set_dentry(self, parent, name, ino):
-        self.db.execute("INSERT OR REPLACE INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
+        """Point (parent, name) at ``ino``, replacing the entry it had, if any."""
+        self.remove_dentry(parent, name)
+        self._parents.pop(ino, None)
+        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
 
     def has_children(self, parent) -> bool:
         return self.db.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1",
                                (parent,)).fetchone() is not None
 
     def parent_of(self, ino):
-        """(parent, name) of a directory's single dentry, or None for the root."""
-        return self.db.execute("SELECT parent, name FROM dentries WHERE inode=? LIMIT 1",
-                               (ino,)).fetchone()
+        """(parent, name) of a directory's single dentry (of one of a file's names), or
+        None for the root and nameless inodes. Cached like inodes (see get_inode)."""
+        row = self._parents.get(ino)
+        if row is None:
+            row = self.db.execute("SELECT parent, name FROM dentries WHERE inode=? LIMIT 1",
+                                  (ino,)).fetchone()
+            if row is not None:
+                if len(self._parents) >= INODE_CACHE_SIZE:
+                    self._parents.clear()
+                self._parents[ino] = row
+        return row
 
     def list_dir(self, parent, after=None, limit=None):
         """[(name, Inode)] sorted by name; ``after`` resumes after a name."""
@@ -450,35 +565,42 @@ class Catalog:
     # -- chunks ----------------------------------------------------------
     def chunks(self, ino):
         return [Chunk(*r) for r in self.db.execute(
-            "SELECT idx, blob, length FROM chunks WHERE inode=? ORDER BY idx", (ino,))]
+            "SELECT idx, blob, length, data FROM chunks WHERE inode=? ORDER BY idx", (ino,))]
 
     def chunk(self, ino, idx) -> Optional[Chunk]:
-        row = self.db.execute("SELECT idx, blob, length FROM chunks WHERE inode=? AND idx=?",
-                              (ino, idx)).fetchone()
+        row = self.db.execute(
+            "SELECT idx, blob, length, data FROM chunks WHERE inode=? AND idx=?",
+            (ino, idx)).fetchone()
         return None if row is None else Chunk(*row)
 
-    def set_chunk(self, ino, idx, blob, length, region):
-        """Point chunk ``idx`` at a new blob; the blob it replaces goes to garbage."""
-        old = self.chunk(ino, idx)
-        if old is not None and old.blob != blob:
-            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old.blob, region))
-        self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
-                        (ino, idx, blob, length))
+    def set_chunk(self, ino, idx, blob, length, region, data=None):
+        """Point chunk ``idx`` at a new blob, or pack its sealed bytes ``data`` into the row.
+
+        A stored blob that is replaced goes to garbage; a packed one simply goes.
+        """
+        old = self.db.execute("SELECT blob, data IS NULL FROM chunks WHERE inode=? AND idx=?",
+                              (ino, idx)).fetchone()
+        if old is not None and old[1] and old[0] != blob:
+            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old[0], region))
+        self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                        (ino, idx, blob, length, data))
 
     def drop_chunks_from(self, ino, first_idx, region):
         """Remove chunks with index >= first_idx (truncate)."""
         self.db.execute(
-            "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks WHERE inode=? AND idx>=?",
-            (region, ino, first_idx))
+            "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks"
+            " WHERE inode=? AND idx>=? AND data IS NULL", (region, ino, first_idx))
         self.db.execute("DELETE FROM chunks WHERE inode=? AND idx>=?", (ino, first_idx))
 
     def referenced_blobs(self):
-        return {r[0] for r in self.db.execute("SELECT blob FROM chunks")}
+        """Ids of the blobs the store must hold (packed chunks have none there)."""
+        return {r[0] for r in self.db.execute("SELECT blob FROM chunks WHERE data IS NULL")}
 
     def chunk_rows(self):
         """Every (inode, Chunk) in the catalog (for fsck and re-wrap)."""
-        for r in self.db.execute("SELECT inode, idx, blob, length FROM chunks ORDER BY inode, idx"):
-            yield r[0], Chunk(r[1], r[2], r[3])
+        for r in self.db.execute(
+                "SELECT inode, idx, blob, length, data FROM chunks ORDER BY inode, idx"):
+            yield r[0], Chunk(*r[1:])
 
     # -- garbage ---------------------------------------------------------
     def garbage(self, limit=1000):
@@ -526,6 +648,10 @@ class Catalog:
         return self.db.execute("SELECT inode, name, region FROM buckets WHERE inode=?",
                                (ino,)).fetchone()
 
+    def bucket_created_ns(self, ino):
+        row = self.db.execute("SELECT created_ns FROM buckets WHERE inode=?", (ino,)).fetchone()
+        return None if row is None else row[0]
+
     def add_bucket(self, ino, name, region):
         self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?)", (ino, name, region, now_ns()))
 
@@ -544,3 +670,57 @@ class Catalog:
 
     def delete_bucket_config(self, bucket_ino, kind):
         self.db.execute("DELETE FROM bucket_configs WHERE bucket=? AND kind=?", (bucket_ino, kind))
+
+    # -- multipart uploads (cosfs.keyspace) --------------------------------------------
+    def add_upload(self, upload_id, bucket_ino, key, initiated_ns, enc_request, enc, meta):
+        self.db.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (upload_id, bucket_ino, key, initiated_ns, enc_request, enc, meta))
+
+    def get_upload(self, upload_id):
+        """(id, bucket, key, initiated_ns, enc_request, enc, meta) or None."""
+        return self.db.execute("SELECT id, bucket, key, initiated_ns, enc_request, enc, meta"
+                               " FROM uploads WHERE id=?", (upload_id,)).fetchone()
+
+    def list_uploads(self, bucket_ino, *, prefix=b"", after=(b"", ""), limit=1000):
+        """[(key, id, initiated_ns)] of a bucket's uploads in (key, id) order, after the
+        (key, id) pair ``after``, keys starting with ``prefix``."""
+        key, upload_id = after
+        return list(self.db.execute(
+            "SELECT key, id, initiated_ns FROM uploads WHERE bucket=? AND (key>? OR (key=? AND"
+            " id>?)) AND substr(key, 1, ?)=? ORDER BY key, id LIMIT ?",
+            (bucket_ino, key, key, upload_id, len(prefix), prefix, limit)))
+
+    def has_uploads(self, bucket_ino) -> bool:
+        return self.db.execute("SELECT 1 FROM uploads WHERE bucket=? LIMIT 1",
+                               (bucket_ino,)).fetchone() is not None
+
+    def uploads_without_bucket(self):
+        """Ids of uploads whose bucket is gone (removed on the mount)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM uploads WHERE bucket NOT IN (SELECT inode FROM buckets)")]
+
+    def delete_upload(self, upload_id):
+        """Remove an upload and its part rows; returns the part inodes (not deleted here)."""
+        parts = [r[0] for r in self.db.execute("SELECT inode FROM upload_parts WHERE upload=?",
+                                               (upload_id,))]
+        self.db.execute("DELETE FROM upload_parts WHERE upload=?", (upload_id,))
+        self.db.execute("DELETE FROM uploads WHERE id=?", (upload_id,))
+        return parts
+
+    def upload_parts(self, upload_id, *, after=0, limit=None):
+        """[(number, inode, etag, size, mtime_ns)] by number, numbers above ``after``."""
+        sql = ("SELECT number, inode, etag, size, mtime_ns FROM upload_parts WHERE upload=?"
+               " AND number>? ORDER BY number")
+        args = [upload_id, after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return list(self.db.execute(sql, args))
+
+    def set_upload_part(self, upload_id, number, ino, etag, size, mtime_ns):
+        """Record a part; returns the inode of the part it replaces, or None."""
+        row = self.db.execute("SELECT inode FROM upload_parts WHERE upload=? AND number=?",
+                              (upload_id, number)).fetchone()
+        self.db.execute("INSERT OR REPLACE INTO upload_parts VALUES (?, ?, ?, ?, ?, ?)",
+                        (upload_id, number, ino, etag, size, mtime_ns))
+        return None if row is None else row[0]

@@ -77,22 +77,51 @@ def store_failure(exc):
     return exc
 
 
+def seal(crypt, idx, blob, data):
+    """``data`` sealed as chunk ``idx`` of blob ``blob`` (unchanged without ``crypt``)."""
+    if crypt is None:
+        return bytes(data)
+    return cipher.seal_blob(crypt.algorithm, crypt.key, crypt.context(idx, blob), data)
+
+
 def seal_put(store, crypt, idx, blob, data):
     """Seal ``data`` as chunk ``idx`` (when ``crypt`` is set) and store it as ``blob``."""
-    if crypt is not None:
-        data = cipher.seal_blob(crypt.algorithm, crypt.key, crypt.context(idx, blob), data)
-    store.put(blob, data)
+    store.put(blob, seal(crypt, idx, blob, data))
 
 
-def reseal(store, old, new, ch, length, blob):
-    """Re-encrypt a stored chunk: open it with ``old``, keep ``length`` bytes, seal with ``new``."""
-    data = store.get(ch.blob)
+def read_sealed(store, ch, offset=0, length=None):
+    """Sealed bytes of a chunk: from its packed row, else from the store's blob.
+
+    Without ``length``, everything from ``offset`` on. Like a ranged read of a blob,
+    a range past the end comes back short.
+    """
+    if ch.data is not None:
+        end = len(ch.data) if length is None else offset + length
+        return ch.data[offset:end]
+    if length is None and offset == 0:
+        return store.get(ch.blob)
+    if length is None:
+        length = store.size(ch.blob) - offset
+    return store.get_range(ch.blob, offset, length)
+
+
+def reseal(store, old, new, ch, length, blob, pack=False):
+    """Re-encrypt a chunk: open it with ``old``, keep ``length`` bytes, seal with ``new``.
+
+    The new sealed bytes are stored as blob ``blob``, or returned (and not stored)
+    with ``pack``.
+    """
+    data = read_sealed(store, ch)
     if old is None:
         check_length(ch, data, ch.length)
     else:
         data = cipher.open_blob(old.algorithm, old.key, old.context(ch.idx, ch.blob),
                                 data, ch.length)
-    seal_put(store, new, ch.idx, blob, memoryview(data)[:length])
+    sealed = seal(new, ch.idx, blob, memoryview(data)[:length])
+    if pack:
+        return sealed
+    store.put(blob, sealed)
+    return None
 
 
 def fetch(store, crypt, idx, ch, first, last, header):
@@ -107,13 +136,18 @@ def fetch(store, crypt, idx, ch, first, last, header):
     # extended (appended to or replaced by a longer one) must fail too
     extra = 1 if hi == ch.length else 0
     if crypt is None:
-        data = store.get_range(ch.blob, lo, hi - lo + extra)
+        data = read_sealed(store, ch, lo, hi - lo + extra)
         check_length(ch, data, hi - lo)
         return None, data
-    if header is None:
-        header = store.get_range(ch.blob, 0, cipher.HEADER_SIZE)
     seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
-    data = store.get_range(ch.blob, coff, clen + extra)
+    if header is None and coff == cipher.HEADER_SIZE:
+        # the range starts at the first segment, right after the header: one read
+        data = read_sealed(store, ch, 0, coff + clen + extra)
+        header, data = data[:coff], data[coff:]
+    else:
+        if header is None:
+            header = read_sealed(store, ch, 0, cipher.HEADER_SIZE)
+        data = read_sealed(store, ch, coff, clen + extra)
     # a short blob must fail, not read as a hole (open_range takes what it gets)
     check_length(ch, data, clen)
     plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),

@@ -270,6 +270,11 @@ class FileSystem(XattrOps):
             self._maybe_purge(ino)
         log.warning("catalog was full: checkpointed it to give its log's space back")
 
+    def purge_if_unused(self, ino):
+        """Delete ``ino`` if it has no name, no kernel reference and no open handle (for
+        the key-level core, which replaces and removes objects outside FUSE requests)."""
+        self._maybe_purge(ino)
+
     def _maybe_purge(self, ino):
         """Delete an inode once it has no name, no kernel reference and no open handle."""
         if ino in self.lookups or ino == ROOT_INODE:
@@ -314,6 +319,8 @@ class FileSystem(XattrOps):
                 st.mtime_ns = mtime_ns
         if fields or size is not None:
             fields["ctime_ns"] = t
+            if size is None and self.objects.defer_attrs(ino, fields):
+                return self.attr(ino)
             st = self.objects.states.get(ino)
             if st is not None:
                 st.ctime_ns = t

@@ -71,7 +71,8 @@ def run(store, *, repair=True, verify=False):
     dead = set(unlinked)
     for ino, ch in cat.chunk_rows():
         if ino in dead:
-            released.add(ch.blob)
+            if not ch.packed:
+                released.add(ch.blob)
             continue
         referenced[ch.blob] = (ino, ch)
         rep.chunks += 1
@@ -106,7 +107,8 @@ def run(store, *, repair=True, verify=False):
         region = regions.get(inode.bucket, store.config.region)
         s = store.stores.get(region)
         try:
-            size = s.size(blob)
+            # a packed chunk's sealed bytes are in its catalog row, not in the store
+            size = len(ch.data) if ch.packed else s.size(blob)
         except CosfsError:
             rep.missing.append((ino, ch.idx, blob))
             continue
@@ -118,7 +120,7 @@ def run(store, *, repair=True, verify=False):
             try:
                 crypt = objects.stored_crypt(inode)
                 cipher.open_blob(crypt.algorithm, crypt.key, crypt.context(ch.idx, blob),
-                                 s.get(blob), ch.length)
+                                 ch.data if ch.packed else s.get(blob), ch.length)
             except CosfsError:
                 rep.unreadable.append((ino, ch.idx, blob))
     for line in rep.lines(repair):

@@ -104,7 +104,19 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def lookup(self, parent_inode, name, ctx=None):
-        return self.entry(await self.fs.lookup(parent_inode, name, _ctx(ctx)))
+        try:
+            inode = await self.fs.lookup(parent_inode, name, _ctx(ctx))
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # "no such name", cached by the kernel like a positive entry: names are
+            # created through the kernel (which replaces the negative entry) or by the
+            # other front-ends, which invalidate it (see cosfs.keyspace)
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = ENTRY_TIMEOUT
+            return e
+        return self.entry(inode)
 
     async def forget(self, inode_list):
         # forget has no reply: any exception here, even FUSEError, ends the mount.

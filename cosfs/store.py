@@ -15,6 +15,7 @@ All methods block; callers on the trio thread run them with
 :class:`~cosfs.errors.StoreError` carrying the original errno.
 """
 
+import collections
 import concurrent.futures
 import errno
 import logging
@@ -39,6 +40,22 @@ EARLY_WRITEBACK = 256 * 1024
 #: stay free: the catalog beside the blobs keeps room to record deletions, so a full store
 #: can be cured by deleting objects (SQLite needs space even to delete rows).
 RESERVE_MAX = 4 * 1024 * 1024
+
+
+#: Read-only descriptors of recently read blobs kept open: a random read of a blob
+#: is then one pread, with no open and close around it.
+OPEN_BLOBS = 256
+
+
+class _OpenBlob:
+    """A cached read-only descriptor; closed once evicted and no reader uses it."""
+
+    __slots__ = ("fd", "users", "evicted")
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.users = 0
+        self.evicted = False
 
 
 def blob_name(blob_id: bytes) -> str:
@@ -70,6 +87,7 @@ class LocalStore:
         self._sync_lock = threading.Lock()
         self._pool = None
         self._sizeless_warned = False
+        self._open = collections.OrderedDict()  # blob id -> _OpenBlob, oldest first
 
     # -- setup -----------------------------------------------------------
     def create(self):
@@ -157,22 +175,62 @@ class LocalStore:
                              errno=exc.errno) from None
 
     def get_range(self, blob_id: bytes, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; a short result means the blob is short (caller checks)."""
-        path = self._path(blob_id)
+        """``length`` bytes at ``offset``; a short result means the blob is short (caller checks).
+
+        Reads through a cached descriptor (blobs never change once written).
+        """
+        ob = self._acquire(blob_id)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.pread(ob.fd, length, offset)
+        except OSError as exc:
+            raise StoreError("cannot read blob %s: %s" % (blob_id.hex(), exc.strerror),
+                             errno=exc.errno) from None
+        finally:
+            self._release(ob)
+
+    def _acquire(self, blob_id):
+        with self._lock:
+            ob = self._open.get(blob_id)
+            if ob is not None:
+                self._open.move_to_end(blob_id)
+                ob.users += 1
+                return ob
+        try:
+            fd = os.open(self._path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StoreError("blob %s is missing" % blob_id.hex(), errno=errno.EIO) from None
         except OSError as exc:
             raise StoreError("cannot open blob %s: %s" % (blob_id.hex(), exc.strerror),
                              errno=exc.errno) from None
-        try:
-            return os.pread(fd, length, offset)
-        except OSError as exc:
-            raise StoreError("cannot read blob %s: %s" % (blob_id.hex(), exc.strerror),
-                             errno=exc.errno) from None
-        finally:
-            os.close(fd)
+        ob = _OpenBlob(fd)
+        ob.users = 1
+        with self._lock:
+            if blob_id in self._open:  # another reader opened it meanwhile: keep one
+                ob.evicted = True
+            else:
+                self._open[blob_id] = ob
+                while len(self._open) > OPEN_BLOBS:
+                    self._evict(self._open.popitem(last=False)[1])
+        return ob
+
+    def _release(self, ob):
+        with self._lock:
+            ob.users -= 1
+            if ob.evicted and not ob.users:
+                os.close(ob.fd)
+
+    @staticmethod
+    def _evict(ob):
+        """Close ``ob`` now or, if a read is under way, when it ends (lock held)."""
+        ob.evicted = True
+        if not ob.users:
+            os.close(ob.fd)
+
+    def close(self):
+        """Close the cached descriptors (the store stays usable)."""
+        with self._lock:
+            while self._open:
+                self._evict(self._open.popitem()[1])
 
     def size(self, blob_id: bytes) -> int:
         """Length of a stored blob; StoreError if missing."""
@@ -185,6 +243,9 @@ class LocalStore:
         """Remove a blob; a missing blob is not an error."""
         with self._lock:
             self._unsynced.discard(blob_id)
+            ob = self._open.pop(blob_id, None)
+            if ob is not None:
+                self._evict(ob)
         self._unlink_quietly(self._path(blob_id), report=True)
 
     def _unlink_quietly(self, path, report=False):

@@ -380,3 +380,75 @@ def test_clock_falls_back_to_the_coarse_clock(monkeypatch):
         c0 = time.clock_gettime_ns(catalog._COARSE)
         t = catalog.now_ns()
         assert c0 <= t <= time.clock_gettime_ns(catalog._COARSE)
+
+
+# -- the write-through caches ----------------------------------------------------------
+def _fresh(cat, ino):
+    row = cat.db.execute(catalog._SELECT_INODE + " WHERE id=?", (ino,)).fetchone()
+    return None if row is None else catalog.Inode(*row)
+
+
+def _fresh_parent(cat, ino):
+    return cat.db.execute("SELECT parent, name FROM dentries WHERE inode=? LIMIT 1",
+                          (ino,)).fetchone()
+
+
+def test_caches_agree_with_the_database_through_commits_and_rollbacks(cat):
+    import random
+    rnd = random.Random(7)
+    inos = []
+    for step in range(600):
+        op = rnd.choice(["new", "update", "delete", "move", "fail"])
+        if op == "new" or not inos:
+            with cat.transaction():
+                ino = cat.new_inode(mode=rnd.choice([REG, DIR]), uid=rnd.randrange(9), gid=0,
+                                    object_id=os.urandom(16)).id
+                cat.add_dentry(ROOT_INODE, b"n%d" % step, ino)
+            inos.append(ino)
+        try:
+            with cat.transaction():
+                ino = rnd.choice(inos)
+                if op == "update":
+                    cat.update_inode(ino, size=rnd.randrange(1000), mode=REG | 0o600,
+                                     etag="e%d" % step)
+                elif op == "delete":
+                    row = _fresh_parent(cat, ino)
+                    cat.remove_dentry(*row)
+                    cat.delete_inode(ino, "r")
+                    inos.remove(ino)
+                elif op == "move":
+                    row = _fresh_parent(cat, ino)
+                    cat.set_dentry(ROOT_INODE, b"m%d" % step, ino)
+                    cat.remove_dentry(*row)
+                elif op == "fail":
+                    cat.update_inode(ino, size=999999)
+                    cat.get_inode(ino)
+                    cat.parent_of(ino)
+                    raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        for i in inos:
+            assert cat.get_inode(i) == _fresh(cat, i), (step, op, i)
+            assert cat.parent_of(i) == _fresh_parent(cat, i), (step, op, i)
+
+
+def test_a_failed_commit_empties_the_caches(cat, monkeypatch):
+    ino = new_file(cat).id
+    cat.get_inode(ino)
+    assert ino in cat._inodes
+    cat._inodes[ino] = cat._inodes[ino]  # cached
+    real = cat.db
+
+    class Failing:
+        def execute(self, sql, *a):
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *a)
+
+    monkeypatch.setattr(cat, "db", Failing())
+    with pytest.raises(CosfsError):
+        with cat.transaction():
+            cat.update_inode(ino, size=5)
+    monkeypatch.setattr(cat, "db", real)
+    assert not cat._inodes
+    assert cat.get_inode(ino).size == 0

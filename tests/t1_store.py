@@ -273,3 +273,60 @@ def test_makedirs_is_durable_and_strict(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError):
         durable.makedirs(tmp_path / "f")
+
+
+# -- cached read descriptors ---------------------------------------------------------
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_ranged_reads_keep_a_bounded_number_of_descriptors(store, monkeypatch):
+    import cosfs.store as store_module
+    monkeypatch.setattr(store_module, "OPEN_BLOBS", 8)
+    for n in range(40):
+        store.put(bid(n), b"%02d" % n * 100)
+    before = _open_fds()
+    for _ in range(3):
+        for n in range(40):
+            assert store.get_range(bid(n), 2, 4) == b"%02d%02d" % (n, n)
+    assert _open_fds() - before <= 8
+    store.close()
+    assert _open_fds() <= before
+
+
+def test_deleted_blob_is_missing_even_with_a_cached_descriptor(store):
+    store.put(bid(1), b"data")
+    assert store.get_range(bid(1), 0, 4) == b"data"
+    store.delete(bid(1))
+    with pytest.raises(StoreError) as ei:
+        store.get_range(bid(1), 0, 4)
+    assert ei.value.errno == errno.EIO
+
+
+def test_concurrent_ranged_reads_with_eviction(store, monkeypatch):
+    """Readers in many threads while descriptors are evicted under them: every read
+    returns its blob's bytes (a descriptor is closed only once no read uses it)."""
+    import cosfs.store as store_module
+    monkeypatch.setattr(store_module, "OPEN_BLOBS", 4)
+    blobs = {bid(n): os.urandom(4096) for n in range(32)}
+    for b, data in blobs.items():
+        store.put(b, data)
+    errors = []
+
+    def reader(seed):
+        import random
+        rnd = random.Random(seed)
+        try:
+            for _ in range(2000):
+                b = rnd.choice(list(blobs))
+                off = rnd.randrange(4000)
+                assert store.get_range(b, off, 64) == blobs[b][off:off + 64]
+        except Exception as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]

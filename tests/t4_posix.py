@@ -794,3 +794,69 @@ def test_special_files(mount):
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
     assert oserr(os.getxattr, os.path.join(mount.plain, "fifo"), "user.cos.etag") == \
         errno.ENODATA
+
+
+# -- requests the kernel need not send, work the daemon need not repeat ------------
+def test_attributes_set_before_close_commit_with_the_data(mount):
+    """tar's order: write, futimens, fchown, fchmod, close. The attributes join the
+    close's commit; stat shows them at once, and they survive a kill after close."""
+    p = os.path.join(mount.enc, "extracted")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"payload" * 100)
+    os.utime(fd, ns=(1_000_000_123, 2_000_000_456))
+    os.fchown(fd, 1234, 5678)
+    os.fchmod(fd, 0o640)
+    st = os.stat(p)  # before close: the deferred attributes are what stat shows
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert st.st_mtime_ns == 2_000_000_456 and st.st_atime_ns == 1_000_000_123
+    os.close(fd)
+    mount.kill9()
+    mount.start()
+    st = os.stat(p)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert st.st_mtime_ns == 2_000_000_456 and st.st_atime_ns == 1_000_000_123
+    assert get(p) == b"payload" * 100
+
+
+def test_attributes_without_pending_data_commit_at_once(mount):
+    p = os.path.join(mount.plain, "f")
+    put(p, b"x")
+    fd = os.open(p, os.O_RDWR)
+    os.fchmod(fd, 0o604)  # no new data waits: its own transaction
+    mount.kill9()
+    try:
+        os.close(fd)
+    except OSError:  # the daemon is gone
+        pass
+    mount.start()
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o604
+
+
+def test_a_write_after_utime_moves_mtime_again(mount):
+    p = os.path.join(mount.plain, "g")
+    with open(p, "wb") as f:
+        f.write(b"a")
+        f.flush()
+        os.utime(f.fileno(), ns=(5, 5))
+        f.write(b"b")
+    assert os.stat(p).st_mtime_ns > 5
+
+
+def test_missing_names_are_cached_and_still_appear_when_created(mount):
+    d = os.path.join(mount.plain, "neg")
+    os.mkdir(d)
+    target = os.path.join(d, "later")
+    for _ in range(3):
+        assert oserr(os.stat, target) == errno.ENOENT
+    put(target, b"1")
+    assert get(target) == b"1"
+    os.unlink(target)
+    assert oserr(os.stat, target) == errno.ENOENT
+    put(os.path.join(d, "tmp"), b"2")
+    os.rename(os.path.join(d, "tmp"), target)
+    assert get(target) == b"2"
+    os.mkdir(os.path.join(d, "sub"))
+    assert oserr(os.stat, os.path.join(d, "sub", "x")) == errno.ENOENT
+    os.rename(os.path.join(d, "sub"), os.path.join(d, "sub2"))
+    assert oserr(os.stat, os.path.join(d, "sub")) == errno.ENOENT
+    assert os.listdir(os.path.join(d, "sub2")) == []
