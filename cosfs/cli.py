@@ -100,6 +100,9 @@ def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_opt
             if not quiet:
                 print("%s: mounted %s at %s (pid %d, log %s)" % (prog, cfg.store, cfg.mountpoint,
                                                                  pid, log_file))
+                if cfg.api.enabled:
+                    print("%s: serving the COS XML API on %s://%s" % (
+                        prog, "https" if cfg.api.tls_cert else "http", cfg.api.listen))
             return 0
         msg = msg.strip() or "cosfs: the daemon exited before the mount was ready; see %s" \
             % log_file
@@ -133,6 +136,17 @@ def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_opt
         log.exception("daemon failed")
         status = 1
     os._exit(status)
+
+
+def cmd_serve(args):
+    """Serve the XML API of an unmounted store in the foreground (no FUSE needed)."""
+    cfg = _load_config(args.config)
+    from .mount import run_serve, setup_logging
+    from .service import sd_notify
+    setup_logging(args.log_file or cfg.log_file, cfg.log_level, args.verbose)
+    run_serve(cfg, ready=lambda: sd_notify("READY=1\nSTATUS=serving the API of %s on %s"
+                                           % (cfg.store, cfg.api.listen)))
+    return 0
 
 
 def _mounted_cosfs(path):
@@ -404,6 +418,67 @@ def _bucket_encryption_mounted(args):
     return 0
 
 
+# -- API credentials ------------------------------------------------------------------
+def _credentials_path(args):
+    """The credentials file: ``--file``, else the config's ``api.credentials``
+    (``<store>/credentials`` unless set)."""
+    if args.file:
+        return os.path.abspath(args.file)
+    if not args.config:
+        raise UsageError("give --config FILE (or --file PATH of the credentials file)")
+    cfg = _load_config(args.config)
+    api = getattr(cfg, "api", None)
+    path = getattr(api, "credentials", None)
+    return os.fspath(path) if path is not None else os.path.join(cfg.store, "credentials")
+
+
+def cmd_credentials(args):
+    from . import credentials
+    path = _credentials_path(args)
+    if args.action == "add":
+        if args.secret_id:
+            raise UsageError("credentials add takes no SECRETID")
+        buckets = None
+        if args.bucket:
+            from .names import validate_bucket_name
+            for name in args.bucket:
+                validate_bucket_name(name)
+            buckets = args.bucket
+        cred = credentials.add(path, credentials.READ_ONLY if args.read_only else
+                               credentials.FULL, buckets)
+        print("SecretId:  %s" % cred.secret_id)
+        print("SecretKey: %s" % cred.secret_key)
+        print("access:    %s; buckets: %s" % (cred.access, ", ".join(cred.buckets or ["all"])))
+        print("the SecretKey is shown only now: keep it (cosfs credentials list never shows it)")
+    elif args.action == "list":
+        if args.secret_id or args.read_only or args.bucket:
+            raise UsageError("credentials list takes no SECRETID, --read-only or --bucket")
+        for cred in credentials.list_credentials(path):
+            print("%s  %-9s  %s  %s" % (cred.secret_id, cred.access, cred.created or "-",
+                                        ",".join(cred.buckets) if cred.buckets is not None
+                                        else "all buckets"))
+    else:
+        if not args.secret_id:
+            raise UsageError("credentials remove needs the SECRETID to remove")
+        if not credentials.remove(path, args.secret_id):
+            raise CosfsError("no key %s in %s" % (args.secret_id[:128], path),
+                             code="InvalidAccessKeyId", errno=errno.ENOENT)
+        print("removed %s" % args.secret_id)
+    return 0
+
+
+def _credentials_parser(sub):
+    c = sub.add_parser("credentials", help="SecretId/SecretKey pairs of the XML API")
+    c.add_argument("action", choices=["add", "list", "remove"])
+    c.add_argument("secret_id", nargs="?", metavar="SECRETID", help="remove: the key to remove")
+    c.add_argument("--config", help="config file (its api.credentials, else <store>/credentials)")
+    c.add_argument("--file", help="the credentials file itself (instead of --config)")
+    c.add_argument("--read-only", action="store_true", help="add: a key that only reads")
+    c.add_argument("--bucket", action="append", metavar="NAME",
+                   help="add: limit the key to this bucket (repeatable)")
+    c.set_defaults(func=cmd_credentials)
+
+
 # -- mount(8) and umount(8) helpers ---------------------------------------------------
 class _HelperParser(argparse.ArgumentParser):
     """Usage errors in one line and exit status 1, as mount(8) expects of a helper."""
@@ -554,6 +629,12 @@ def parser():
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=cmd_status)
 
+    sv = sub.add_parser("serve", help="serve the COS XML API of a store without mounting it")
+    sv.add_argument("config")
+    sv.add_argument("--log-file", help="log here (default: log_file of the config, else stderr)")
+    sv.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv)")
+    sv.set_defaults(func=cmd_serve)
+
     b = sub.add_parser("bucket-encryption", help="PUT/GET/DELETE a bucket's default encryption")
     b.add_argument("--method", required=True, choices=["put", "get", "delete"])
     b.add_argument("bucket", help="mounted bucket directory, or bucket name with --config")
@@ -562,10 +643,12 @@ def parser():
     b.add_argument("--xml", help="ServerSideEncryptionConfiguration document file ('-' = stdin)")
     b.add_argument("--config", help="config file of an unmounted store")
     b.set_defaults(func=cmd_bucket_encryption)
+    _credentials_parser(sub)
     return p
 
 
-COMMANDS = ("mount", "umount", "status", "fsck", "keys", "bucket-encryption")
+COMMANDS = ("mount", "umount", "status", "fsck", "keys", "bucket-encryption", "serve",
+            "credentials")
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ from the composed node tree, which is walked once before construction.
 """
 
 import difflib
+import ipaddress
 import logging
 import os
 import re
@@ -47,10 +48,22 @@ CONFIG_ENCRYPTIONS = ("AES256", "SM4")
 TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
-    "allow_other", "writeback_cache", "fsync_on_close",
+    "allow_other", "writeback_cache", "fsync_on_close", "api",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
 BUCKET_KEYS = ("name", "region", "encryption")
+API_KEYS = (
+    "enabled", "listen", "allow_remote", "endpoints", "credentials", "tls_cert", "tls_key",
+    "max_header_bytes", "max_xml_bytes", "idle_timeout",
+)
+DEFAULT_API_LISTEN = "127.0.0.1:8360"
+DEFAULT_API_PORT = 8360
+DEFAULT_MAX_HEADER_BYTES = 16 * KiB
+DEFAULT_MAX_XML_BYTES = 2 * MiB
+DEFAULT_IDLE_TIMEOUT = 30.0
+CREDENTIALS_NAME = "credentials"
+_HOST_SUFFIX = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                          r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 # Binary multiples only. "KB"/"MB"/"GB" are refused rather than guessed, since
 # half the world reads them as powers of ten.
@@ -87,6 +100,36 @@ class BucketSpec:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The ``api:`` section: the COS XML API the daemon serves (see docs/config.md).
+
+    ``host``/``port`` come from ``listen`` (port 0: any free port); ``endpoints``
+    are the lower-case host suffixes of virtual-hosted addressing
+    (``<bucket>.<suffix>``); ``credentials`` is the credentials file;
+    ``tls_cert``/``tls_key`` are both set or both None; ``idle_timeout`` is in
+    seconds.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_API_PORT
+    allow_remote: bool = False
+    endpoints: "tuple[str, ...]" = ()
+    credentials: "Path | None" = None
+    tls_cert: "Path | None" = None
+    tls_key: "Path | None" = None
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_xml_bytes: int = DEFAULT_MAX_XML_BYTES
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+
+    @property
+    def listen(self):
+        """``host:port`` as hypercorn binds it (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated mount configuration; all paths are absolute."""
 
@@ -106,6 +149,7 @@ class Config:
     allow_other: bool = False
     writeback_cache: bool = False
     fsync_on_close: bool = False
+    api: ApiConfig = ApiConfig()
 
     def bucket(self, name):
         """The :class:`BucketSpec` called *name*, or None."""
@@ -498,6 +542,8 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
                 ctx.fail((key,), f"expected a folder apart from the mountpoint ({mountpoint}), "
                                  f"found {folder}")
 
+    api = _api(ctx, data, base_dir, store, regions)
+
     return Config(
         path=path,
         mountpoint=mountpoint,
@@ -515,4 +561,102 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         allow_other=_flag(ctx, data, ("allow_other",)),
         writeback_cache=_flag(ctx, data, ("writeback_cache",)),
         fsync_on_close=_flag(ctx, data, ("fsync_on_close",)),
+        api=api,
+    )
+
+
+def _listen(ctx, value, path):
+    """``host:port`` (``[v6]:port``) -> (host, port)."""
+    if not isinstance(value, str):
+        ctx.fail(path, f"expected host:port such as {DEFAULT_API_LISTEN}, found {_describe(value)}")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or \
+            (not text.startswith("[") and ":" in host):
+        ctx.fail(path, f"expected host:port such as {DEFAULT_API_LISTEN} (IPv6 as [::1]:8360), "
+                       f"found {_describe(value)}")
+    return host, int(port)
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _seconds(ctx, data, path, default):
+    key = path[-1]
+    if key not in data:
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+        ctx.fail(path, f"expected a number of seconds above 0 and at most 3600, "
+                       f"found {_describe(value)}")
+    return float(value)
+
+
+def _api(ctx, data, base_dir, store, regions):
+    """The ``api:`` section; absent or empty means the API is off."""
+    endpoints = tuple(f"cos.{r}.myqcloud.com" for r in regions)
+    default_credentials = store / CREDENTIALS_NAME
+    value = data.get("api")
+    if value is None:
+        return ApiConfig(endpoints=endpoints, credentials=default_credentials)
+    if not isinstance(value, dict):
+        ctx.fail(("api",), f"expected a mapping of API settings, found {_describe(value)}")
+    _check_keys(ctx, value, API_KEYS, ("api",))
+    host, port = _listen(ctx, value.get("listen", DEFAULT_API_LISTEN), ("api", "listen"))
+    allow_remote = _flag(ctx, value, ("api", "allow_remote"))
+    if not _is_loopback(host) and not allow_remote:
+        ctx.fail(("api", "listen"), f"{host} is not a loopback address: set api.allow_remote: "
+                                    f"true to serve other hosts, found {_describe(value['listen'])}")
+    if "endpoints" in value:
+        raw = value["endpoints"]
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            ctx.fail(("api", "endpoints"), f"expected a non-empty list of host names such as "
+                                           f"cos.ap-guangzhou.myqcloud.com, found {_describe(raw)}")
+        found = []
+        for index, item in enumerate(raw):
+            where = ("api", "endpoints", index)
+            if not isinstance(item, str) or not _HOST_SUFFIX.match(item.strip().lower().rstrip(".")):
+                ctx.fail(where, f"expected a host name such as cos.ap-guangzhou.myqcloud.com, "
+                                f"found {_describe(item)}")
+            name = item.strip().lower().rstrip(".")
+            if name not in found:
+                found.append(name)
+        endpoints = tuple(found)
+    credentials = _path(ctx, value, ("api", "credentials"), base_dir) or default_credentials
+    tls_cert = _path(ctx, value, ("api", "tls_cert"), base_dir)
+    tls_key = _path(ctx, value, ("api", "tls_key"), base_dir)
+    if (tls_cert is None) != (tls_key is None):
+        missing = "tls_key" if tls_key is None else "tls_cert"
+        ctx.fail(("api", missing), "tls_cert and tls_key go together: give both or neither")
+    max_header = _size(ctx, value, ("api", "max_header_bytes"), DEFAULT_MAX_HEADER_BYTES)
+    if not 4 * KiB <= max_header <= 1 * MiB:
+        ctx.fail(("api", "max_header_bytes"), f"expected a size from 4KiB to 1MiB, "
+                                              f"found {format_size(max_header)}")
+    max_xml = _size(ctx, value, ("api", "max_xml_bytes"), DEFAULT_MAX_XML_BYTES)
+    if not 64 * KiB <= max_xml <= 64 * MiB:
+        ctx.fail(("api", "max_xml_bytes"), f"expected a size from 64KiB to 64MiB, "
+                                           f"found {format_size(max_xml)}")
+    return ApiConfig(
+        enabled=_flag(ctx, value, ("api", "enabled")),
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        endpoints=endpoints,
+        credentials=credentials,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_header_bytes=max_header,
+        max_xml_bytes=max_xml,
+        idle_timeout=_seconds(ctx, value, ("api", "idle_timeout"), DEFAULT_IDLE_TIMEOUT),
     )

@@ -27,6 +27,11 @@ class CosfsError(Exception):
     def message(self):
         return str(self)
 
+    @property
+    def http_status(self):
+        """The HTTP status of this error for the XML API (see :func:`http_status`)."""
+        return http_status(self)
+
 
 class ConfigError(CosfsError):
     """A configuration file is missing, malformed or has a wrong value."""
@@ -126,3 +131,153 @@ class FsError(CosfsError):
 
     def __init__(self, errno, message=""):
         super().__init__(message or _errno.errorcode.get(errno, str(errno)), errno=errno)
+
+
+class CredentialsError(CosfsError):
+    """The API credentials file is unreadable, malformed or too open (never shows a secret)."""
+
+    errno = _errno.EIO
+    code = "CredentialsError"
+
+
+# -- request authentication of the XML API: ``status`` is the HTTP status COS answers
+class AuthError(CosfsError):
+    """A request was refused by authentication or authorization (HTTP ``status``)."""
+
+    errno = _errno.EACCES
+    code = "AccessDenied"
+    status = 403
+
+
+class AccessDenied(AuthError):
+    code = "AccessDenied"
+
+
+class InvalidAccessKeyId(AuthError):
+    code = "InvalidAccessKeyId"
+
+
+class SignatureDoesNotMatch(AuthError):
+    code = "SignatureDoesNotMatch"
+
+
+class RequestTimeTooSkewed(AuthError):
+    code = "RequestTimeTooSkewed"
+
+
+class MalformedAuth(AuthError):
+    """Authentication fields that cannot be parsed; ``code`` says where they were."""
+
+    errno = _errno.EINVAL
+    code = "InvalidArgument"
+    status = 400
+
+
+class BadRequestBody(CosfsError):
+    """A request body that fails its framing, length or checksum (HTTP 400): nothing is stored."""
+
+    errno = _errno.EINVAL
+    code = "InvalidRequest"
+    status = 400
+
+
+# -- object semantics of the key-level core (cosfs.keyspace); COS codes
+class NoSuchKey(CosfsError):
+    errno = _errno.ENOENT
+    code = "NoSuchKey"
+
+
+class NoSuchUpload(CosfsError):
+    errno = _errno.ENOENT
+    code = "NoSuchUpload"
+
+
+class BucketAlreadyOwnedByYou(BucketAlreadyExists):
+    """Creating a bucket that already exists: every bucket of a store is its owner's."""
+
+    code = "BucketAlreadyOwnedByYou"
+
+
+class InvalidRegionName(CosfsError):
+    errno = _errno.EINVAL
+    code = "InvalidRegionName"
+
+
+class KeyConflict(CosfsError):
+    """A key the tree cannot hold beside an existing one: ``a`` beside ``a/b``, or a key
+    where the mount holds a symlink or special file."""
+
+    errno = _errno.EEXIST
+    code = "PathConflict"
+
+
+class InvalidRequest(CosfsError):
+    errno = _errno.EINVAL
+    code = "InvalidRequest"
+
+
+class InvalidDigest(CosfsError):
+    errno = _errno.EINVAL
+    code = "InvalidDigest"
+
+
+class BadDigest(CosfsError):
+    errno = _errno.EINVAL
+    code = "BadDigest"
+
+
+class MetadataTooLarge(CosfsError):
+    errno = _errno.E2BIG
+    code = "MetadataTooLarge"
+
+
+class InvalidPart(CosfsError):
+    errno = _errno.EINVAL
+    code = "InvalidPart"
+
+
+class InvalidPartOrder(CosfsError):
+    errno = _errno.EINVAL
+    code = "InvalidPartOrder"
+
+
+class EntityTooSmall(CosfsError):
+    errno = _errno.EINVAL
+    code = "EntityTooSmall"
+
+
+class InvalidRange(CosfsError):
+    errno = _errno.EINVAL
+    code = "InvalidRange"
+
+
+#: The HTTP status of each COS error code the core raises (read by ``http_status``;
+#: a class with its own ``status`` attribute keeps it). Codes not listed answer 500.
+HTTP_STATUS = {
+    "InvalidBucketName": 400, "BucketNameTooLong": 400, "MalformedXML": 400,
+    "InvalidArgument": 400, "KeyTooLong": 400, "InvalidObjectName": 400,
+    "InvalidRegionName": 400, "InvalidRequest": 400, "InvalidDigest": 400, "BadDigest": 400,
+    "MetadataTooLarge": 400, "InvalidPart": 400, "InvalidPartOrder": 400,
+    "EntityTooSmall": 400, "InvalidConfig": 400,
+    "AccessDenied": 403,
+    "NoSuchBucket": 404, "NoSuchKey": 404, "NoSuchUpload": 404,
+    "NoSuchEncryptionConfiguration": 404,
+    "BucketAlreadyExists": 409, "BucketAlreadyOwnedByYou": 409, "BucketNotEmpty": 409,
+    "PathConflict": 409,
+    "InvalidRange": 416,
+    "InternalError": 500, "IntegrityError": 500, "KeyStoreError": 500, "CorruptCatalog": 500,
+    "StoreError": 503, "CatalogFull": 503,
+}
+
+
+def http_status(exc):
+    """The HTTP status for a CosfsError: its class's ``status`` if it has one, else the
+    status of its code (:data:`HTTP_STATUS`); a plain POSIX error is 500 for EIO and 400
+    otherwise; anything else 500."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    code = getattr(exc, "code", None)
+    if code == "PosixError":
+        return 500 if exc.errno == _errno.EIO else 400
+    return HTTP_STATUS.get(code, 500)

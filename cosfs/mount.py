@@ -3,7 +3,13 @@
 ``open_store`` builds catalog, chunk stores and key store from a Config and
 checks that they belong together; ``run_mount`` mounts and serves until
 unmount or SIGINT/SIGTERM, committing every buffered change before it
-returns (SIGHUP reopens the log file). Everything else receives its
+returns (SIGHUP reopens the log file). With ``api.enabled`` the same daemon
+also serves the COS XML API (``build_api``: key space, authentication and
+the ASGI app; :mod:`cosfs.api.server` runs it in the daemon's nursery);
+``run_serve`` serves the API alone, without FUSE. With a mount, a
+``KernelNotifier`` invalidates the kernel's entries for names the API
+changed before each answer. On stop the API finishes
+the requests in progress before the data path commits everything. Everything else receives its
 collaborators from here. Also here: what needs both the catalog and the key
 store (``retire_key``, ``key_usage``) and the status a running daemon reports
 (``DaemonStatus``).
@@ -25,12 +31,17 @@ import trio
 
 from . import __version__, durable
 from .catalog import ROOT_INODE, Catalog
-from .errors import CosfsError, IntegrityError, InvalidArgument, KeyStoreError
+from .errors import AccessDenied, CosfsError, IntegrityError, InvalidArgument, KeyStoreError
 from .keys import KeyStore, parse_version
 from .service import (LOG_FORMAT, JournalFormatter, LastError, ReopeningFileHandler, iso_time,
                       log_destination, reopen_log_files, sd_notify, stderr_is_journal)
 from .store import LocalStore
 from .xattrs import STATUS_XATTR
+
+try:
+    BaseExceptionGroup
+except NameError:  # Python < 3.11: trio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,8 @@ class Store:
 
     def close(self):
         try:
+            for region_store in self.stores.values():
+                region_store.close()
             self.catalog.close()
             # an empty lock file tells the next opener that everything was closed cleanly
             os.ftruncate(self.lock_fd, 0)
@@ -438,11 +451,139 @@ def _daemon_operations(fs, **kw):
     return DaemonOperations(fs, **kw)
 
 
+def build_api(config, store, objects, fs, notifier=None):
+    """The XML API application over the same file system and data path as the mount.
+
+    ``notifier`` (a :class:`KernelNotifier`, only while a FUSE mount runs) tells the
+    kernel about names the API replaced, created or removed; every answer waits for
+    the notices of the changes before it, so a client that got its answer sees the
+    change on the mount at once. Objects and directories the API creates belong to
+    the daemon's user.
+    """
+    from .api.app import ApiApp
+    from .keyspace import KeySpace
+    keyspace = KeySpace(fs, objects, store.catalog, uid=os.getuid(), gid=os.getgid(),
+                        invalidate_entry=notifier.invalidate if notifier else None)
+    return ApiApp(keyspace, authenticate=_api_authenticator(config), allows=_api_allows,
+                  appid=config.appid, region=config.region, endpoints=config.api.endpoints,
+                  max_xml_bytes=config.api.max_xml_bytes, idle_timeout=config.api.idle_timeout,
+                  max_header_bytes=config.api.max_header_bytes,
+                  before_answer=notifier.settle if notifier else None)
+
+
+def _api_authenticator(config):
+    """``authenticate(request)`` for the API: the signature checks of :mod:`cosfs.api.auth`
+    against the credentials file named in the configuration (re-read when it changes).
+    The result's ``body_decoder()`` removes aws-chunked framing and checks signed payload
+    hashes and checksums; the application runs its ``finish()`` at the end of the body,
+    before the core publishes anything."""
+    from .api import auth
+    from .credentials import CredentialsFile
+    credentials = CredentialsFile(config.api.credentials)
+
+    def authenticate(request):
+        return auth.authenticate(credentials, request.method, request.raw_path,
+                                 request.query, request.headers)
+
+    return authenticate
+
+
+def _api_allows(credential, bucket, write):
+    """Access rule of the API: :func:`cosfs.api.auth.authorize` as a yes/no."""
+    from .api import auth
+    try:
+        auth.authorize(credential, bucket, write)
+    except AccessDenied:
+        return False
+    return True
+
+
+class KernelNotifier:
+    """Tells the kernel about entries that changed outside a FUSE request (API writes).
+
+    With negative entries cached, a name the API creates would stay invisible on the
+    mount until the entry times out, and a name it replaces or removes would keep
+    pointing at the old object: every such change is invalidated. ``invalidate`` is
+    called by the key space on the trio thread, inside its catalog transactions, so it
+    only queues: the kernel call (which may wait for a FUSE request on the same
+    directory, answered by this very trio thread) runs in a worker thread.
+    ``settle()`` waits until every invalidation queued before it is done; the API
+    awaits it before each answer. Before :meth:`attach` invalidations go to pyfuse3's
+    own notification thread; after :meth:`unmounted` there is no kernel cache left and
+    they are dropped.
+    """
+
+    def __init__(self):
+        self._nursery = None
+        self._gone = False
+        self._pending = set()
+        self._limiter = trio.CapacityLimiter(4)
+
+    def attach(self, nursery):
+        self._nursery = nursery
+
+    def unmounted(self):
+        self._gone = True
+
+    def invalidate(self, parent, name):
+        import pyfuse3
+        if self._gone:
+            return
+        if self._nursery is None:
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            return
+        done = trio.Event()
+        self._pending.add(done)
+        self._nursery.start_soon(self._invalidate, parent, name, done)
+
+    async def _invalidate(self, parent, name, done):
+        import pyfuse3
+
+        def kernel():
+            try:
+                pyfuse3.invalidate_entry(parent, name)
+            except OSError as exc:
+                # ENOENT: the kernel holds no entry for the name, nothing to drop
+                if exc.errno != errno.ENOENT:
+                    log.info("could not invalidate entry %r of inode %d: %s", name, parent,
+                             exc.strerror)
+        try:
+            # abandoned on cancel: at a stop, a kernel call can wait for a directory lock
+            # held by a FUSE request that nobody answers any more
+            await trio.to_thread.run_sync(kernel, limiter=self._limiter,
+                                          abandon_on_cancel=True)
+        finally:
+            self._pending.discard(done)
+            done.set()
+
+    async def settle(self):
+        for done in list(self._pending):
+            await done.wait()
+
+
+def _unwrap_group(exc):
+    """The single CosfsError inside an exception group from a nursery, else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = []
+
+        def walk(e):
+            if isinstance(e, BaseExceptionGroup):
+                for inner in e.exceptions:
+                    walk(inner)
+            else:
+                leaves.append(e)
+        walk(exc)
+        if len(leaves) == 1 and isinstance(leaves[0], CosfsError):
+            return leaves[0]
+    return None
+
+
 def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
     """Mount ``config`` and serve until unmounted or signalled. Blocks.
 
-    ``ready`` is called once the mount is live (the daemon uses it to release
-    its parent; in the foreground it tells systemd). ``kernel_options`` are
+    ``ready`` is called once the mount is live, and the API listens when it is
+    enabled (the daemon uses it to release its parent; in the foreground it
+    tells systemd). ``kernel_options`` are
     extra mount flags (``ro``, ``noexec``); ``fsname`` is the source the mount
     table shows. Raises CosfsError for any setup problem (nothing mounted).
     """
@@ -462,6 +603,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         objects, fs = build(store)
         ensure_buckets(fs, config)
         fs.purge_unlinked()
+        notifier = KernelNotifier() if config.api.enabled else None
+        app = build_api(config, store, objects, fs, notifier) if config.api.enabled else None
         status = DaemonStatus(config, store, objects, fs, mountpoint)
         fs.daemon_info = {"pid": os.getpid(), "store": os.fspath(config.store),
                           "status": status.xattr}
@@ -481,9 +624,13 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         root.addHandler(status.errors)
         unmounted = False
         try:
-            if ready is not None:
-                ready()
-            trio.run(_serve, objects, mountpoint)
+            try:
+                trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier)
+            except BaseExceptionGroup as exc:
+                inner = _unwrap_group(exc)
+                if inner is None:
+                    raise
+                raise inner from None
             unmounted = True
         finally:
             pyfuse3.close(unmount=True)
@@ -509,7 +656,23 @@ def _raise_read_ahead(mountpoint):
         log.info("could not raise the kernel read-ahead: %s", exc)
 
 
-async def _serve(objects, mountpoint):
+async def _start_api(nursery, app, api, stop):
+    """Start the API server in ``nursery``; returns an Event set once it has stopped."""
+    from .api import server
+    done = trio.Event()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await server.serve(app, api, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            done.set()
+
+    urls = await nursery.start(run)
+    log.warning("cosfs serves the COS XML API at %s (pid %d)", ", ".join(urls), os.getpid())
+    return done
+
+
+async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None):
     import pyfuse3
 
     stopping = []
@@ -536,10 +699,79 @@ async def _serve(objects, mountpoint):
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
+        if notifier is not None:
+            notifier.attach(nursery)
         await nursery.start(on_signals)
+        api_stop = trio.Event()
+        api_done = await _start_api(nursery, app, api, api_stop) if app is not None else None
+        if ready is not None:
+            ready()
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         await pyfuse3.main()
+        if notifier is not None:
+            notifier.unmounted()  # the kernel is gone: nothing left to invalidate
         notify_stopping("unmounted; committing buffered writes")
+        if api_done is not None:
+            # the requests in progress finish (and commit) before the final commit
+            api_stop.set()
+            await api_done.wait()
+        await objects.commit_all(durable=True)
+        await objects.collect_garbage()
+        nursery.cancel_scope.cancel()
+
+
+def run_serve(config, *, ready=None):
+    """Serve the XML API of ``config``'s store without mounting it. Blocks until
+    SIGINT/SIGTERM, then finishes the requests in progress and commits everything.
+    Raises CosfsError for any setup problem (nothing served)."""
+    sys.setswitchinterval(0.0002)
+    store = open_store(config, create=True, purpose="served by the API (pid %d)" % os.getpid())
+    try:
+        objects, fs = build(store)
+        ensure_buckets(fs, config)
+        fs.purge_unlinked()
+        app = build_api(config, store, objects, fs)
+        root = logging.getLogger()
+        errors = LastError()
+        root.addHandler(errors)
+        try:
+            trio.run(_serve_api, objects, app, config.api, ready)
+        except BaseExceptionGroup as exc:
+            inner = _unwrap_group(exc)
+            if inner is None:
+                raise
+            raise inner from None
+        finally:
+            root.removeHandler(errors)
+        log.warning("cosfs stopped serving %s", config.store)
+    finally:
+        store.close()
+
+
+async def _serve_api(objects, app, api, ready):
+    stop = trio.Event()
+
+    async def on_signals(task_status=trio.TASK_STATUS_IGNORED):
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+            task_status.started()
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    reopened = reopen_log_files()
+                    log.info("received SIGHUP: reopened %s",
+                             ", ".join(reopened) if reopened else "nothing (no log file)")
+                    continue
+                log.warning("received signal %d: finishing requests and committing", signum)
+                sd_notify("STOPPING=1\nSTATUS=finishing requests and committing")
+                stop.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        objects.attach(nursery)
+        await nursery.start(on_signals)
+        done = await _start_api(nursery, app, api, stop)
+        if ready is not None:
+            ready()
+        await done.wait()
         await objects.commit_all(durable=True)
         await objects.collect_garbage()
         nursery.cancel_scope.cancel()

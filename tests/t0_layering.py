@@ -17,7 +17,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "cosfs"
 # and helper modules of the same rank group listed in SAME_RANK_OK.
 LAYERS = [
     ["errors", "durable"],
-    ["config", "names", "xmldoc"],
+    ["config", "names", "xmldoc", "credentials"],
     ["keys"],
     ["cipher"],
     ["resolver"],
@@ -32,8 +32,18 @@ LAYERS = [
     ["objects"],
     ["xattrs"],
     ["filesystem"],
+    # COS object semantics by key, for every front-end (XML API, console)
+    ["keyspace"],
     ["fuse_ops"],
     ["fsck"],
+    # the XML API's request authentication and body decoding (pure)
+    ["api.chunked"],
+    ["api.auth"],
+    # the XML API front-end: documents, header conventions, the ASGI app, the HTTP server
+    ["api.xmlout"],
+    ["api.headers"],
+    ["api.app"],
+    ["api.server"],
     # mount(8) options, systemd notification, log files and the status text
     ["service"],
     ["mount", "cli"],
@@ -50,8 +60,10 @@ SAME_RANK_OK = {
 OWNED = {
     "pyfuse3": {"fuse_ops": False, "mount": True},
     "yaml": {"config": False},
+    "hypercorn": {"api.server": True},
 }
-NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf"}
+NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf",
+           "credentials", "api.chunked", "api.auth"}
 
 
 def _modules():

@@ -1,0 +1,73 @@
+"""The HTTP server of the XML API: hypercorn's trio worker inside the daemon's nursery.
+
+:func:`hypercorn_config` turns the ``api:`` section of the configuration
+(:class:`cosfs.config.ApiConfig`) into a :class:`hypercorn.config.Config`;
+:func:`serve` runs an ASGI application with it until ``shutdown_trigger``
+returns, then stops gracefully. Use it with ``nursery.start``: it reports
+the bound addresses (``["http://127.0.0.1:8360"]``) once the socket listens.
+
+Limits that keep abusive clients cheap (all from the configuration):
+
+* ``max_header_bytes``: the request line and headers must fit, else the
+  connection gets 431/400 from the HTTP parser before any application code;
+* ``idle_timeout``: a connection that sends nothing for that long, between
+  requests, while sending headers or in the middle of a body, is closed
+  (hypercorn's ``keep_alive_timeout`` and ``read_timeout``). A stalled
+  client costs one trio task and one socket, never a thread;
+* bodies go to the application in chunks through a bounded queue
+  (``max_app_queue_size``), so a fast sender waits for the store.
+
+Graceful stop: once the trigger fires, no new connection is accepted, idle
+keep-alive connections are closed, and requests in progress get up to
+:func:`graceful_seconds` to finish; the caller then commits the data path.
+Runs on the trio thread.
+"""
+
+import logging
+
+log = logging.getLogger(__name__)
+
+#: at least this long for requests in progress when the daemon stops
+MIN_GRACEFUL_SECONDS = 30.0
+
+
+def graceful_seconds(api):
+    return max(MIN_GRACEFUL_SECONDS, api.idle_timeout)
+
+
+def hypercorn_config(api):
+    """A hypercorn Config for ``api`` (an :class:`cosfs.config.ApiConfig`)."""
+    from hypercorn.config import Config
+
+    cfg = Config()
+    cfg.bind = [api.listen]
+    cfg.h11_max_incomplete_size = api.max_header_bytes
+    cfg.h2_max_header_list_size = api.max_header_bytes
+    cfg.keep_alive_timeout = api.idle_timeout
+    cfg.read_timeout = api.idle_timeout
+    cfg.graceful_timeout = graceful_seconds(api)
+    cfg.include_server_header = False  # the application names itself
+    cfg.accesslog = None  # the application logs each request with its id
+    cfg.errorlog = logging.getLogger(__name__ + ".http")
+    cfg.max_app_queue_size = 8
+    if api.tls_cert is not None:
+        cfg.certfile = str(api.tls_cert)
+        cfg.keyfile = str(api.tls_key)
+    return cfg
+
+
+async def serve(app, api, *, shutdown_trigger, task_status=None):
+    """Serve ``app`` as ``api`` says until ``shutdown_trigger()`` returns, then stop
+    gracefully. ``task_status.started`` receives the bound URLs."""
+    import trio
+    from hypercorn.trio import serve as hypercorn_serve
+
+    cfg = hypercorn_config(api)
+    try:
+        await hypercorn_serve(app, cfg, shutdown_trigger=shutdown_trigger,
+                              task_status=task_status or trio.TASK_STATUS_IGNORED)
+    except OSError as exc:
+        from ..errors import CosfsError
+        raise CosfsError("cannot serve the API on %s: %s" % (api.listen, exc.strerror or exc),
+                         errno=exc.errno, code="InvalidConfig") from None
+    log.info("the API on %s has stopped", api.listen)
