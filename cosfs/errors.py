@@ -3,7 +3,7 @@
 Every error raised on purpose by a cosfs layer is a :class:`CosfsError`. Each
 class carries the POSIX ``errno`` that the FUSE adapter answers with and the
 COS error ``code`` that the command line prints. Translation happens in
-exactly one place per boundary: ``fuse_ops`` maps to errno, ``cli`` maps to
+exactly one place per boundary: ``fuse.ops`` maps to errno, ``cli`` maps to
 a one-line message and exit status. Messages never contain key material.
 """
 

@@ -438,7 +438,7 @@ def _daemon_operations(fs, **kw):
     """The FUSE adapter of the daemon: the status xattr is for root and the mount's owner only
     (with ``allow_other`` everyone else reaches the mount root too)."""
     import pyfuse3
-    from .fuse_ops import Operations
+    from .fuse.ops import Operations
     owner = os.getuid()
 
     class DaemonOperations(Operations):

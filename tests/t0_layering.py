@@ -34,7 +34,7 @@ LAYERS = [
     ["filesystem"],
     # COS object semantics by key, for every front-end (XML API, console)
     ["keyspace"],
-    ["fuse_ops"],
+    ["fuse.ops"],
     ["fsck"],
     # the XML API's request authentication and body decoding (pure)
     ["api.chunked"],
@@ -58,7 +58,7 @@ SAME_RANK_OK = {
 
 # Third-party modules with a single owner: module -> {allowed importers: lazily only?}
 OWNED = {
-    "pyfuse3": {"fuse_ops": False, "mount": True},
+    "pyfuse3": {"fuse.ops": False, "mount": True},
     "yaml": {"config": False},
     "hypercorn": {"api.server": True},
 }
@@ -195,7 +195,7 @@ def test_parser_sees_lazy_and_relative_imports():
 
 def _front_end(module):
     """The front-end a module belongs to (fuse, api, console) or None for the core."""
-    if module == "fuse_ops" or module.startswith("fuse."):
+    if module.startswith("fuse."):
         return "fuse"
     head = module.split(".")[0]
     return head if head in ("api", "console") and "." in module else None

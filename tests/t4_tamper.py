@@ -91,7 +91,7 @@ def swap_files(a, b):
 def expect_read_errors(mount):
     """Declare the ERROR lines a failed authenticated read writes."""
     mount.expect_log(r"ERROR cosfs\.reader: cannot read inode \d+ chunk \d+ \(blob [0-9a-f]{32}\)")
-    mount.expect_log(r"ERROR cosfs\.fuse_ops: read: ")
+    mount.expect_log(r"ERROR cosfs\.fuse\.ops: read: ")
     mount.expect_log(r"ERROR cosfs\.filesystem: cannot read object [a-z0-9-]+/\S+ \(inode \d+\)")
 
 

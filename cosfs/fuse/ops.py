@@ -12,8 +12,8 @@ import logging
 
 import pyfuse3
 
-from .errors import CosfsError, FsError
-from .filesystem import Ctx
+from ..errors import CosfsError, FsError
+from ..filesystem import Ctx
 
 log = logging.getLogger(__name__)
 

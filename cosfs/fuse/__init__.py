@@ -1,0 +1,1 @@
+"""The FUSE front-end: the pyfuse3 adapter over the filesystem core (``cosfs.fuse.ops``)."""
