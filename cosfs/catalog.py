@@ -258,6 +258,9 @@ class Catalog:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=OFF")
             self.db.execute("PRAGMA cache_size=-65536")
+            # packed chunks of plain objects hold plaintext: a deleted one must not linger
+            # in the file's free pages
+            self.db.execute("PRAGMA secure_delete=ON")
             self.db.execute("PRAGMA busy_timeout=5000")
             # Checkpoints are run by the data path after it synced the blobs that the
             # checkpointed commits reference (see objects.ObjectStore.checkpoint).
