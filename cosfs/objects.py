@@ -56,7 +56,9 @@ INLINE_WRITE_LIMIT = 128 * 1024
 #: their sealed bytes go into the catalog row that commits them, not into a blob file.
 #: A small file then costs no file creation, no thread hop and no extra fsync, and is
 #: read back with the row that locates it (docs/format.md, "Packed chunks").
-PACK_LIMIT = cipher.SEGMENT_SIZE
+#: (16 KiB: two thirds of the files of a source tree; larger ones would make the catalog's
+#: WAL, which every packed byte passes through twice, the bulk of a small store's disk.)
+PACK_LIMIT = 16 * 1024
 
 #: Completed chunks of one object that may wait for sealing before its writer waits.
 MAX_BACKGROUND_SEALS = 8
@@ -493,6 +495,8 @@ class ObjectStore:
         packed = None
         try:
             if len(data) < min(PACK_LIMIT, self.chunk_size):
+                # packed data fills the catalog's disk like a blob: the same reserve applies
+                store.check_room(len(data) + cipher.HEADER_SIZE + cipher.TAG_SIZE)
                 packed = seal(crypt, idx, blob, data)
             elif len(data) <= INLINE_WRITE_LIMIT:
                 seal_put(store, crypt, idx, blob, data)

@@ -110,7 +110,12 @@ class LocalStore:
         name = blob_id.hex()
         return os.path.join(self.root, name[:2], name)
 
-    def _check_room(self, blob_id, size):
+    def check_room(self, size, what="packed chunk"):
+        """StoreError(ENOSPC) unless ``size`` more bytes (data the catalog will hold, which
+        lives beside the blobs) fit while the catalog's reserve stays free."""
+        self._check_room(None, size, what)
+
+    def _check_room(self, blob_id, size, what=None):
         """StoreError(ENOSPC) unless ``size`` bytes fit and the catalog's reserve stays free.
 
         A file system that reports no size (0 blocks, as some FUSE and network
@@ -132,9 +137,9 @@ class LocalStore:
             reserve += self.headroom()
         free = (sv.f_bfree if os.geteuid() == 0 else sv.f_bavail) * sv.f_frsize
         if free < size + reserve:
-            raise StoreError("cannot write blob %s: %s (%d KiB are kept for the catalog)"
-                             % (blob_id.hex(), os.strerror(errno.ENOSPC), reserve // 1024),
-                             errno=errno.ENOSPC)
+            raise StoreError("cannot write %s: %s (%d KiB are kept for the catalog)"
+                             % (what or "blob " + blob_id.hex(), os.strerror(errno.ENOSPC),
+                                reserve // 1024), errno=errno.ENOSPC)
 
     # -- blob operations (block: run in a worker thread) -----------------
     def put(self, blob_id: bytes, data) -> None:
