@@ -324,6 +324,8 @@ class FileSystem(XattrOps):
             st = self.objects.states.get(ino)
             if st is not None:
                 st.ctime_ns = t
+                for name in fields:  # a value set now supersedes one still deferred
+                    st.attrs.pop(name, None)
             with self.catalog.transaction():
                 self.catalog.update_inode(ino, **fields)
         return self.attr(ino)

@@ -100,7 +100,7 @@ META_VALUE_MAX = 2048
 META_TOTAL_MAX = 4096
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 CONTENT_HEADERS = ("content-type", "cache-control", "content-disposition", "content-encoding",
-                   "expires")
+                   "content-language", "expires")
 HEADER_XATTRS = {h: (b"user.mime_type" if h == "content-type" else b"user.http." + h.encode())
                  for h in CONTENT_HEADERS}
 _XATTR_HEADERS = {v: k for k, v in HEADER_XATTRS.items()}

@@ -121,13 +121,6 @@ def open_store(config, *, create, purpose="opened"):
         new_catalog = not os.path.exists(catalog_path)
         # gaps are checked against the catalog's retired versions in _check_keys
         keys = KeyStore.open(config.keys, create=create and new_catalog, allow_gaps=True)
-        catalog = Catalog(catalog_path, create=create)
-        try:
-            _check_keys(catalog, keys)
-            _check_chunk_size(catalog, config)
-        except BaseException:
-            catalog.db.close()
-            raise
         stores = {}
         for region in config.regions:
             s = LocalStore(region_dir(config, region))
@@ -136,28 +129,35 @@ def open_store(config, *, create, purpose="opened"):
                 s.create()
             stores[region] = s
         if unclean:
-            _recover_durability(catalog, stores)
+            # before the catalog is opened: opening may upgrade its format, which syncs it
+            started, count = time.monotonic(), _sync_blobs(stores)
+        catalog = Catalog(catalog_path, create=create)
+        try:
+            _check_keys(catalog, keys)
+            _check_chunk_size(catalog, config)
+        except BaseException:
+            catalog.db.close()
+            raise
+        if unclean:
+            catalog.sync()
+            log.info("the store was not closed cleanly: made %d blob(s) and the catalog durable "
+                     "in %.1f s", count, time.monotonic() - started)
         return Store(config, catalog, stores, keys, lock_fd, unclean)
     except BaseException:
         os.close(lock_fd)
         raise
 
 
-def _recover_durability(catalog, stores):
-    """After a crash: make every blob durable, then the catalog that references them.
+def _sync_blobs(stores):
+    """After a crash: make every blob durable (before the catalog that references them).
 
     The crashed process may have committed catalog versions whose blobs are still
     only in the page cache (its own list of unsynced blobs died with it). Any
     later catalog sync would make those commits durable, so the blobs must be
     synced first. Costs one fdatasync per blob, only after an unclean shutdown.
+    Returns how many blobs were synced.
     """
-    started = time.monotonic()
-    count = 0
-    for s in stores.values():
-        count += s.sync_everything()
-    catalog.sync()
-    log.info("the store was not closed cleanly: made %d blob(s) and the catalog durable in "
-             "%.1f s", count, time.monotonic() - started)
+    return sum(s.sync_everything() for s in stores.values())
 
 
 def _file_size(path):

@@ -715,21 +715,34 @@ class ObjectStore:
 
     # -- content helpers ----------------------------------------------------
     async def etag(self, ino):
-        """MD5 hex of the plaintext (cached in the catalog until the next commit)."""
-        await self.commit(ino)
+        """MD5 hex of the object's committed plaintext (cached in the catalog until the next
+        commit). Uncommitted writes of open handles are neither included nor committed: a
+        reader of the ETag (the XML API, the status xattr) never publishes another writer's
+        half-written content."""
         inode = self.catalog.get_inode(ino)
         if inode.etag:
             return inode.etag
+        store = self.store_of(self.region_of(inode))
+        crypt = self.stored_crypt(inode)
         md5 = hashlib.md5()
-        pos = 0
-        while pos < inode.size:
-            data = await self.read(ino, pos, self.chunk_size)
-            if not data:
-                break
-            md5.update(data)
-            pos += len(data)
+        cs = self.chunk_size
+        hashed = []
+        for idx in range((inode.size + cs - 1) // cs):
+            length = min(cs, inode.size - idx * cs)
+            ch = self.catalog.chunk(ino, idx)
+            hashed.append(None if ch is None else ch.blob)
+            piece = b"" if ch is None else await self.reader.read(store, crypt, ino, idx, ch,
+                                                                  0, length)
+            if len(piece) < length:
+                piece += bytes(length - len(piece))  # a hole, or the zeros after a chunk
+            md5.update(piece)
         etag = md5.hexdigest()
-        if self.catalog.get_inode(ino).mtime_ns == inode.mtime_ns:
+        # cached only if no commit replaced what was hashed meanwhile (new content always
+        # comes with new blob ids; a commit of attributes alone leaves the ETag true)
+        now = self.catalog.get_inode(ino)
+        if now.size == inode.size and [ch.blob if ch else None for ch in (
+                self.catalog.chunk(ino, i) for i in range(len(hashed)))] == hashed \
+                and now.wrapped_key == inode.wrapped_key:
             with self.catalog.transaction():
                 self.catalog.update_inode(ino, etag=etag)
         return etag

@@ -210,7 +210,9 @@ class LocalStore:
         ob = _OpenBlob(fd)
         ob.users = 1
         with self._lock:
-            if blob_id in self._open:  # another reader opened it meanwhile: keep one
+            if blob_id in self._open or os.fstat(fd).st_nlink == 0:
+                # another reader cached it meanwhile, or it was deleted while being opened
+                # (a cached descriptor would hold its space): use it for this read only
                 ob.evicted = True
             else:
                 self._open[blob_id] = ob

@@ -144,7 +144,10 @@ class XattrOps:
                 await self.objects.rewrite(ino, request=None)
                 return
             raise FsError(errno.ENODATA)
+        if self.catalog.get_xattr(ino, name) is None:
+            # answered before a transaction: a rolled-back one would empty the catalog's
+            # caches, and rsync -aX asks this for every absent attribute
+            raise FsError(errno.ENODATA)
         with self.catalog.transaction():
-            if not self.catalog.remove_xattr(ino, name):
-                raise FsError(errno.ENODATA)
+            self.catalog.remove_xattr(ino, name)
             self.catalog.update_inode(ino, ctime_ns=now_ns())

@@ -407,3 +407,36 @@ def test_result_repr_hides_secrets(put_req):
     res = put_req.auth()
     for secret in SECRETS:
         assert secret not in repr(res) and secret not in repr(res.credential)
+
+
+# -- headers a signature must cover ------------------------------------------------------
+@pytest.mark.parametrize("header", ["x-amz-copy-source", "x-cos-copy-source",
+                                    "x-amz-server-side-encryption", "x-cos-meta-color",
+                                    "x-amz-metadata-directive"])
+def test_presigned_urls_gain_no_unsigned_request_headers(header):
+    """Holding a pre-signed PUT must not let anyone turn it into a copy from another bucket,
+    nor pick the encryption or metadata: every x-cos-*/x-amz-* header must be signed."""
+    client = s3()
+    url = client.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": "up"},
+                                        ExpiresIn=60)
+    u = urllib.parse.urlsplit(url)
+    base = [("Host", u.netloc)]
+    assert auth.authenticate(STORE, "PUT", u.path, u.query, base).credential is FULL
+    refused(AccessDenied, "AccessDenied", auth.authenticate, STORE, "PUT", u.path, u.query,
+            base + [(header, "secrets-1250000000/db.dump")])
+    cclient, _ = cos()
+    curl = cclient.get_presigned_url(Bucket=BUCKET, Key="up", Method="PUT", Expired=300)
+    cu = urllib.parse.urlsplit(curl)
+    cbase = [("Host", cu.netloc)]
+    assert auth.authenticate(STORE, "PUT", cu.path, cu.query, cbase).credential is FULL
+    refused(AccessDenied, "AccessDenied", auth.authenticate, STORE, "PUT", cu.path, cu.query,
+            cbase + [(header, "secrets-1250000000/db.dump")])
+
+
+def test_cos_signature_must_cover_host():
+    client, _ = cos()
+    url = client.get_presigned_url(Bucket=BUCKET, Key="k", Method="GET", Expired=300,
+                                   SignHost=False)
+    u = urllib.parse.urlsplit(url)
+    refused(AccessDenied, "AccessDenied", auth.authenticate, STORE, "GET", u.path, u.query,
+            [("Host", u.netloc)])

@@ -216,6 +216,24 @@ def authenticate(credentials, method, raw_path, query, headers, *, clock=time.ti
     raise AccessDenied("anonymous requests are not allowed: sign the request")
 
 
+#: Headers a signature need not cover: checked against the body itself (digests,
+#: checksums, lengths) or without effect on what a request does.
+_UNSIGNED_OK = {"x-amz-content-sha256", "x-amz-decoded-content-length", "x-amz-trailer",
+                "x-amz-sdk-checksum-algorithm", "x-amz-user-agent"}
+
+
+def _require_signed(htext, signed):
+    """AccessDenied if an ``x-cos-*``/``x-amz-*`` header is present that the signature does
+    not cover: such headers change what a request does (a copy source, the metadata
+    directive, the encryption, metadata), so a pre-signed URL must not gain them."""
+    unsigned = sorted(n for n in htext
+                      if n.startswith(("x-amz-", "x-cos-")) and n not in signed
+                      and n not in _UNSIGNED_OK and not n.startswith("x-amz-checksum-"))
+    if unsigned:
+        raise AccessDenied("there were headers present in the request which were not signed: "
+                           "%s" % ", ".join(unsigned)[:200])
+
+
 def _lookup(credentials, secret_id):
     cred = credentials.lookup(secret_id)
     if cred is None:
@@ -266,6 +284,10 @@ def _cos(credentials, method, raw_path, pairs, htext, fields, now, scheme):
 
     param_names = {n for n in fields["q-url-param-list"].split(";") if n}
     header_names = {n for n in fields["q-header-list"].split(";") if n}
+    if "host" not in header_names:
+        # with virtual-hosted addressing the bucket is only in Host: unsigned, a request
+        # could be replayed against another bucket
+        raise AccessDenied("the COS signature must cover the host header (q-header-list)")
     params = sorted((_cos_quote(n).lower(), _cos_quote(v)) for n, v in pairs
                     if _cos_quote(n).lower() in param_names)
     params_text = "&".join("%s=%s" % p for p in params)
@@ -302,6 +324,7 @@ def _cos(credentials, method, raw_path, pairs, htext, fields, now, scheme):
             raise AccessDenied("Request has expired")
         if start > now + MAX_SKEW:
             raise AccessDenied("the request signature is not valid yet")
+    _require_signed(htext, header_names)
     return Authenticated(cred, scheme, None, None, {n: [v] for n, v in htext.items()})
 
 
@@ -440,10 +463,7 @@ def _sigv4_header(credentials, method, raw_path, pairs, hmap, htext, authz, now)
     if abs(now - stamp) > MAX_SKEW:
         raise RequestTimeTooSkewed("the difference between the request time and the server's "
                                    "time is too large")
-    unsigned = sorted(n for n in htext if n.startswith("x-amz-") and n not in signed)
-    if unsigned:
-        raise AccessDenied("there were headers present in the request which were not signed: "
-                           "%s" % ", ".join(unsigned)[:200])
+    _require_signed(htext, set(signed))
     return Authenticated(cred, "sigv4-header", payload,
                          chunked.ChunkSigning(key, amz_date, scope, signature), hmap)
 
@@ -481,4 +501,5 @@ def _sigv4_query(credentials, method, raw_path, pairs, hmap, htext, now):
         raise AccessDenied("Request has expired")
     if stamp > now + MAX_SKEW:
         raise AccessDenied("the request signature is not valid yet")
+    _require_signed(htext, set(signed))
     return Authenticated(cred, "sigv4-query", payload, None, hmap)
