@@ -142,8 +142,8 @@ def fetch(store, crypt, idx, ch, first, last, header):
     seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
     if header is None and coff == cipher.HEADER_SIZE:
         # the range starts at the first segment, right after the header: one read
-        data = read_sealed(store, ch, 0, coff + clen + extra)
-        header, data = data[:coff], data[coff:]
+        whole = memoryview(read_sealed(store, ch, 0, coff + clen + extra))
+        header, data = bytes(whole[:coff]), whole[coff:]  # no copy of the segments
     else:
         if header is None:
             header = read_sealed(store, ch, 0, cipher.HEADER_SIZE)
