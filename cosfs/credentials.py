@@ -318,11 +318,7 @@ def _write(path, creds):
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            durable.write_private(fd, data)
         finally:
             os.close(fd)
         os.rename(temp, path)

@@ -101,3 +101,13 @@ def start_writeback(fd):
         if _libc is not False:
             log.debug("sync_file_range is not available; blobs are written back at fsync")
         _libc = False
+
+
+def write_private(fd, data):
+    """Write all of ``data`` to the new file ``fd``, owner-only (0600 whatever the umask
+    left), and ``fsync`` it; the caller then gives it its final name and syncs the folder."""
+    os.fchmod(fd, 0o600)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)

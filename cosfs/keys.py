@@ -463,12 +463,7 @@ def _write_key_file(path, number):
                             % (path, exc.strerror)) from None
     try:
         try:
-            os.fchmod(fd, 0o600)  # a strict umask may have removed owner bits
-            data = _file_text(number, secret, created)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            durable.write_private(fd, _file_text(number, secret, created))
         finally:
             os.close(fd)
         _link_no_replace(temp, final)

@@ -682,26 +682,16 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
             stopping.append(why)
             sd_notify("STOPPING=1\nSTATUS=%s" % why)
 
-    async def on_signals(task_status=trio.TASK_STATUS_IGNORED):
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
-            task_status.started()
-            async for signum in sigs:
-                if signum == signal.SIGHUP:
-                    # logrotate moved the log file: continue in a new one of the same name
-                    reopened = reopen_log_files()
-                    log.info("received SIGHUP: reopened %s",
-                             ", ".join(reopened) if reopened else "nothing (no log file)")
-                    continue
-                log.warning("received signal %d: committing and unmounting", signum)
-                notify_stopping("committing buffered writes and unmounting")
-                pyfuse3.terminate()
-                return
+    def on_stop(signum):
+        log.warning("received signal %d: committing and unmounting", signum)
+        notify_stopping("committing buffered writes and unmounting")
+        pyfuse3.terminate()
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
         if notifier is not None:
             notifier.attach(nursery)
-        await nursery.start(on_signals)
+        await nursery.start(_on_signals, on_stop)
         api_stop = trio.Event()
         api_done = await _start_api(nursery, app, api, api_stop) if app is not None else None
         if ready is not None:
@@ -748,26 +738,32 @@ def run_serve(config, *, ready=None):
         store.close()
 
 
+async def _on_signals(on_stop, task_status=trio.TASK_STATUS_IGNORED):
+    """Until SIGINT or SIGTERM (then ``on_stop(signum)``): SIGHUP reopens the log files
+    (logrotate moved them: continue in new ones of the same names)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+        task_status.started()
+        async for signum in sigs:
+            if signum == signal.SIGHUP:
+                reopened = reopen_log_files()
+                log.info("received SIGHUP: reopened %s",
+                         ", ".join(reopened) if reopened else "nothing (no log file)")
+                continue
+            on_stop(signum)
+            return
+
+
 async def _serve_api(objects, app, api, ready):
     stop = trio.Event()
 
-    async def on_signals(task_status=trio.TASK_STATUS_IGNORED):
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
-            task_status.started()
-            async for signum in sigs:
-                if signum == signal.SIGHUP:
-                    reopened = reopen_log_files()
-                    log.info("received SIGHUP: reopened %s",
-                             ", ".join(reopened) if reopened else "nothing (no log file)")
-                    continue
-                log.warning("received signal %d: finishing requests and committing", signum)
-                sd_notify("STOPPING=1\nSTATUS=finishing requests and committing")
-                stop.set()
-                return
+    def on_stop(signum):
+        log.warning("received signal %d: finishing requests and committing", signum)
+        sd_notify("STOPPING=1\nSTATUS=finishing requests and committing")
+        stop.set()
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
-        await nursery.start(on_signals)
+        await nursery.start(_on_signals, on_stop)
         done = await _start_api(nursery, app, api, stop)
         if ready is not None:
             ready()
