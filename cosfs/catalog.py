@@ -389,7 +389,15 @@ class Catalog:
         ``truncate`` also cuts the WAL file to nothing, giving its space back. Pages that
         deletions freed are first cut off the database file (outside any transaction)."""
         self.release_free_pages()
-        self.db.execute("PRAGMA wal_checkpoint(%s)" % ("TRUNCATE" if truncate else "PASSIVE"))
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(%s)" % ("TRUNCATE" if truncate else "PASSIVE"))
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc):
+                raise
+            # the database file could not take the WAL's pages (a full disk): nothing is
+            # lost, the WAL keeps them and the next checkpoint tries again
+            raise CosfsError("catalog checkpoint: %s" % exc, errno=errno.ENOSPC,
+                             code="CatalogFull") from None
 
     def release_free_pages(self):
         """Give the pages on the free list back to the file system (catalogs created with
