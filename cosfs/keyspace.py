@@ -353,10 +353,14 @@ class _Draft:
         self.md5 = hashlib.md5()
         self.kept = False
         ks.objects.opened(self.ino)
-        # committed even when empty, so that its encryption is recorded (like create)
-        ks.objects.state(self.ino).modified = True
-        if spec is not _RESOLVE:
-            ks.objects.begin_with(self.ino, spec)
+        try:
+            # committed even when empty, so that its encryption is recorded (like create)
+            ks.objects.state(self.ino).modified = True
+            if spec is not _RESOLVE:
+                ks.objects.begin_with(self.ino, spec)
+        except BaseException:  # e.g. no data key: the nameless inode must not stay held
+            self.discard()
+            raise
 
     async def _write(self, data):
         if len(data) > _INLINE_HASH:

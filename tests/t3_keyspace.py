@@ -342,6 +342,25 @@ async def test_cancelled_put_leaves_nothing(tmp_path):
         assert env.catalog.unlinked_inodes() == []
 
 
+@trio_test
+async def test_a_put_whose_encryption_cannot_start_leaves_nothing(tmp_path, monkeypatch):
+    """An upload's part is written with the encryption fixed at Initiate; if that cannot be
+    set up (here: a failing key), the nameless inode must not stay behind, held open."""
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        upload = await ks.create_upload(PLAIN, "big", sse="AES256")
+        inodes = env.catalog.inode_count()
+
+        def broken(ino, spec):
+            raise CosfsError("no data key", code="KeyUnavailable")
+        monkeypatch.setattr(env.objects, "begin_with", broken)
+        with pytest.raises(CosfsError):
+            await ks.upload_part(PLAIN, "big", upload, 1, b"x" * 1000)
+        assert env.catalog.inode_count() == inodes
+        assert env.catalog.unlinked_inodes() == []
+        assert not [s for s in env.objects.states.values() if s.open_count]
+
+
 # -- keys and the tree --------------------------------------------------------------------
 @trio_test
 async def test_keys_the_tree_cannot_hold(tmp_path):
