@@ -131,6 +131,67 @@ CREATE TABLE IF NOT EXISTS upload_parts (
 ) WITHOUT ROWID;
 """
 
+#: Object versions and replication (cosfs.versions, cosfs.services.replication): added to
+#: every catalog when it is opened, like the upload tables (docs/format.md, "Catalog").
+#: ``versions`` holds the noncurrent versions and delete markers of keys in versioned
+#: buckets (the current version is the object under its name); a version's content is a
+#: *holder* inode: nlink 1, no name, its own chunk rows (sharing blobs with the object it
+#: was copied from). ``replication_status`` is a version's x-cos-replication-status.
+_VERSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    version_id TEXT,
+    inode INTEGER,
+    mtime_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS versions_key ON versions (bucket, key, seq);
+CREATE INDEX IF NOT EXISTS versions_inode ON versions (inode);
+CREATE TABLE IF NOT EXISTS replication_status (
+    inode INTEGER PRIMARY KEY,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replication_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    version_id TEXT,
+    op TEXT NOT NULL,
+    dest TEXT NOT NULL,
+    gen INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ns INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS replication_queue_key ON replication_queue (bucket, key, version_id);
+"""
+
+#: tables added after schema version 2, each created (with its indexes) when the catalog is
+#: opened without it: name of the table whose absence triggers it -> statements
+ADDED_TABLES = {"upload_parts": _UPLOAD_SCHEMA, "replication_queue": _VERSION_SCHEMA}
+
+#: Inventory deliveries (cosfs.services.inventory): the last delivery of each inventory of
+#: a bucket, so that the schedule survives restarts and an interrupted delivery can be
+#: cleaned up (docs/format.md, "Catalog"). ``finished_ns`` is NULL while it runs;
+#: ``written`` lists (JSON) the report keys it published so far.
+_INVENTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inventory_deliveries (
+    bucket INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    job TEXT NOT NULL,
+    period TEXT NOT NULL,
+    started_ns INTEGER NOT NULL,
+    finished_ns INTEGER,
+    dest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    written TEXT NOT NULL,
+    summary TEXT,
+    PRIMARY KEY (bucket, id)
+) WITHOUT ROWID;
+"""
+ADDED_TABLES["inventory_deliveries"] = _INVENTORY_SCHEMA
+
 INODE_COLUMNS = ("id", "mode", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns",
                  "ctime_ns", "nlink", "bucket", "object_id", "enc", "enc_request",
                  "wrapped_key", "etag", "version_id", "target")
@@ -282,11 +343,12 @@ class Catalog:
                 self.sync()
             else:
                 self._check_schema()
-            if not self._has_upload_tables():
-                with self.transaction():
-                    for statement in _UPLOAD_SCHEMA.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
+            for table, schema in ADDED_TABLES.items():
+                if not self._has_table(table):
+                    with self.transaction():
+                        for statement in schema.split(";"):
+                            if statement.strip():
+                                self.db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise CosfsError("catalog %s is unusable: %s" % (self.path, exc),
                              code="CorruptCatalog") from None
@@ -309,9 +371,9 @@ class Catalog:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 2)",
                 (ROOT_INODE, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), t, t, t))
 
-    def _has_upload_tables(self):
-        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
-                               " AND name='upload_parts'").fetchone() is not None
+    def _has_table(self, name):
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                               (name,)).fetchone() is not None
 
     def _check_schema(self):
         version = self.get_meta("schema_version")
@@ -530,9 +592,28 @@ class Catalog:
                 " WHERE inode=? AND data IS NULL", (region, ino))
             self.db.execute("DELETE FROM chunks WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino,))
+            self.db.execute("DELETE FROM replication_status WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM inodes WHERE id=?", (ino,))
             self._inodes.pop(ino, None)
             self._parents.pop(ino, None)
+
+    def clone_inode(self, ino, *, nlink=1) -> int:
+        """A copy of inode ``ino`` with its chunk rows, xattrs and replication status, and
+        no name (inside a transaction). The copy shares the original's blobs and sealing
+        identity, so it reads as the original's committed content did; blobs go to garbage
+        only once no chunk row references them (:meth:`garbage`). Returns its number."""
+        cols = [c for c in INODE_COLUMNS if c not in ("id", "nlink")]
+        cur = self.db.execute(
+            "INSERT INTO inodes (%s, nlink) SELECT %s, ? FROM inodes WHERE id=?"
+            % (", ".join(cols), ", ".join(cols)), (nlink, ino))
+        new = cur.lastrowid
+        self.db.execute("INSERT INTO chunks SELECT ?, idx, blob, length, data FROM chunks"
+                        " WHERE inode=?", (new, ino))
+        self.db.execute("INSERT INTO xattrs SELECT ?, name, value FROM xattrs WHERE inode=?",
+                        (new, ino))
+        self.db.execute("INSERT INTO replication_status SELECT ?, status FROM replication_status"
+                        " WHERE inode=?", (new, ino))
+        return new
 
     def unlinked_inodes(self):
         """Inodes without any name (left by a crash while they were open)."""
@@ -646,7 +727,16 @@ class Catalog:
 
     # -- garbage ---------------------------------------------------------
     def garbage(self, limit=1000):
-        return list(self.db.execute("SELECT blob, region FROM garbage LIMIT ?", (limit,)))
+        """Up to ``limit`` released (blob, region) that no chunk row references any more.
+
+        A blob may be released by one object and still be referenced by another: a
+        noncurrent version keeps the blobs of the content it was copied from (see
+        :meth:`clone_inode`). Such a row stays in ``garbage`` but is not listed until the
+        last reference is gone. Reads only (a full disk can still collect).
+        """
+        return list(self.db.execute(
+            "SELECT blob, region FROM garbage g WHERE NOT EXISTS"
+            " (SELECT 1 FROM chunks c WHERE c.blob=g.blob) LIMIT ?", (limit,)))
 
     def add_garbage(self, blob, region):
         self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, region))
@@ -676,6 +766,104 @@ class Catalog:
         row = self.db.execute("SELECT coalesce(sum(length(name) + length(value)), 0) FROM xattrs"
                               " WHERE inode=?", (ino,)).fetchone()
         return row[0]
+
+    # -- versions (cosfs.versions) -----------------------------------------
+    def add_version(self, bucket_ino, key, version_id, holder, mtime_ns):
+        """Record a noncurrent version (``holder`` inode) or, with holder None, a delete
+        marker of ``key`` (inside a transaction)."""
+        self.db.execute("INSERT INTO versions (bucket, key, version_id, inode, mtime_ns)"
+                        " VALUES (?, ?, ?, ?, ?)", (bucket_ino, key, version_id, holder, mtime_ns))
+
+    def versions_of(self, bucket_ino, key):
+        """[(seq, version_id, holder inode or None, mtime_ns)] of ``key``, oldest first."""
+        return list(self.db.execute(
+            "SELECT seq, version_id, inode, mtime_ns FROM versions WHERE bucket=? AND key=?"
+            " ORDER BY seq", (bucket_ino, key)))
+
+    def version_rows(self, bucket_ino, *, prefix=b"", after=(b"", -1), limit=1000):
+        """[(key, seq, version_id, holder, mtime_ns)] of a bucket in (key, seq) order,
+        starting after ``after`` = (key, seq), keys beginning with ``prefix``."""
+        hi = prefix + b"\xff" * 4 if prefix else None
+        sql = ("SELECT key, seq, version_id, inode, mtime_ns FROM versions WHERE bucket=?"
+               " AND (key>? OR (key=? AND seq>?)) AND key>=?")
+        args = [bucket_ino, after[0], after[0], after[1], prefix]
+        if hi is not None:
+            sql += " AND key<?"
+            args.append(hi)
+        sql += " ORDER BY key, seq LIMIT ?"
+        args.append(limit)
+        return list(self.db.execute(sql, args))
+
+    def drop_version(self, seq):
+        """Forget one version row; returns its holder inode (or None for a marker)."""
+        row = self.db.execute("DELETE FROM versions WHERE seq=? RETURNING inode",
+                              (seq,)).fetchone()
+        return None if row is None else row[0]
+
+    def has_versions(self, bucket_ino) -> bool:
+        return self.db.execute("SELECT 1 FROM versions WHERE bucket=? LIMIT 1",
+                               (bucket_ino,)).fetchone() is not None
+
+    # -- replication queue (cosfs.services.replication) ----------------------
+    def queue_replication(self, bucket_ino, key, version_id, op, dest, not_before_ns):
+        """Add (or, when the same version and operation is queued, renew) a replication
+        task (inside a transaction)."""
+        row = self.db.execute(
+            "SELECT seq FROM replication_queue WHERE bucket=? AND key=? AND version_id IS ?"
+            " AND op=?", (bucket_ino, key, version_id, op)).fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO replication_queue (bucket, key, version_id, op, dest,"
+                            " next_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                            (bucket_ino, key, version_id, op, dest, not_before_ns))
+        else:
+            self.db.execute("UPDATE replication_queue SET gen=gen+1, attempts=0, error=NULL,"
+                            " dest=?, next_ns=? WHERE seq=?", (dest, not_before_ns, row[0]))
+
+    def replication_tasks(self, limit=100):
+        """[(seq, bucket, key, version_id, op, dest, gen, attempts, next_ns, error)] oldest
+        first."""
+        return list(self.db.execute(
+            "SELECT seq, bucket, key, version_id, op, dest, gen, attempts, next_ns, error"
+            " FROM replication_queue ORDER BY seq LIMIT ?", (limit,)))
+
+    def replication_task(self, seq):
+        return self.db.execute(
+            "SELECT seq, bucket, key, version_id, op, dest, gen, attempts, next_ns, error"
+            " FROM replication_queue WHERE seq=?", (seq,)).fetchone()
+
+    def finish_replication(self, seq, gen) -> bool:
+        """Remove a task unless it was renewed (its ``gen`` changed) meanwhile."""
+        return self.db.execute("DELETE FROM replication_queue WHERE seq=? AND gen=?",
+                               (seq, gen)).rowcount > 0
+
+    def delay_replication(self, seq, attempts, next_ns, error):
+        self.db.execute("UPDATE replication_queue SET attempts=?, next_ns=?, error=?"
+                        " WHERE seq=?", (attempts, next_ns, error, seq))
+
+    def replication_queue_length(self, bucket_ino=None):
+        if bucket_ino is None:
+            return self.db.execute("SELECT count(*) FROM replication_queue").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM replication_queue WHERE bucket=?",
+                               (bucket_ino,)).fetchone()[0]
+
+    def names_of(self, ino):
+        """[(parent, name)] of every name of ``ino``."""
+        return list(self.db.execute("SELECT parent, name FROM dentries WHERE inode=?", (ino,)))
+
+    # -- replication status ----------------------------------------------
+    def replication_status(self, ino):
+        """The object's x-cos-replication-status (PENDING, COMPLETED, FAILED, REPLICA) or None."""
+        row = self.db.execute("SELECT status FROM replication_status WHERE inode=?",
+                              (ino,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_replication_status(self, ino, status):
+        """Set (or with None clear) the object's replication status (inside a transaction)."""
+        if status is None:
+            self.db.execute("DELETE FROM replication_status WHERE inode=?", (ino,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO replication_status VALUES (?, ?)",
+                            (ino, status))
 
     # -- buckets ---------------------------------------------------------
     def buckets(self):
@@ -712,6 +900,55 @@ class Catalog:
 
     def delete_bucket_config(self, bucket_ino, kind):
         self.db.execute("DELETE FROM bucket_configs WHERE bucket=? AND kind=?", (bucket_ino, kind))
+
+    def bucket_configs(self, bucket_ino, prefix, *, after=None, limit=None):
+        """[(kind, doc)] of a bucket's configurations whose kind starts with ``prefix``
+        (``inventory:``), in kind order, kinds after ``after`` only."""
+        sql = ("SELECT kind, doc FROM bucket_configs WHERE bucket=? AND substr(kind, 1, ?)=?"
+               " AND kind>? ORDER BY kind")
+        args = [bucket_ino, len(prefix), prefix, after or ""]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return list(self.db.execute(sql, args))
+
+    def count_bucket_configs(self, bucket_ino, prefix):
+        return self.db.execute("SELECT count(*) FROM bucket_configs WHERE bucket=? AND"
+                               " substr(kind, 1, ?)=?", (bucket_ino, len(prefix),
+                                                         prefix)).fetchone()[0]
+
+    def all_bucket_configs(self, prefix):
+        """[(bucket inode, kind, doc)] of every bucket's configurations of that prefix."""
+        return list(self.db.execute(
+            "SELECT bucket, kind, doc FROM bucket_configs WHERE substr(kind, 1, ?)=?"
+            " AND bucket IN (SELECT inode FROM buckets) ORDER BY bucket, kind",
+            (len(prefix), prefix)))
+
+    # -- inventory deliveries (cosfs.services.inventory) ---------------------------------
+    _DELIVERY_COLUMNS = ("bucket", "id", "job", "period", "started_ns", "finished_ns", "dest",
+                         "manifest", "written", "summary")
+
+    def inventory_delivery(self, bucket_ino, inventory_id):
+        """The last delivery of an inventory as a dict (columns of the table), or None."""
+        row = self.db.execute("SELECT %s FROM inventory_deliveries WHERE bucket=? AND id=?"
+                              % ", ".join(self._DELIVERY_COLUMNS),
+                              (bucket_ino, inventory_id)).fetchone()
+        return None if row is None else dict(zip(self._DELIVERY_COLUMNS, row))
+
+    def inventory_deliveries(self):
+        """Every recorded delivery (dicts), finished or not."""
+        return [dict(zip(self._DELIVERY_COLUMNS, row)) for row in self.db.execute(
+            "SELECT %s FROM inventory_deliveries ORDER BY bucket, id"
+            % ", ".join(self._DELIVERY_COLUMNS))]
+
+    def set_inventory_delivery(self, record):
+        """Insert or replace a delivery (a dict with every column; inside a transaction)."""
+        self.db.execute("INSERT OR REPLACE INTO inventory_deliveries VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        tuple(record[c] for c in self._DELIVERY_COLUMNS))
+
+    def delete_inventory_delivery(self, bucket_ino, inventory_id):
+        self.db.execute("DELETE FROM inventory_deliveries WHERE bucket=? AND id=?",
+                        (bucket_ino, inventory_id))
 
     # -- multipart uploads (cosfs.keyspace) --------------------------------------------
     def add_upload(self, upload_id, bucket_ino, key, initiated_ns, enc_request, enc, meta):

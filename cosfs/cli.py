@@ -354,68 +354,358 @@ def _is_path(arg):
 
 def _encryption_doc(args):
     if args.xml:
-        if args.xml == "-":
-            return sys.stdin.buffer.read()
-        try:
-            with open(args.xml, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            raise InvalidArgument("cannot read %s: %s" % (args.xml, exc.strerror)) from None
+        return _read_xml(args.xml)
     if args.sse_algorithm:
         from .bucketconf import EncryptionConfig, render_encryption
         return render_encryption(EncryptionConfig(args.sse_algorithm, args.kms_key_id or None))
     raise UsageError("put needs --sse-algorithm ALG or --xml FILE")
 
 
-def cmd_bucket_encryption(args):
-    if _is_path(args.bucket):
-        return _bucket_encryption_mounted(args)
-    store = _offline(args, "bucket-encryption")
-    try:
-        from .mount import build
-        _, fs = build(store)
-        ino = fs.bucket_inode(args.bucket)
-        if args.method == "get":
-            sys.stdout.write(fs.get_bucket_encryption(ino).decode() + "\n")
-        elif args.method == "put":
-            fs.put_bucket_encryption(ino, _encryption_doc(args))
-        else:
-            fs.delete_bucket_encryption(ino)
-    finally:
-        store.close()
-    return 0
+def _bucket_document(args, purpose, xattr, *, get, put, delete, document, missing,
+                     status_xattr=None):
+    """GET/PUT/DELETE (or ``status``) of a bucket configuration document: through the
+    xattr of a mounted bucket directory, or on an unmounted store (``get(fs, ino)``,
+    ``put(fs, ino, doc)``, ``delete(fs, ino)``). ``document(args)`` builds the PUT body;
+    ``missing()`` is the error for an absent document. DELETE of an absent document
+    succeeds, as in COS."""
+    def show(doc):
+        text = doc.decode()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
-
-def _bucket_encryption_mounted(args):
+    if not _is_path(args.bucket):
+        store = _offline(args, purpose)
+        try:
+            from .mount import build
+            _, fs = build(store)
+            ino = fs.bucket_inode(args.bucket)
+            if args.method == "get":
+                show(get(fs, ino))
+            elif args.method == "put":
+                put(fs, ino, document(args))
+            elif args.method == "delete":
+                delete(fs, ino)
+            else:
+                queued = store.catalog.replication_queue_length(ino)
+                print(json.dumps({"queued_for_bucket": queued, "daemon": None}))
+        finally:
+            store.close()
+        return 0
     path = args.bucket
     if not os.path.isdir(path):
         raise CosfsError("%s is not a bucket directory" % path, code="NoSuchBucket")
     try:
         if args.method == "get":
-            sys.stdout.write(os.getxattr(path, BUCKET_ENC_XATTR).decode() + "\n")
+            show(os.getxattr(path, xattr))
         elif args.method == "put":
-            os.setxattr(path, BUCKET_ENC_XATTR, _encryption_doc(args))
-        else:
+            os.setxattr(path, xattr, document(args))
+        elif args.method == "delete":
             try:
-                os.removexattr(path, BUCKET_ENC_XATTR)
+                os.removexattr(path, xattr)
             except OSError as exc:
                 if exc.errno != errno.ENODATA:
                     raise
+        else:
+            show(os.getxattr(path, status_xattr))
     except OSError as exc:
         if exc.errno == errno.ENODATA:
-            raise NoSuchEncryptionConfiguration(
-                "The specified bucket does not have an encryption configuration") from None
+            raise missing() from None
         if exc.errno == errno.E2BIG:
             # the kernel refuses xattr values over 64 KiB before the daemon sees them
             raise MalformedXML("the document is larger than 64 KiB") from None
         if exc.errno == errno.EINVAL:
-            raise MalformedXML("the document or algorithm was rejected (see the daemon log)") \
+            raise MalformedXML("the document was rejected (the daemon log says why)") \
                 from None
+        if exc.errno in (errno.EBUSY, errno.EPERM):
+            raise CosfsError("%s: refused: %s (the daemon log says why)"
+                             % (path, exc.strerror), errno=exc.errno,
+                             code="InvalidBucketState") from None
         if exc.errno == errno.ENOTSUP:
             raise CosfsError("%s is not a bucket on a cosfs mount" % path,
                              code="NoSuchBucket") from None
         raise CosfsError("%s: %s" % (path, exc.strerror), errno=exc.errno) from None
     return 0
+
+
+def cmd_bucket_encryption(args):
+    return _bucket_document(
+        args, "bucket-encryption", BUCKET_ENC_XATTR,
+        get=lambda fs, ino: fs.get_bucket_encryption(ino),
+        put=lambda fs, ino, doc: fs.put_bucket_encryption(ino, doc),
+        delete=lambda fs, ino: fs.delete_bucket_encryption(ino),
+        document=_encryption_doc,
+        missing=lambda: NoSuchEncryptionConfiguration(
+            "The specified bucket does not have an encryption configuration"))
+
+
+BUCKET_ORIGIN_XATTR = "user.cos.bucket-origin"
+
+
+def _origin_doc(args):
+    if args.xml:
+        return _read_xml(args.xml)
+    if args.host:
+        from .originconf import render_origin, simple_config
+        return render_origin(simple_config(args.host, prefix=args.prefix, suffix=args.suffix,
+                                           protocol=args.protocol, standby=args.standby_host,
+                                           follow_redirection=not args.no_follow_redirection))
+    raise UsageError("put needs --host HOST (repeatable) or --xml FILE")
+
+
+def cmd_bucket_origin(args):
+    """PUT/GET/DELETE bucket origin: through the xattr of a mounted bucket directory, or on
+    an unmounted store (bucket name and --config)."""
+    from .errors import OriginConfigurationNotFoundError
+    return _bucket_document(
+        args, "bucket-origin", BUCKET_ORIGIN_XATTR,
+        get=lambda fs, ino: fs.get_bucket_origin(ino),
+        put=lambda fs, ino, doc: fs.put_bucket_origin(ino, doc),
+        delete=lambda fs, ino: fs.delete_bucket_origin(ino),
+        document=_origin_doc,
+        missing=lambda: OriginConfigurationNotFoundError(
+            "The specified bucket does not have an origin configuration"))
+
+
+# -- bucket inventory -----------------------------------------------------------------
+INVENTORY_XATTR = "user.cos.bucket-inventory"
+
+
+def _inventory_doc(args, source_region, one_off):
+    """The InventoryConfiguration to PUT or POST: --xml, else built from the flags."""
+    from . import inventoryconf as ic
+    if args.xml:
+        doc = _read_xml(args.xml)
+        ic.parse_inventory(doc, expected_id=args.task_id, one_off=one_off)  # say why here
+        return doc
+    if not args.destination:
+        raise UsageError("%s needs --destination BUCKET (or qcs::cos:<region>::<bucket>) or "
+                         "--xml FILE" % args.method)
+    dest = args.destination
+    region, bucket = ic.parse_destination(dest if dest.startswith("qcs::") else
+                                          "qcs::cos:%s::%s" % (source_region, dest))
+    fields = tuple(f.strip() for f in (args.fields or "").split(",") if f.strip())
+    cfg = ic.InventoryConfig(id=ic.check_id(args.task_id), enabled=not args.disabled,
+                             versions=args.versions, prefix=args.prefix or "", fields=fields,
+                             frequency=None if one_off else args.frequency, dest_region=region,
+                             dest_bucket=bucket, dest_prefix=args.dest_prefix or "",
+                             account_id=args.account_id, sse_cos=args.sse_cos)
+    doc = ic.render_inventory(cfg)
+    ic.parse_inventory(doc, expected_id=args.task_id, one_off=one_off)  # fields, account id
+    return doc
+
+
+def _read_xml(name):
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InvalidArgument("cannot read %s: %s" % (name, exc.strerror)) from None
+
+
+def cmd_inventory(args):
+    """``cosfs inventory --method put|get|list|delete|post BUCKET --task-id ID``: through
+    the xattrs of a mounted bucket directory, or on an unmounted store with --config."""
+    if args.method != "list" and not args.task_id:
+        raise UsageError("inventory --method %s needs --task-id ID" % args.method)
+    if _is_path(args.bucket):
+        return _inventory_mounted(args)
+    store = _offline(args, "inventory")
+    try:
+        from .inventoryconf import render_list
+        from .mount import build, run_inventory_now
+        _, fs = build(store)
+        ino = fs.bucket_inode(args.bucket)
+        region = store.catalog.bucket_by_inode(ino)[2]
+        if args.method == "get":
+            sys.stdout.write(fs.get_bucket_inventory(ino, args.task_id).decode())
+        elif args.method == "list":
+            sys.stdout.write(render_list(fs.list_bucket_inventory(ino)).decode())
+        elif args.method == "put":
+            fs.put_bucket_inventory(ino, args.task_id, _inventory_doc(args, region, False))
+        elif args.method == "delete":
+            fs.delete_bucket_inventory(ino, args.task_id)
+        else:
+            doc = _inventory_doc(args, region, True)
+            job = run_inventory_now(store, args.bucket, args.task_id, doc)
+            _print_delivery(json.loads(fs.inventory_status(ino, args.task_id)), job)
+    finally:
+        store.close()
+    return 0
+
+
+def _print_delivery(status, job):
+    print("delivered inventory %s (job %s): %d object(s) in %d data file(s); manifest %s/%s"
+          % (status["id"], job, status.get("objects", 0), status.get("files", 0),
+             status["destination"], status["manifest"]))
+
+
+def _inventory_mounted(args):
+    from . import inventoryconf as ic
+    from .errors import DuplicateInventoryId, InventoryConfigurationNotFoundError, InventoryFull
+    path = args.bucket
+    if not os.path.isdir(path):
+        raise CosfsError("%s is not a bucket directory" % path, code="NoSuchBucket")
+    name = "%s.%s" % (INVENTORY_XATTR, args.task_id)
+    try:
+        region = os.getxattr(path, "user.cos.bucket-region").decode()
+    except OSError:
+        raise CosfsError("%s is not a bucket on a cosfs mount" % path,
+                         code="NoSuchBucket") from None
+    try:
+        if args.method == "get":
+            sys.stdout.write(os.getxattr(path, name).decode())
+        elif args.method == "list":
+            ids = os.getxattr(path, INVENTORY_XATTR).decode().split()
+            configs = [ic.parse_inventory(os.getxattr(path, "%s.%s" % (INVENTORY_XATTR, i)))
+                       for i in ids]
+            sys.stdout.write(ic.render_list(configs).decode())
+        elif args.method == "put":
+            os.setxattr(path, name, _inventory_doc(args, region, False))
+        elif args.method == "delete":
+            try:
+                os.removexattr(path, name)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+        else:
+            os.setxattr(path, "%s-post.%s" % (INVENTORY_XATTR, args.task_id),
+                        _inventory_doc(args, region, True))
+            status = json.loads(os.getxattr(path, "%s-status.%s"
+                                            % (INVENTORY_XATTR, args.task_id)))
+            _print_delivery(status, status["job_id"])
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            raise InventoryConfigurationNotFoundError("bucket %s has no inventory %s"
+                                                 % (path, args.task_id)) from None
+        if exc.errno == errno.ENOSPC:
+            raise InventoryFull("the bucket already has %d inventory configurations"
+                                % ic.MAX_CONFIGS) from None
+        if exc.errno == errno.EEXIST:
+            raise DuplicateInventoryId("inventory %s is configured, or was run today, or "
+                                       "runs now (see the daemon log)" % args.task_id) from None
+        if exc.errno == errno.E2BIG:
+            raise MalformedXML("the document is larger than 64 KiB") from None
+        if exc.errno == errno.EINVAL:
+            raise InvalidArgument("the inventory configuration was rejected (see the daemon "
+                                  "log): e.g. a destination bucket that does not exist or is "
+                                  "in another region") from None
+        if exc.errno == errno.ENOTSUP:
+            raise CosfsError("%s is not a bucket on a cosfs mount" % path,
+                             code="NoSuchBucket") from None
+        raise CosfsError("%s: %s" % (path, exc.strerror), errno=exc.errno) from None
+    return 0
+
+
+def _inventory_parser(sub):
+    i = sub.add_parser("inventory", help="PUT/GET/LIST/DELETE bucket inventories, or POST a "
+                       "one-off report")
+    i.add_argument("--method", required=True, choices=["put", "get", "list", "delete", "post"])
+    i.add_argument("bucket", help="mounted bucket directory, or bucket name with --config")
+    i.add_argument("--task-id", help="the inventory id ([A-Za-z0-9._-], up to 64)")
+    i.add_argument("--xml", help="InventoryConfiguration document file ('-' = stdin)")
+    i.add_argument("--destination", help="report bucket: NAME-APPID (same region) or "
+                   "qcs::cos:<region>::<NAME-APPID>")
+    i.add_argument("--dest-prefix", help="key prefix of the reports in the destination")
+    i.add_argument("--frequency", default="Daily", choices=["Daily", "Weekly"])
+    i.add_argument("--disabled", action="store_true", help="put: keep it, deliver nothing")
+    i.add_argument("--versions", default="Current", choices=["Current", "All"],
+                   help="IncludedObjectVersions")
+    i.add_argument("--prefix", help="report only keys starting with this (Filter/Prefix)")
+    i.add_argument("--fields", help="optional fields, comma-separated: Size,LastModifiedDate,"
+                   "ETag,StorageClass,IsMultipartUploaded,ReplicationStatus")
+    i.add_argument("--sse-cos", action="store_true", help="encrypt the report (SSE-COS)")
+    i.add_argument("--account-id", help="AccountId of the destination (digits)")
+    i.add_argument("--config", help="config file of an unmounted store")
+    i.set_defaults(func=cmd_inventory)
+
+
+# -- versioning and replication ----------------------------------------------------------
+VERSIONING_XATTR = "user.cos.bucket-versioning"
+REPLICATION_XATTR = "user.cos.bucket-replication"
+REPLICATION_STATUS_XATTR = "user.cos.bucket-replication-status"
+
+
+def _versioning_doc(args):
+    if args.xml:
+        return _read_xml(args.xml)
+    if args.status:
+        from .versioning import render_versioning
+        return render_versioning(args.status)
+    raise UsageError("put needs --status Enabled|Suspended or --xml FILE")
+
+
+def _replication_doc(args):
+    if args.xml:
+        return _read_xml(args.xml)
+    if not args.dest_bucket:
+        raise UsageError("put needs --dest-bucket qcs::cos:<region>::<bucket> or --xml FILE")
+    from .replicationconf import (ReplicationConfig, Rule, parse_destination,
+                                  render_replication)
+    region, bucket = parse_destination(args.dest_bucket)
+    rule = Rule(args.rule_id, "Enabled", args.prefix or "", region, bucket,
+                args.storage_class, not args.no_delete_markers)
+    return render_replication(ReplicationConfig(args.role or "", (rule,)))
+
+
+def cmd_bucket_versioning(args):
+    # a bucket never versioned has the empty document (GET Bucket versioning), never missing
+    return _bucket_document(
+        args, "bucket-versioning", VERSIONING_XATTR,
+        get=lambda fs, ino: fs.versions.get_versioning(ino),
+        put=lambda fs, ino, doc: fs.versions.put_versioning(ino, doc),
+        delete=None, document=_versioning_doc, missing=None)
+
+
+def cmd_bucket_replication(args):
+    from .errors import ReplicationConfigurationNotFound
+    return _bucket_document(
+        args, "bucket-replication", REPLICATION_XATTR,
+        get=lambda fs, ino: fs.versions.get_replication(ino),
+        put=lambda fs, ino, doc: fs.versions.put_replication(ino, doc),
+        delete=lambda fs, ino: fs.versions.delete_replication(ino),
+        document=_replication_doc, status_xattr=REPLICATION_STATUS_XATTR,
+        missing=lambda: ReplicationConfigurationNotFound(
+            "The specified bucket does not have a replication configuration"))
+
+
+def _versioning_parsers(sub):
+    v = sub.add_parser("bucket-versioning", help="PUT/GET a bucket's versioning status")
+    v.add_argument("--method", required=True, choices=["put", "get"])
+    v.add_argument("bucket", help="mounted bucket directory, or bucket name with --config")
+    v.add_argument("--status", choices=["Enabled", "Suspended"])
+    v.add_argument("--xml", help="VersioningConfiguration document file ('-' = stdin)")
+    v.add_argument("--config", help="config file of an unmounted store")
+    v.set_defaults(func=cmd_bucket_versioning)
+
+    r = sub.add_parser("bucket-replication", help="PUT/GET/DELETE a bucket's replication "
+                       "rules, or show its queue (status)")
+    r.add_argument("--method", required=True, choices=["put", "get", "delete", "status"])
+    r.add_argument("bucket", help="mounted bucket directory, or bucket name with --config")
+    r.add_argument("--xml", help="ReplicationConfiguration document file ('-' = stdin)")
+    r.add_argument("--dest-bucket", help="qcs::cos:<region>::<bucket> (one rule from flags)")
+    r.add_argument("--prefix", default="", help="replicate keys starting with this")
+    r.add_argument("--rule-id", default="rule-1")
+    r.add_argument("--role", help="Role (qcs::cam::uin/<uin>:uin/<uin>), kept as given")
+    r.add_argument("--storage-class")
+    r.add_argument("--no-delete-markers", action="store_true",
+                   help="do not replicate delete markers")
+    r.add_argument("--config", help="config file of an unmounted store")
+    r.set_defaults(func=cmd_bucket_replication)
+
+    o = sub.add_parser("versions", help="list, read, restore or delete object versions")
+    o.add_argument("action", choices=["list", "get", "restore", "delete"])
+    o.add_argument("target", help="path on a mount (bucket, directory or object; it may be "
+                   "deleted), or bucket[/key] with --config")
+    o.add_argument("--version-id", help="the version (get, restore, delete)")
+    o.add_argument("-o", "--output", help="get: write here instead of standard output")
+    o.add_argument("--config", help="config file of the store (mounted or not)")
+    o.set_defaults(func=_cmd_versions)
+
+
+def _cmd_versions(args):
+    from .control import cmd_versions
+    return cmd_versions(args)
 
 
 # -- API credentials ------------------------------------------------------------------
@@ -643,12 +933,30 @@ def parser():
     b.add_argument("--xml", help="ServerSideEncryptionConfiguration document file ('-' = stdin)")
     b.add_argument("--config", help="config file of an unmounted store")
     b.set_defaults(func=cmd_bucket_encryption)
+
+    o = sub.add_parser("bucket-origin", help="PUT/GET/DELETE a bucket's origin pull rules")
+    o.add_argument("--method", required=True, choices=["put", "get", "delete"])
+    o.add_argument("bucket", help="mounted bucket directory, or bucket name with --config")
+    o.add_argument("--xml", help="OriginConfiguration document file ('-' = stdin)")
+    o.add_argument("--host", action="append", help="origin host[:port] (repeatable)")
+    o.add_argument("--standby-host", action="append", default=[],
+                   help="host tried when the first one fails (repeatable)")
+    o.add_argument("--prefix", default="", help="only keys starting with this")
+    o.add_argument("--suffix", default="", help="only keys ending with this")
+    o.add_argument("--protocol", default="HTTP", choices=["HTTP", "HTTPS"])
+    o.add_argument("--no-follow-redirection", action="store_true",
+                   help="an origin redirect is a failure instead of being followed")
+    o.add_argument("--config", help="config file of an unmounted store")
+    o.set_defaults(func=cmd_bucket_origin)
     _credentials_parser(sub)
+    _inventory_parser(sub)
+    _versioning_parsers(sub)
     return p
 
 
-COMMANDS = ("mount", "umount", "status", "fsck", "keys", "bucket-encryption", "serve",
-            "credentials")
+COMMANDS = ("mount", "umount", "status", "fsck", "keys", "bucket-encryption", "bucket-origin",
+            "serve", "credentials", "inventory", "bucket-versioning", "bucket-replication",
+            "versions")
 
 
 def main(argv=None):

@@ -48,7 +48,7 @@ CONFIG_ENCRYPTIONS = ("AES256", "SM4")
 TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
-    "allow_other", "writeback_cache", "fsync_on_close", "api",
+    "allow_other", "writeback_cache", "fsync_on_close", "api", "origin", "inventory",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
 BUCKET_KEYS = ("name", "region", "encryption")
@@ -61,6 +61,7 @@ DEFAULT_API_PORT = 8360
 DEFAULT_MAX_HEADER_BYTES = 16 * KiB
 DEFAULT_MAX_XML_BYTES = 2 * MiB
 DEFAULT_IDLE_TIMEOUT = 30.0
+ORIGIN_KEYS = ("connect_timeout", "read_timeout", "timeout", "retries", "miss_ttl")
 CREDENTIALS_NAME = "credentials"
 _HOST_SUFFIX = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
                           r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -130,6 +131,31 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class OriginSettings:
+    """The ``origin:`` section: time limits of origin pull (docs/config.md, "Origin pull").
+
+    All times in seconds: ``connect_timeout`` to connect to an origin host,
+    ``read_timeout`` without a byte from it, ``timeout`` for a whole fetch (all hosts
+    and retries); ``retries`` more rounds over the hosts after a timeout, a dropped
+    connection or a 5xx; ``miss_ttl`` how long an origin 404 is remembered.
+    """
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    timeout: float = 600.0
+    retries: int = 1
+    miss_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    """The ``inventory:`` section (docs/config.md, "Inventory"): ``rows_per_file``, the
+    rows of one data file of a report (1 to 1,000,000)."""
+
+    rows_per_file: int = 10000
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated mount configuration; all paths are absolute."""
 
@@ -150,6 +176,8 @@ class Config:
     writeback_cache: bool = False
     fsync_on_close: bool = False
     api: ApiConfig = ApiConfig()
+    origin: OriginSettings = OriginSettings()
+    inventory: InventorySettings = InventorySettings()
 
     def bucket(self, name):
         """The :class:`BucketSpec` called *name*, or None."""
@@ -543,6 +571,8 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
                                  f"found {folder}")
 
     api = _api(ctx, data, base_dir, store, regions)
+    origin = _origin(ctx, data)
+    inventory = _inventory(ctx, data)
 
     return Config(
         path=path,
@@ -562,6 +592,51 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         writeback_cache=_flag(ctx, data, ("writeback_cache",)),
         fsync_on_close=_flag(ctx, data, ("fsync_on_close",)),
         api=api,
+        origin=origin,
+        inventory=inventory,
+    )
+
+
+def _inventory(ctx, data):
+    """The ``inventory:`` section (how reports are split into data files)."""
+    value = data.get("inventory")
+    if value is None:
+        return InventorySettings()
+    if not isinstance(value, dict):
+        ctx.fail(("inventory",), f"expected a mapping of inventory settings, "
+                                 f"found {_describe(value)}")
+    _check_keys(ctx, value, ("rows_per_file",), ("inventory",))
+    rows = value.get("rows_per_file", InventorySettings.rows_per_file)
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= 1_000_000:
+        ctx.fail(("inventory", "rows_per_file"), f"expected a whole number from 1 to 1000000, "
+                                                 f"found {_describe(rows)}")
+    return InventorySettings(rows_per_file=rows)
+
+
+def _origin(ctx, data):
+    """The ``origin:`` section (time limits and retries of origin pull)."""
+    value = data.get("origin")
+    if value is None:
+        return OriginSettings()
+    if not isinstance(value, dict):
+        ctx.fail(("origin",), f"expected a mapping of origin pull settings, found {_describe(value)}")
+    _check_keys(ctx, value, ORIGIN_KEYS, ("origin",))
+    d = OriginSettings()
+    retries = value.get("retries", d.retries)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        ctx.fail(("origin", "retries"), f"expected a whole number from 0 to 10, "
+                                        f"found {_describe(retries)}")
+    miss_ttl = value.get("miss_ttl", d.miss_ttl)
+    if isinstance(miss_ttl, bool) or not isinstance(miss_ttl, (int, float)) or \
+            not 0 <= miss_ttl <= 3600:
+        ctx.fail(("origin", "miss_ttl"), f"expected a number of seconds from 0 to 3600, "
+                                         f"found {_describe(miss_ttl)}")
+    return OriginSettings(
+        connect_timeout=_seconds(ctx, value, ("origin", "connect_timeout"), d.connect_timeout),
+        read_timeout=_seconds(ctx, value, ("origin", "read_timeout"), d.read_timeout),
+        timeout=_seconds(ctx, value, ("origin", "timeout"), d.timeout),
+        retries=retries,
+        miss_ttl=float(miss_ttl),
     )
 
 

@@ -251,6 +251,67 @@ class InvalidRange(CosfsError):
     code = "InvalidRange"
 
 
+class NoSuchVersion(CosfsError):
+    """A version id that the key does not have (also a delete marker read as an object)."""
+    errno = _errno.ENOENT
+    code = "NoSuchVersion"
+
+
+class ReplicationConfigurationNotFound(CosfsError):
+    errno = _errno.ENODATA
+    code = "ReplicationConfigurationNotFoundError"
+
+
+class BucketVersionNotOpen(CosfsError):
+    """Replication needs versioning Enabled on the source and the destination bucket."""
+    errno = _errno.EINVAL
+    code = "BucketVersionNotOpen"
+
+
+class InvalidBucketState(CosfsError):
+    """The bucket's configuration forbids the change (e.g. suspending versioning of a
+    bucket that replicates)."""
+    errno = _errno.EBUSY
+    code = "InvalidBucketState"
+
+
+class OriginConfigurationNotFoundError(CosfsError):
+    errno = _errno.ENODATA
+    code = "OriginConfigurationNotFoundError"
+
+
+class OriginFailed(CosfsError):
+    """The origin of a bucket could not deliver a missing object (COS answers 424)."""
+
+    errno = _errno.EIO
+    code = "FailedDependency"
+
+
+class InventoryConfigurationNotFoundError(CosfsError):
+    """No inventory of that id on the bucket (GET, POST of a stored id, the xattr)."""
+
+    errno = _errno.ENODATA
+    code = "InventoryConfigurationNotFoundError"
+    status = 404
+
+
+class InventoryFull(CosfsError):
+    """A bucket holds at most 1000 inventory configurations."""
+
+    errno = _errno.ENOSPC
+    code = "InventoryFull"
+    status = 400
+
+
+class DuplicateInventoryId(CosfsError):
+    """A one-off run (POST) under the id of a configured inventory, or of a one-off run
+    delivered the same day (its report would replace that day's manifest)."""
+
+    errno = _errno.EEXIST
+    code = "DuplicateInventoryId"
+    status = 409
+
+
 #: The HTTP status of each COS error code the core raises (read by ``http_status``;
 #: a class with its own ``status`` attribute keeps it). Codes not listed answer 500.
 HTTP_STATUS = {
@@ -261,10 +322,13 @@ HTTP_STATUS = {
     "EntityTooSmall": 400, "InvalidConfig": 400,
     "AccessDenied": 403,
     "NoSuchBucket": 404, "NoSuchKey": 404, "NoSuchUpload": 404,
-    "NoSuchEncryptionConfiguration": 404,
+    "NoSuchEncryptionConfiguration": 404, "NoSuchVersion": 404,
+    "ReplicationConfigurationNotFoundError": 404, "BucketVersionNotOpen": 400,
+    "InvalidBucketState": 409,
     "BucketAlreadyExists": 409, "BucketAlreadyOwnedByYou": 409, "BucketNotEmpty": 409,
     "PathConflict": 409,
     "InvalidRange": 416,
+    "OriginConfigurationNotFoundError": 404, "FailedDependency": 424,
     "InternalError": 500, "IntegrityError": 500, "KeyStoreError": 500, "CorruptCatalog": 500,
     "StoreError": 503, "CatalogFull": 503,
 }

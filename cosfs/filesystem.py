@@ -25,6 +25,7 @@ turns them into errno values.
 """
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -33,13 +34,19 @@ from typing import Dict
 
 from . import names
 from .bucketconf import parse_encryption, render_encryption
+from .originconf import parse_origin, render_origin
+from .inventoryconf import (MAX_CONFIGS as MAX_INVENTORIES, check_destination, check_id,
+                           parse_inventory, render_inventory)
 from .catalog import ROOT_INODE, Inode, now_ns
 from .errors import (BucketNotEmpty, CosfsError, FsError, InvalidArgument, NotAnObject,
                      NoSuchEncryptionConfiguration)
+from .errors import DuplicateInventoryId, InventoryConfigurationNotFoundError, InventoryFull
 from .xattrs import XattrOps
 
 log = logging.getLogger(__name__)
 
+#: bucket_configs kind of inventory ``<Id>``: ``inventory:<Id>``
+INVENTORY_KIND = "inventory:"
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -76,6 +83,23 @@ class FileSystem(XattrOps):
         self._next_fh = 1
         self.daemon_info = {}
         self.fsync_on_close = fsync_on_close
+        #: versions of keys in versioned buckets (cosfs.versions), shared with the data path
+        self.versions = objects.versions
+        objects.versions.purge = self._maybe_purge
+        #: the replication worker (cosfs.services.replication), set by the composition
+        #: root: its status() is shown by the bucket's replication status xattr
+        self.replication = None
+        #: origin pull: ``await on_miss(bucket_ino, key, folders=True)`` for a name a lookup
+        #: did not find below a bucket (``key``: the object key, catalog form); True when it
+        #: stored the object (or, with ``folders``, made the key a directory) meanwhile.
+        #: Raises CosfsError (EIO) when the origin failed. Set by the composition root
+        #: (cosfs.services.origin); None: no origin pull.
+        self.on_miss = None
+        #: bucket inventory: the service's entry points (cosfs.services.inventory), set by
+        #: the composition root: ``await inventory.run_now(bucket_ino, cfg)`` delivers a
+        #: one-off report and returns its job id; ``inventory.changed()`` is called after a
+        #: configuration changed. None: no deliveries (configurations are still kept).
+        self.inventory = None
 
     # -- helpers ------------------------------------------------------------
     def _fh(self):
@@ -220,6 +244,100 @@ class FileSystem(XattrOps):
         with self.catalog.transaction():
             self.catalog.delete_bucket_config(bucket_ino, "encryption")
 
+    def get_bucket_origin(self, bucket_ino) -> bytes:
+        doc = self.catalog.get_bucket_config(bucket_ino, "origin")
+        if doc is None:
+            from .errors import OriginConfigurationNotFoundError
+            raise OriginConfigurationNotFoundError(
+                "The specified bucket does not have an origin configuration")
+        return doc
+
+    def put_bucket_origin(self, bucket_ino, doc):
+        """PUT: replace every origin rule of the bucket (MalformedXML for a bad document)."""
+        cfg = parse_origin(doc)
+        with self.catalog.transaction():
+            self.catalog.set_bucket_config(bucket_ino, "origin", render_origin(cfg))
+        log.info("bucket %s: %d origin rule(s) set", self.catalog.bucket_by_inode(bucket_ino)[1],
+                 len(cfg.rules))
+
+    def delete_bucket_origin(self, bucket_ino):
+        with self.catalog.transaction():
+            self.catalog.delete_bucket_config(bucket_ino, "origin")
+
+    # -- bucket inventory (the document: cosfs.inventoryconf; deliveries: self.inventory)
+    def inventory_config(self, bucket_ino, inventory_id):
+        """The parsed InventoryConfig (InventoryConfigurationNotFoundError when none)."""
+        return parse_inventory(self.get_bucket_inventory(bucket_ino, inventory_id))
+
+    def get_bucket_inventory(self, bucket_ino, inventory_id) -> bytes:
+        doc = self.catalog.get_bucket_config(bucket_ino, INVENTORY_KIND + check_id(inventory_id))
+        if doc is None:
+            raise InventoryConfigurationNotFoundError("The specified bucket has no inventory "
+                                                 "configuration %s" % inventory_id)
+        return doc
+
+    def list_bucket_inventory(self, bucket_ino, *, after=None, limit=None):
+        """[InventoryConfig] of the bucket in id order, ids after ``after`` only."""
+        rows = self.catalog.bucket_configs(bucket_ino, INVENTORY_KIND, limit=limit,
+                                           after=INVENTORY_KIND + after if after else None)
+        return [parse_inventory(doc) for _kind, doc in rows]
+
+    def _check_inventory_destination(self, bucket_ino, cfg):
+        row = self.catalog.bucket_by_name(cfg.dest_bucket)
+        check_destination(cfg, self.catalog.bucket_by_inode(bucket_ino)[2],
+                          row[2] if row else None)
+
+    def put_bucket_inventory(self, bucket_ino, inventory_id, doc):
+        """PUT: add or replace inventory ``inventory_id`` (validated as COS does; at most
+        MAX_CONFIGS per bucket: InventoryFull). Nothing changes when it fails."""
+        cfg = parse_inventory(doc, expected_id=check_id(inventory_id))
+        self._check_inventory_destination(bucket_ino, cfg)
+        kind = INVENTORY_KIND + cfg.id
+        if self.catalog.get_bucket_config(bucket_ino, kind) is None and \
+                self.catalog.count_bucket_configs(bucket_ino, INVENTORY_KIND) >= MAX_INVENTORIES:
+            raise InventoryFull("bucket already has %d inventory configurations"
+                                % MAX_INVENTORIES)
+        with self.catalog.transaction():
+            self.catalog.set_bucket_config(bucket_ino, kind, render_inventory(cfg))
+        log.info("bucket %s: inventory %s set (%s, %s, to %s)",
+                 self.catalog.bucket_by_inode(bucket_ino)[1], cfg.id, cfg.frequency,
+                 "enabled" if cfg.enabled else "disabled", cfg.dest_bucket)
+        if self.inventory is not None:
+            self.inventory.changed()
+
+    def delete_bucket_inventory(self, bucket_ino, inventory_id):
+        """DELETE: no error when there is none (COS answers 204 either way)."""
+        with self.catalog.transaction():
+            self.catalog.delete_bucket_config(bucket_ino, INVENTORY_KIND + check_id(inventory_id))
+        if self.inventory is not None:
+            self.inventory.changed()
+
+    async def post_bucket_inventory(self, bucket_ino, inventory_id, doc) -> str:
+        """POST: deliver a one-off report now (the document needs no IsEnabled/Schedule);
+        returns its job id once the report is complete. An id of a configured inventory
+        is DuplicateInventoryId."""
+        cfg = parse_inventory(doc, expected_id=check_id(inventory_id), one_off=True)
+        self._check_inventory_destination(bucket_ino, cfg)
+        if self.catalog.get_bucket_config(bucket_ino, INVENTORY_KIND + cfg.id) is not None:
+            raise DuplicateInventoryId("inventory %s is a configured inventory of this bucket: "
+                                       "a one-off run needs an id of its own" % cfg.id)
+        if self.inventory is None:
+            raise CosfsError("one-off inventory runs need a running daemon or the cosfs command",
+                             code="NotImplemented", errno=errno.ENOTSUP)
+        return await self.inventory.run_now(bucket_ino, cfg)
+
+    def inventory_status(self, bucket_ino, inventory_id) -> bytes:
+        """The last delivery of an inventory as JSON (ENODATA when there was none)."""
+        rec = self.catalog.inventory_delivery(bucket_ino, check_id(inventory_id))
+        if rec is None:
+            raise FsError(errno.ENODATA, "inventory %s was never delivered" % inventory_id)
+        out = {"id": rec["id"], "job_id": rec["job"], "period": rec["period"],
+               "started_ns": rec["started_ns"], "finished_ns": rec["finished_ns"],
+               "state": "complete" if rec["finished_ns"] else "running or interrupted",
+               "destination": rec["dest"], "manifest": rec["manifest"]}
+        out.update(json.loads(rec["summary"] or "{}"))
+        return json.dumps(out, sort_keys=True).encode()
+
     # -- lookups --------------------------------------------------------------
     async def lookup(self, parent, name, ctx=None) -> Inode:
         if name == b".":
@@ -232,7 +350,13 @@ class FileSystem(XattrOps):
             if len(name) > NAME_MAX:
                 # like local file systems: the name can never exist, say why
                 raise FsError(errno.ENAMETOOLONG)
-            ino = self.catalog.lookup(parent, self._key(parent, name))
+            key = self._key(parent, name)
+            ino = self.catalog.lookup(parent, key)
+            if ino is None and self.on_miss is not None and parent != ROOT_INODE:
+                # origin pull: the missing object may be fetched and stored meanwhile
+                if await self.on_miss(self.catalog.get_inode(parent).bucket,
+                                      self.key_of(parent, key)):
+                    ino = self.catalog.lookup(parent, key)
             if ino is None:
                 raise FsError(errno.ENOENT)
             inode = self.attr(ino)
@@ -348,6 +472,7 @@ class FileSystem(XattrOps):
         if self.catalog.lookup(parent, key) is not None:
             raise FsError(errno.EEXIST)
         t = now_ns()
+        vs = self.versions
         with self.catalog.transaction():
             inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
                                            rdev=rdev, nlink=1, bucket=pinode.bucket, target=target,
@@ -356,6 +481,11 @@ class FileSystem(XattrOps):
                 self.catalog.update_inode(inode.id, size=len(target))
             self.catalog.add_dentry(parent, key, inode.id)
             self._touch_dir(parent, t)
+            if stat.S_ISREG(mode) and vs.versioned(pinode.bucket):
+                path = self.key_of(parent, key)
+                vs.before_replace(pinode.bucket, path, None)
+                vs.stamp(inode.id, pinode.bucket, path)
+        vs.flush()
         self.remember(inode.id)
         return self.catalog.get_inode(inode.id)
 
@@ -365,6 +495,7 @@ class FileSystem(XattrOps):
             raise FsError(errno.EINVAL)
         inode = self._make(parent, name, self._new_mode(mode, ctx, kind), ctx, rdev=rdev)
         if kind == stat.S_IFREG and self.objects.resolve_for(inode) is not None:
+            self.objects.state(inode.id).version_made = inode.version_id is not None
             await self.objects.truncate(inode.id, 0)  # records the encryption (see create)
             inode = self.catalog.get_inode(inode.id)
         return inode
@@ -378,6 +509,8 @@ class FileSystem(XattrOps):
         fh = self._fh()
         self.handles[fh] = inode.id
         self.objects.opened(inode.id)
+        # the new object's first content is the version stamped at its creation
+        self.objects.states[inode.id].version_made = True
         if self.objects.resolve_for(inode) is not None:
             # COS encrypts even an empty upload by the bucket default: let the close
             # commit the new object, written or not, so its encryption is recorded
@@ -423,10 +556,18 @@ class FileSystem(XattrOps):
         if self.catalog.lookup(new_parent, key) is not None:
             raise FsError(errno.EEXIST)
         t = now_ns()
+        vs = self.versions
         with self.catalog.transaction():
             self.catalog.add_dentry(new_parent, key, ino)
             self.catalog.update_inode(ino, nlink=inode.nlink + 1, ctime_ns=t)
             self._touch_dir(new_parent, t)
+            if inode.is_reg and vs.versioned(inode.bucket):
+                # a second name of the same content: the key gets it as its current
+                # version (the version id is the inode's, shared by its names)
+                path = self.key_of(new_parent, key)
+                vs.before_replace(inode.bucket, path, None)
+                vs.stamp(ino, inode.bucket, path, new=False)
+        vs.flush()
         self.remember(ino)
         return self.attr(ino)
 
@@ -442,10 +583,14 @@ class FileSystem(XattrOps):
         if inode.is_dir:
             raise FsError(errno.EISDIR)
         t = now_ns()
+        vs = self.versions
         with self.catalog.transaction():
+            if inode.is_reg and vs.versioned(inode.bucket):
+                vs.removed(inode.bucket, self.key_of(parent, key), inode)
             self.catalog.remove_dentry(parent, key)
             self._drop_link(inode, t)
             self._touch_dir(parent, t)
+        vs.flush()
         self._maybe_purge(inode.id)
 
     async def rmdir(self, parent, name, ctx=None):
@@ -459,6 +604,11 @@ class FileSystem(XattrOps):
                 log.warning("rmdir of bucket %r refused: BucketNotEmpty", name)
                 raise BucketNotEmpty("bucket %s is not empty" % name.decode(errors="replace"))
             raise FsError(errno.ENOTEMPTY)
+        if parent == ROOT_INODE and self.catalog.has_versions(inode.id):
+            log.warning("rmdir of bucket %r refused: it holds noncurrent versions or delete "
+                        "markers (cosfs versions)", name)
+            raise BucketNotEmpty("bucket %s still holds object versions"
+                                 % name.decode(errors="replace"))
         t = now_ns()
         with self.catalog.transaction():
             self.catalog.remove_dentry(parent, key)
@@ -466,6 +616,8 @@ class FileSystem(XattrOps):
             self.catalog.update_inode(parent, nlink=pinode.nlink - 1, mtime_ns=t, ctime_ns=t)
             if parent == ROOT_INODE:
                 self.catalog.remove_bucket(inode.id)
+        if parent == ROOT_INODE:
+            self.versions.forget_bucket(inode.id)
         self._maybe_purge(inode.id)
 
     # -- rename ---------------------------------------------------------------
@@ -521,8 +673,24 @@ class FileSystem(XattrOps):
                 raise FsError(errno.EISDIR)
             if dst.is_dir and self.catalog.has_children(dst.id):
                 raise FsError(errno.ENOTEMPTY)
+        vs = self.versions
+        versioned = vs.versioned(op.bucket)
+        if versioned and src.is_dir and self.catalog.has_children(src.id):
+            # every key below would change: COS has no such operation; mv copies instead
+            log.info("rename of a non-empty directory in versioned bucket %d answered EXDEV",
+                     op.bucket)
+            raise FsError(errno.EXDEV)
         t = now_ns()
         with self.catalog.transaction():
+            if versioned and src.is_reg:
+                # the old key is deleted (a delete marker), the new key gets new content
+                vs.removed(op.bucket, self.key_of(old_parent, old_key), src)
+                new_path = self.key_of(new_parent, new_key)
+                vs.before_replace(op.bucket, new_path, dst if dst is not None and dst.is_reg
+                                  else None)
+                vs.stamp(src.id, op.bucket, new_path)
+            elif versioned and dst is not None and dst.is_reg:
+                vs.removed(op.bucket, self.key_of(new_parent, new_key), dst)
             self.catalog.remove_dentry(old_parent, old_key)
             self.catalog.set_dentry(new_parent, new_key, src.id)
             self.catalog.update_inode(src.id, ctime_ns=t)
@@ -540,6 +708,7 @@ class FileSystem(XattrOps):
                 cur = self.catalog.get_inode(d)
                 self.catalog.update_inode(d, nlink=cur.nlink + nlink_delta.get(d, 0),
                                           mtime_ns=t, ctime_ns=t)
+        vs.flush()
         if dst is not None:
             self._maybe_purge(dst.id)
 
@@ -548,8 +717,23 @@ class FileSystem(XattrOps):
             raise FsError(errno.EINVAL)
         if dst.is_dir and self._is_ancestor(dst.id, op.id):
             raise FsError(errno.EINVAL)
+        vs = self.versions
+        versioned = vs.versioned(op.bucket)
+        if versioned and (src.is_dir or dst.is_dir):
+            raise FsError(errno.EXDEV)
         t = now_ns()
         with self.catalog.transaction():
+            if versioned:
+                # each key gets the other's content as a new version
+                old_path, new_path = self.key_of(op.id, old_key), self.key_of(np.id, new_key)
+                for path, before, after in ((old_path, src, dst), (new_path, dst, src)):
+                    if after.is_reg:
+                        vs.before_replace(op.bucket, path, before if before.is_reg else None)
+                    elif before.is_reg:
+                        vs.removed(op.bucket, path, before)
+                for path, after in ((old_path, dst), (new_path, src)):
+                    if after.is_reg:
+                        vs.stamp(after.id, op.bucket, path)
             self.catalog.set_dentry(op.id, old_key, dst.id)
             self.catalog.set_dentry(np.id, new_key, src.id)
             if op.id != np.id and src.is_dir != dst.is_dir:
@@ -560,19 +744,26 @@ class FileSystem(XattrOps):
                 self.catalog.update_inode(ino, ctime_ns=t)
             for d in {op.id, np.id}:
                 self._touch_dir(d, t)
+        vs.flush()
 
     # -- files ------------------------------------------------------------------
     async def open(self, ino, flags, ctx=None) -> int:
         inode = self.catalog.get_inode(ino)
         if inode.is_dir:
             raise FsError(errno.EISDIR)
+        self.objects.opened(ino)
         if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and inode.is_reg:
-            await self.objects.truncate(ino, 0)
+            # held open first: the truncation and the writes that follow are one write
+            # session (one version in a versioned bucket)
+            try:
+                await self.objects.truncate(ino, 0)
+            except BaseException:
+                self.objects.unopened(ino)
+                raise
         fh = self._fh()
         self.handles[fh] = ino
         if (flags & os.O_ACCMODE) == os.O_RDONLY:
             self.readonly.add(fh)
-        self.objects.opened(ino)
         return fh
 
     def _ino(self, fh):

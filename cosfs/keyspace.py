@@ -66,8 +66,11 @@ operation happen between two awaits, each in one transaction. Raises
 code's HTTP status is :func:`cosfs.errors.http_status`.
 """
 
+import dataclasses
+import errno
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -85,9 +88,10 @@ from .errors import (BadDigest, BucketAlreadyOwnedByYou, BucketNotEmpty, CosfsEr
                      EntityTooSmall, InvalidArgument, InvalidDigest, InvalidObjectName,
                      InvalidPart, InvalidPartOrder, InvalidRange, InvalidRegionName,
                      InvalidRequest, KeyConflict, KeyTooLong, MalformedXML, MetadataTooLarge,
-                     NoSuchBucket, NoSuchKey, NoSuchUpload)
+                     NoSuchBucket, NoSuchKey, NoSuchUpload, NoSuchVersion)
 from .filesystem import NAME_MAX
-from .resolver import OVERRIDE_VALUES, EncryptionSpec
+from .resolver import OVERRIDE_VALUES, EncryptionSpec, WriterKind, resolve
+from .versions import version_label
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,34 @@ class ObjectInfo:
     headers: dict
     meta: dict
     is_dir_marker: bool
+    #: the version id as COS shows it (``null`` for an object written without versioning);
+    #: None in a bucket that never had versioning
+    version_id: Optional[str] = None
+    #: x-cos-replication-status: PENDING, COMPLETED, FAILED, REPLICA or None
+    replication: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One entry of a versions listing: an object version or a delete marker."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    is_delete_marker: bool
+    size: int
+    mtime_ns: int
+    etag: str
+    sse: Optional[str]
+
+
+@dataclass
+class VersionListing:
+    versions: List[VersionInfo]
+    common_prefixes: List[str]
+    is_truncated: bool
+    next_key_marker: Optional[str]
+    next_version_id_marker: Optional[str]
 
 
 @dataclass
@@ -189,6 +221,14 @@ def _utf8(text, what):
         return text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidArgument("%s is not valid UTF-8" % what) from None
+
+
+def _listing_args(max_keys, prefix, delimiter):
+    """(max_keys clipped to MAX_KEYS, prefix bytes, delimiter bytes or None) of a listing."""
+    if not isinstance(max_keys, int) or max_keys < 0:
+        raise InvalidArgument("max-keys must be a number from 0 to %d" % MAX_KEYS)
+    return (min(max_keys, MAX_KEYS), _utf8(prefix or "", "prefix"),
+            _utf8(delimiter, "delimiter") if delimiter else None)
 
 
 def split_key(key):
@@ -272,6 +312,12 @@ def _request_of(sse, kms_key_id):
     return sse
 
 
+def _inventory_id(value):
+    if not value:
+        raise InvalidArgument("the inventory id is missing (?inventory&id=ID)")
+    return value
+
+
 def _spec_of(label):
     return None if label is None else EncryptionSpec.from_stored_name(label)
 
@@ -305,6 +351,11 @@ class ObjectReader:
         self._ks = keyspace
         self._ino = ino
         self.info = info
+
+    @property
+    def ino(self):
+        """The inode number of the version read (None for a ``dir/`` marker)."""
+        return self._ino
 
     async def read(self, offset, size) -> bytes:
         """Plaintext ``[offset, offset+size)``, clipped to the object's size."""
@@ -515,8 +566,13 @@ class KeySpace:
         meta, headers = self._metadata(inode.id) if metadata else ({}, {})
         if marker:
             return ObjectInfo(key, 0, inode.mtime_ns, EMPTY_MD5, None, None, headers, meta, True)
+        vid = repl = None
+        if self.objects.versions.versioned(inode.bucket) or inode.version_id:
+            vid = version_label(inode.version_id)
+        if metadata:
+            repl = self.catalog.replication_status(inode.id)
         return ObjectInfo(key, inode.size, inode.mtime_ns, etag, inode.enc, None, headers, meta,
-                          False)
+                          False, vid, repl)
 
     def _changed(self, parent, key_name):
         """Tell the kernel that entry ``key_name`` (catalog form) of ``parent`` changed."""
@@ -560,10 +616,14 @@ class KeySpace:
         else:
             draft.discard()
 
-    def _publish(self, bucket_ino, segments, draft, xattrs, etag, finish_upload=None):
+    def _publish(self, bucket_ino, segments, draft, xattrs, etag, finish_upload=None, *,
+                 replica=None):
         """Give the committed draft its key, replacing what is there: one transaction, no
-        await. ``finish_upload``: also remove that multipart upload. Returns the Inode."""
+        await. ``finish_upload``: also remove that multipart upload. ``replica``: the
+        draft is a replica of that source version id (cosfs.services.replication).
+        Returns the Inode."""
         cat = self.catalog
+        vs = self.objects.versions
         t = now_ns()
         old = None
         parts = []
@@ -587,8 +647,17 @@ class KeySpace:
                     fields["gid"] = pinode.gid
             for xname, value in xattrs:
                 cat.set_xattr(draft.ino, xname, value)
+            if vs.versioned(bucket_ino):
+                path = b"/".join(segments)
+                if old is not None and replica is not None and old.version_id == replica:
+                    vs.before_replace(bucket_ino, path, None)  # an earlier copy of it
+                else:
+                    vs.before_replace(bucket_ino, path, old)
             cat.set_dentry(parent, name, draft.ino)
             cat.update_inode(draft.ino, **fields)
+            if vs.versioned(bucket_ino):
+                vs.stamp(draft.ino, bucket_ino, path, replica=replica is not None,
+                         version_id=replica)
             if old is not None:
                 cat.update_inode(old.id, nlink=old.nlink - 1, ctime_ns=t)
             cat.update_inode(parent, mtime_ns=t, ctime_ns=t)
@@ -597,6 +666,7 @@ class KeySpace:
                 for ino in parts:
                     cat.update_inode(ino, nlink=0)
         draft.kept = True
+        vs.flush()
         self._changed(parent, name)  # a replaced entry, or a cached "no such name"
         if old is not None:
             self.fs.purge_if_unused(old.id)
@@ -657,6 +727,52 @@ class KeySpace:
         """No error when there is none (COS answers 204 either way)."""
         self.fs.delete_bucket_encryption(self._bucket_ino(name))
 
+    def get_bucket_origin(self, name) -> bytes:
+        return self.fs.get_bucket_origin(self._bucket_ino(name))
+
+    async def put_bucket_origin(self, name, xml):
+        self.fs.put_bucket_origin(self._bucket_ino(name), bytes(xml))
+
+    async def delete_bucket_origin(self, name):
+        """No error when there is none."""
+        self.fs.delete_bucket_origin(self._bucket_ino(name))
+
+    # -- bucket inventory (documents and rules: cosfs.inventoryconf, FileSystem) -------------
+    def get_bucket_inventory(self, name, inventory_id) -> bytes:
+        return self.fs.get_bucket_inventory(self._bucket_ino(name), _inventory_id(inventory_id))
+
+    async def put_bucket_inventory(self, name, inventory_id, xml):
+        self.fs.put_bucket_inventory(self._bucket_ino(name), _inventory_id(inventory_id),
+                                     bytes(xml))
+
+    async def delete_bucket_inventory(self, name, inventory_id):
+        """No error when there is none (COS answers 204 either way)."""
+        self.fs.delete_bucket_inventory(self._bucket_ino(name), _inventory_id(inventory_id))
+
+    def list_bucket_inventory(self, name, *, token=None, page=100) -> bytes:
+        """One page of ``ListInventoryConfigurationResult`` (``page`` configurations in id
+        order); its NextContinuationToken, when truncated, is the last id listed."""
+        from .inventoryconf import render_list
+        configs = self.fs.list_bucket_inventory(self._bucket_ino(name), after=token or None,
+                                                limit=page + 1)
+        more = len(configs) > page
+        configs = configs[:page]
+        return render_list(configs, token=token,
+                           next_token=configs[-1].id if more and configs else None)
+
+    async def post_bucket_inventory(self, name, inventory_id, xml) -> str:
+        """A one-off report, delivered before this returns; returns its job id."""
+        return await self.fs.post_bucket_inventory(self._bucket_ino(name),
+                                                   _inventory_id(inventory_id), bytes(xml))
+
+    async def _pull(self, bucket, key):
+        """Origin pull of a missing ``key`` (``fs.on_miss``): True when it was stored."""
+        if self.fs.on_miss is None or not isinstance(key, str) or key.endswith("/"):
+            return False
+        bino = self._bucket_ino(bucket)
+        split_key(key)  # a key the tree cannot hold is never fetched
+        return await self.fs.on_miss(bino, key.encode("utf-8"), folders=False)
+
     # -- listing ----------------------------------------------------------------------
     def list_objects(self, bucket, *, prefix="", delimiter=None, marker=None,
                      max_keys=MAX_KEYS) -> Listing:
@@ -669,12 +785,8 @@ class KeySpace:
         ``max_keys`` 0 lists nothing and is never truncated. ETags not known yet are ""
         (:meth:`fill_etags`). Walks the tree lazily from the seek position; no await."""
         bino = self._bucket_ino(bucket)
-        if not isinstance(max_keys, int) or max_keys < 0:
-            raise InvalidArgument("max-keys must be a number from 0 to %d" % MAX_KEYS)
-        max_keys = min(max_keys, MAX_KEYS)
-        pre = _utf8(prefix or "", "prefix")
+        max_keys, pre, delim = _listing_args(max_keys, prefix, delimiter)
         mark = _utf8(marker, "marker") if marker else None
-        delim = _utf8(delimiter, "delimiter") if delimiter else None
         listing = Listing([], [], False, None)
         if max_keys == 0:
             return listing
@@ -722,6 +834,24 @@ class KeySpace:
         if not listing.is_truncated:
             listing.next_marker = None
         return listing
+
+    def scan_objects(self, bucket, *, after=None, limit=MAX_KEYS):
+        """One page of a full scan: [(key, Inode)] of up to ``limit`` objects (and empty
+        ``dir/`` markers, whose Inode is the directory) with keys after ``after``, in key
+        order. For services that walk a whole bucket in bounded memory (inventory): page
+        on with the last key; no await, so a page is consistent, and changes between
+        pages are seen or not (as in COS listings)."""
+        bino = self._bucket_ino(bucket)
+        mark = _utf8(after, "marker") if after else None
+        out = []
+        for key, inode, _ in self._walk(bino, b"", mark or b"", lambda _key: None,
+                                        max(16, min(MAX_KEYS, limit + 1))):
+            if mark is not None and key <= mark:
+                continue
+            if len(out) == limit:
+                break
+            out.append((key.decode("utf-8", "surrogateescape"), inode))
+        return out
 
     def _walk(self, dir_ino, base, bound, roll, batch):
         """Yield (key, Inode, False) for every object below a directory whose key (``base``
@@ -802,15 +932,27 @@ class KeySpace:
         return listing
 
     # -- objects ------------------------------------------------------------------------
-    async def head_object(self, bucket, key) -> ObjectInfo:
+    async def head_object(self, bucket, key, *, pull=False) -> ObjectInfo:
+        """``pull``: a missing key matching an origin rule is fetched first (origin pull)."""
+        if pull:
+            await self._object_or_pull(bucket, key)
         inode, marker = self._object(bucket, key)
         if marker:
             return self._info(inode, key, EMPTY_MD5, marker=True)
         etag = await self.objects.etag(inode.id)
         return self._info(self.objects.overlay(self.catalog.get_inode(inode.id)), key, etag)
 
-    async def open_object(self, bucket, key) -> ObjectReader:
-        """An :class:`ObjectReader` of the object's current version (NoSuchKey)."""
+    async def _object_or_pull(self, bucket, key):
+        try:
+            self._object(bucket, key)
+        except NoSuchKey:
+            await self._pull(bucket, key)
+
+    async def open_object(self, bucket, key, *, pull=False) -> ObjectReader:
+        """An :class:`ObjectReader` of the object's current version (NoSuchKey); ``pull``
+        as for :meth:`head_object`."""
+        if pull:
+            await self._object_or_pull(bucket, key)
         inode, marker = self._object(bucket, key)
         if marker:
             return ObjectReader(self, None, self._info(inode, key, EMPTY_MD5, marker=True))
@@ -825,12 +967,20 @@ class KeySpace:
         return ObjectReader(self, ino, info)
 
     async def put_object(self, bucket, key, body, *, sse=None, kms_key_id=None, meta=None,
-                         headers=None, content_md5=None) -> ObjectInfo:
+                         headers=None, content_md5=None,
+                         writer=WriterKind.NORMAL,
+                         inventory_encryption=None) -> ObjectInfo:
         """Store ``body`` (async iterable of bytes, or bytes) under ``key``, replacing any
         object there atomically. ``sse``: the object's explicit request, as the
         ``user.cos.server-side-encryption`` xattr (None: the bucket default applies).
         ``content_md5``: the 16 raw bytes; a mismatch is BadDigest and stores nothing.
-        A ``dir/`` key creates the directory (its body must be empty)."""
+        A ``dir/`` key creates the directory (its body must be empty).
+        ``writer`` ORIGIN_PULL: the resolver's rule for pulled objects (the bucket
+        default), and an object that appeared at the key meanwhile is kept: the pulled
+        one is dropped and the existing one described.
+        ``writer`` INVENTORY with ``inventory_encryption`` (the inventory's own
+        EncryptionSpec, or None): the resolver's rule for inventory reports (that
+        encryption, else the bucket default)."""
         bino = self._bucket_ino(bucket)
         segments, is_dir = split_key(key)
         request = _request_of(sse, kms_key_id)
@@ -844,12 +994,18 @@ class KeySpace:
                 raise BadDigest("the Content-MD5 does not match the (empty) body")
             return self._put_dir(bino, segments, key, xattrs)
         self._check_place(bino, segments)
-        async with self._draft(bino, request) as draft:
+        spec = _RESOLVE
+        if writer is not WriterKind.NORMAL:
+            spec = resolve(override=None, bucket_default=self.objects.bucket_default(bino),
+                           writer=writer, inventory_encryption=inventory_encryption)
+        async with self._draft(bino, request, spec) as draft:
             await draft.write_all(_pieces(body))
             digest = draft.md5.digest()
             if content_md5 is not None and digest != content_md5:
                 raise BadDigest("the Content-MD5 you specified did not match what we received")
             await draft.commit()
+            if writer is WriterKind.ORIGIN_PULL and self._find(bino, segments)[1] is not None:
+                return await self.head_object(bucket, key)  # written meanwhile: it wins
             inode = self._publish(bino, segments, draft, xattrs, digest.hex())
         await self._durable()
         log.debug("put %s/%s: %d bytes, %s", bucket, key, inode.size, inode.enc or "plain")
@@ -862,15 +1018,31 @@ class KeySpace:
                 self._replace_metadata(ino, xattrs)
         return self._info(self.catalog.get_inode(ino), key, EMPTY_MD5, marker=True)
 
-    async def delete_object(self, bucket, key) -> None:
+    async def delete_object(self, bucket, key, *, version_id=None):
         """Remove an object; nothing happens when there is none (S3). A ``dir/`` key removes
-        an empty directory (a directory that holds objects has no marker to remove)."""
+        an empty directory (a directory that holds objects has no marker to remove).
+
+        In a versioned bucket a delete leaves a delete marker (also when the key has no
+        current object) and the content stays as a noncurrent version; ``version_id``
+        deletes that version for good (the newest remaining version then becomes
+        current, as in COS). Returns (version id, is a delete marker) for the response
+        headers, or (None, False) in a bucket without versioning."""
         bino = self._bucket_ino(bucket)
         segments, is_dir = split_key(key)
+        vs = self.objects.versions
+        if version_id is not None and not is_dir:
+            return self._delete_version(bino, segments, version_id)
         parent, inode = self._find(bino, segments)
+        if not is_dir and vs.versioned(bino) and (inode is None or inode.is_reg):
+            if inode is None:
+                with self.catalog.transaction():
+                    vid = vs.removed(bino, b"/".join(segments), None)
+                vs.flush()
+                return version_label(vid), True
         if inode is None:
-            return
+            return None, False
         cat = self.catalog
+        marker = None
         t = now_ns()
         if is_dir:
             if not inode.is_dir or cat.has_children(inode.id):
@@ -882,17 +1054,318 @@ class KeySpace:
                 cat.update_inode(parent, nlink=pinode.nlink - 1, mtime_ns=t, ctime_ns=t)
         else:
             if not inode.is_reg:
-                return
+                return None, False
             with cat.transaction():
+                if vs.versioned(bino):
+                    marker = vs.removed(bino, b"/".join(segments), inode)
                 cat.remove_dentry(parent, segments[-1])
                 cat.update_inode(inode.id, nlink=inode.nlink - 1, ctime_ns=t)
                 cat.update_inode(parent, mtime_ns=t, ctime_ns=t)
+            vs.flush()
         self._changed(parent, segments[-1])
         self.fs.purge_if_unused(inode.id)
+        if vs.versioned(bino) and not is_dir:
+            return version_label(marker), True
+        return None, False
+
+    # -- replicas (cosfs.services.replication) -------------------------------------------
+    async def put_replica(self, bucket, key, pieces, spec, version_id, xattrs):
+        """Store a replica under ``key``: content from the async iterator ``pieces``,
+        sealed with ``spec`` (the resolver's REPLICA answer), the source's
+        ``version_id`` (COS label) and metadata xattrs, status REPLICA. A replica of the
+        same version replaces the earlier copy instead of keeping it. Returns ObjectInfo."""
+        bino = self._bucket_ino(bucket)
+        segments, is_dir = split_key(key)
+        if is_dir:
+            raise InvalidArgument("%s is a directory key" % names.short(key))
+        self._check_place(bino, segments)
+        vid = None if version_id == "null" else version_id
+        async with self._draft(bino, None, spec) as draft:
+            await draft.write_all(pieces)
+            await draft.commit()
+            inode = self._publish(bino, segments, draft, xattrs, draft.md5.hexdigest(),
+                                  replica=vid)
+        await self._durable()
+        return self._info(inode, key, inode.etag)
+
+    def delete_replica(self, bucket, key, version_id):
+        """Replicate a delete marker: ``key`` gets a marker with the source's id."""
+        bino = self._bucket_ino(bucket)
+        segments, _ = split_key(key)
+        vs = self.objects.versions
+        vid = None if version_id == "null" else version_id
+        if any(row[1] == vid and row[2] is None
+               for row in self.catalog.versions_of(bino, b"/".join(segments))):
+            return  # replicated before (a crash came before the task was done)
+        parent, inode = self._find(bino, segments)
+        if inode is not None and not inode.is_reg:
+            inode = None
+        t = now_ns()
+        with self.catalog.transaction():
+            vs.removed(bino, b"/".join(segments), inode, replica=vid)
+            if inode is not None:
+                self.catalog.remove_dentry(parent, segments[-1])
+                self.catalog.update_inode(inode.id, nlink=inode.nlink - 1, ctime_ns=t)
+                self.catalog.update_inode(parent, mtime_ns=t, ctime_ns=t)
+        vs.flush()
+        if inode is not None:
+            self._changed(parent, segments[-1])
+            self.fs.purge_if_unused(inode.id)
+
+    def has_object(self, bucket_ino, key: bytes) -> bool:
+        """True if ``key`` (UTF-8 bytes) has a current object in the bucket."""
+        segments, is_dir = split_key(key.decode("utf-8", "surrogateescape"))
+        inode = self._find(bucket_ino, segments)[1]
+        return inode is not None and (inode.is_reg or is_dir and inode.is_dir)
+
+    def metadata_of(self, ino):
+        """The metadata xattrs of an object, as (name, value) pairs to copy."""
+        return [(n, self.catalog.get_xattr(ino, n))
+                for n in self.catalog.list_xattrs(ino) if _metadata_field(n)]
+
+    # -- versions -----------------------------------------------------------------------
+    def get_bucket_versioning(self, bucket) -> bytes:
+        return self.objects.versions.get_versioning(self._bucket_ino(bucket))
+
+    def put_bucket_versioning(self, bucket, doc):
+        self.objects.versions.put_versioning(self._bucket_ino(bucket), doc)
+
+    def get_bucket_replication(self, bucket) -> bytes:
+        return self.objects.versions.get_replication(self._bucket_ino(bucket))
+
+    def put_bucket_replication(self, bucket, doc):
+        self.objects.versions.put_replication(self._bucket_ino(bucket), doc)
+
+    def delete_bucket_replication(self, bucket):
+        self.objects.versions.delete_replication(self._bucket_ino(bucket))
+
+    def _find_version(self, bino, segments, version_id):
+        """(Inode of the content or None for a delete marker, parent when it is the current
+        object else None, versions row seq or None). Raises NoSuchVersion."""
+        if not isinstance(version_id, str) or not version_id:
+            raise InvalidArgument("invalid version id")
+        vid = None if version_id == "null" else version_id
+        parent, inode = self._find(bino, segments)
+        if inode is not None and inode.is_reg and inode.version_id == vid:
+            return inode, parent, None
+        for seq, row_vid, holder, _ in self.catalog.versions_of(bino, b"/".join(segments)):
+            if row_vid == vid:
+                return (None if holder is None else self.catalog.get_inode(holder)), None, seq
+        raise NoSuchVersion("The specified version does not exist: %s"
+                            % names.short(version_id))
+
+    def _delete_version(self, bino, segments, version_id):
+        vs = self.objects.versions
+        cat = self.catalog
+        key = b"/".join(segments)
+        inode, parent, seq = self._find_version(bino, segments, version_id)
+        t = now_ns()
+        with cat.transaction():
+            if parent is not None:
+                cat.remove_dentry(parent, segments[-1])
+                cat.update_inode(inode.id, nlink=inode.nlink - 1, ctime_ns=t)
+                cat.update_inode(parent, mtime_ns=t, ctime_ns=t)
+            else:
+                vs.drop(seq)
+            promoted = self._promote(bino, segments, t)
+        vs.flush()
+        if parent is not None or promoted is not None:
+            self._changed(parent if parent is not None else promoted, segments[-1])
+        if parent is not None:
+            self.fs.purge_if_unused(inode.id)
+        return version_id, inode is None
+
+    def _promote(self, bino, segments, t):
+        """After a version was deleted for good: when the key has no current object and its
+        newest remaining version is content (not a delete marker), that version becomes
+        the current object. Returns the parent directory it was placed in, or None."""
+        cat = self.catalog
+        if self._find(bino, segments)[1] is not None:
+            return None
+        rows = cat.versions_of(bino, b"/".join(segments))
+        if not rows or rows[-1][2] is None:
+            return None
+        try:
+            self._check_place(bino, segments)
+            parent = self._make_dirs(bino, segments[:-1], t)
+        except KeyConflict:
+            return None  # the path is a directory now: the version stays noncurrent
+        seq, _, holder, _ = rows[-1]
+        cat.drop_version(seq)
+        cat.set_dentry(parent, segments[-1], holder)
+        cat.update_inode(parent, mtime_ns=t, ctime_ns=t)
+        return parent
+
+    async def head_version(self, bucket, key, version_id) -> ObjectInfo:
+        """HEAD of one version (MethodNotAllowed for a delete marker, as COS answers)."""
+        reader = await self.open_version(bucket, key, version_id)
+        await reader.aclose()
+        return reader.info
+
+    async def open_version(self, bucket, key, version_id) -> ObjectReader:
+        """An :class:`ObjectReader` of one version of ``key`` (current or noncurrent)."""
+        bino = self._bucket_ino(bucket)
+        segments, is_dir = split_key(key)
+        if is_dir:
+            return await self.open_object(bucket, key)
+        inode, _, _ = self._find_version(bino, segments, version_id)
+        if inode is None:
+            raise CosfsError("The specified version is a delete marker",
+                             code="MethodNotAllowed", errno=errno.ENOENT)
+        ino = inode.id
+        self._hold(ino)
+        try:
+            etag = await self.objects.etag(ino)
+            info = self._info(self.objects.overlay(self.catalog.get_inode(ino)), key, etag)
+            if info.version_id is None:
+                info = dataclasses.replace(info, version_id=version_label(inode.version_id))
+        except BaseException:
+            self._unhold(ino)
+            raise
+        return ObjectReader(self, ino, info)
+
+    def list_object_versions(self, bucket, *, prefix="", delimiter=None, key_marker=None,
+                             version_id_marker=None, max_keys=MAX_KEYS) -> VersionListing:
+        """Every version and delete marker of the keys starting with ``prefix``: keys in
+        UTF-8 binary order, each key's versions newest first (the current one with
+        ``is_latest``). Pages on after (``key_marker``, ``version_id_marker``); without a
+        version id marker, after every version of ``key_marker``. ``delimiter`` rolls keys
+        up into common prefixes as :meth:`list_objects` does. ETags not known yet are
+        ""; no await."""
+        bino = self._bucket_ino(bucket)
+        max_keys, pre, delim = _listing_args(max_keys, prefix, delimiter)
+        kmark = _utf8(key_marker, "key-marker") if key_marker else None
+        out = VersionListing([], [], False, None, None)
+        if max_keys == 0:
+            return out
+        start = kmark if kmark is not None and kmark > pre else pre
+
+        def current():
+            # current objects and (with a delimiter) rolled-up prefixes, in key order
+            marker = None if start == pre else start.decode("utf-8", "surrogateescape")
+            while True:
+                page = self.list_objects(bucket, prefix=prefix, delimiter=delimiter,
+                                         marker=marker, max_keys=MAX_KEYS)
+                items = [(c.encode("utf-8", "surrogateescape"), None)
+                         for c in page.common_prefixes]
+                items += [(i.key.encode("utf-8", "surrogateescape"), i) for i in page.contents]
+                items.sort(key=lambda x: x[0])
+                yield from items
+                if not page.is_truncated:
+                    return
+                marker = page.next_marker
+
+        def row_stream():
+            # the marker key itself may still have versions to list: start at it
+            after = (start, -1)
+            while True:
+                rows = self.catalog.version_rows(bino, prefix=pre, after=after, limit=500)
+                yield from rows
+                if len(rows) < 500:
+                    return
+                after = (rows[-1][0], rows[-1][1])
+
+        def noncurrent():
+            for key, group in itertools.groupby(row_stream(), key=lambda r: r[0]):
+                yield _rolled(key), list(group)
+
+        def _rolled(key):
+            if delim:
+                i = key.find(delim, len(pre))
+                if i >= 0:
+                    return key[:i + len(delim)]
+            return key
+
+        # merge: for each key (or common prefix), its current object and its rows
+        entries = {}
+        order = []
+        count = 0
+        seen_prefixes = set()
+        skip_until = version_id_marker if kmark is not None else None
+        cur_it = current()
+        rows_it = noncurrent()
+        cur = next(cur_it, None)
+        rows = next(rows_it, None)
+        while cur is not None or rows is not None:
+            key = min(k for k in (cur and cur[0], rows and rows[0]) if k is not None)
+            info = None
+            group = []
+            is_prefix = False
+            if cur is not None and cur[0] == key:
+                info = cur[1]
+                is_prefix = info is None
+                cur = next(cur_it, None)
+            if rows is not None and rows[0] == key:
+                group = rows[1]
+                is_prefix = is_prefix or group[0][0] != key
+                rows = next(rows_it, None)
+            if is_prefix:
+                if key in seen_prefixes or (kmark is not None and key <= kmark):
+                    continue
+                if count == max_keys:
+                    out.is_truncated = True
+                    break
+                seen_prefixes.add(key)
+                out.common_prefixes.append(key.decode("utf-8", "surrogateescape"))
+                out.next_key_marker, out.next_version_id_marker = out.common_prefixes[-1], None
+                count += 1
+                continue
+            text = key.decode("utf-8", "surrogateescape")
+            items = []
+            if info is not None:
+                items.append(VersionInfo(text, info.version_id or "null", True, False,
+                                         info.size, info.mtime_ns, info.etag, info.sse))
+            has_current = info is not None
+            if not has_current and key == kmark:
+                # the marker key's current object was listed on an earlier page
+                found = self._find(bino, split_key(text)[0])[1]
+                has_current = found is not None and found.is_reg
+            for _, seq, vid, holder, mtime in reversed(group):
+                latest = not has_current and not items
+                if holder is None:
+                    items.append(VersionInfo(text, version_label(vid), latest, True, 0, mtime,
+                                             "", None))
+                else:
+                    h = self.catalog.get_inode(holder)
+                    items.append(VersionInfo(text, version_label(vid), latest, False, h.size,
+                                             h.mtime_ns, h.etag or "", h.enc))
+            if kmark is not None and key == kmark:
+                if not skip_until:
+                    continue
+                ids = [v.version_id for v in items]
+                if skip_until in ids:
+                    items = items[ids.index(skip_until) + 1:]
+            elif kmark is not None and key < kmark:
+                continue
+            for v in items:
+                if count == max_keys:
+                    out.is_truncated = True
+                    break
+                out.versions.append(v)
+                out.next_key_marker, out.next_version_id_marker = v.key, v.version_id
+                count += 1
+            if out.is_truncated:
+                break
+        if not out.is_truncated:
+            out.next_key_marker = out.next_version_id_marker = None
+        return out
+
+    async def fill_version_etags(self, bucket, listing) -> VersionListing:
+        """The versions listing with every ETag of content filled in (see fill_etags)."""
+        bino = self._bucket_ino(bucket)
+        for i, v in enumerate(listing.versions):
+            if v.etag or v.is_delete_marker:
+                continue
+            segments, _ = split_key(v.key)
+            inode, _, _ = self._find_version(bino, segments, v.version_id)
+            if inode is not None:
+                etag = await self.objects.etag(inode.id)
+                listing.versions[i] = dataclasses.replace(v, etag=etag)
+        return listing
 
     async def copy_object(self, src_bucket, src_key, dst_bucket, dst_key, *, sse=None,
                           kms_key_id=None, meta=None, headers=None,
-                          replace_metadata=False) -> ObjectInfo:
+                          replace_metadata=False, src_version_id=None) -> ObjectInfo:
         """PUT Object - Copy. The copy gets ``sse`` as its request, else the destination
         bucket's default (COS does not carry SSE over); metadata is the source's unless
         ``replace_metadata``. Onto itself: a new ``sse`` re-encrypts in place, without one
@@ -900,7 +1373,15 @@ class KeySpace:
         nor an ``sse`` is InvalidRequest."""
         request = _request_of(sse, kms_key_id)
         xattrs = metadata_xattrs(meta, headers) if replace_metadata else None
-        src, src_marker = self._object(src_bucket, src_key)
+        if src_version_id is None:
+            src, src_marker = self._object(src_bucket, src_key)
+        else:
+            # a version copied onto its own key is how a version is restored
+            src_segments, _ = split_key(src_key)
+            await self.head_version(src_bucket, src_key, src_version_id)  # not a marker
+            src = self._find_version(self._bucket_ino(src_bucket), src_segments,
+                                     src_version_id)[0]
+            src_marker = False
         dbino = self._bucket_ino(dst_bucket)
         segments, dst_dir = split_key(dst_key)
         _, dst = self._find(dbino, segments)
@@ -915,7 +1396,8 @@ class KeySpace:
                                       % names.short(dst_key))
             return self._put_dir(dbino, segments, dst_key, xattrs)
         self._check_place(dbino, segments)
-        reader = await self.open_object(src_bucket, src_key)
+        reader = await (self.open_object(src_bucket, src_key) if src_version_id is None
+                        else self.open_version(src_bucket, src_key, src_version_id))
         try:
             async with self._draft(dbino, request) as draft:
                 await draft.write_all(reader.pieces())

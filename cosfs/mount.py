@@ -9,13 +9,20 @@ the ASGI app; :mod:`cosfs.api.server` runs it in the daemon's nursery);
 ``run_serve`` serves the API alone, without FUSE. With a mount, a
 ``KernelNotifier`` invalidates the kernel's entries for names the API
 changed before each answer. On stop the API finishes
-the requests in progress before the data path commits everything. Everything else receives its
+the requests in progress before the data path commits everything. ``build_origin`` wires
+origin pull (:mod:`cosfs.services.origin`) into the filesystem layer's ``on_miss`` hook, which
+mount lookups and API reads share. ``build_inventory`` makes the inventory service
+(:mod:`cosfs.services.inventory`) the filesystem layer's ``fs.inventory``; the daemon's services
+run as tasks of its nursery (``services`` of ``_serve``), started before the mount is reported
+ready and stopped before the final commit; ``run_inventory_now`` delivers a one-off report on
+an unmounted store. Everything else receives its
 collaborators from here. Also here: what needs both the catalog and the key
 store (``retire_key``, ``key_usage``) and the status a running daemon reports
 (``DaemonStatus``).
 """
 
 import collections
+import contextlib
 import errno
 import fcntl
 import functools
@@ -416,6 +423,8 @@ class DaemonStatus:
                         "fsync_on_close": self.config.fsync_on_close},
             "buckets": buckets,
             "buckets_total": len(rows),
+            "replication": (self.fs.replication.status()
+                            if getattr(self.fs, "replication", None) else None),
             "open_files": len(self.fs.handles),
             "dirty_bytes": buffered + sealed,
             "uncommitted": {"objects": changed, "buffered_bytes": buffered,
@@ -469,6 +478,105 @@ def build_api(config, store, objects, fs, notifier=None):
                   max_xml_bytes=config.api.max_xml_bytes, idle_timeout=config.api.idle_timeout,
                   max_header_bytes=config.api.max_header_bytes,
                   before_answer=notifier.settle if notifier else None)
+
+
+def build_control_app(config, store, objects, fs, notifier=None):
+    """The XML API application of the control socket (:mod:`cosfs.control`): the same
+    application as :func:`build_api`, every request with full access."""
+    from .api.app import ApiApp
+    from .controlsocket import control_authenticator
+    from .keyspace import KeySpace
+    keyspace = KeySpace(fs, objects, store.catalog, uid=os.getuid(), gid=os.getgid(),
+                        invalidate_entry=notifier.invalidate if notifier else None)
+    return ApiApp(keyspace, authenticate=control_authenticator(), appid=config.appid,
+                  region=config.region, endpoints=config.api.endpoints,
+                  max_xml_bytes=config.api.max_xml_bytes, idle_timeout=config.api.idle_timeout,
+                  max_header_bytes=config.api.max_header_bytes,
+                  before_answer=notifier.settle if notifier else None)
+
+
+async def _start_control(nursery, app, config, stop):
+    """Serve ``app`` on the store's control socket; returns an Event set once stopped."""
+    from .api import server
+    from .controlsocket import prepare_socket
+    path = prepare_socket(config.store)
+    done = trio.Event()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await server.serve(app, config.api, shutdown_trigger=stop.wait,
+                               task_status=task_status, bind="unix:" + path)
+        finally:
+            done.set()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    await nursery.start(run)
+    os.chmod(path, 0o600)
+    log.info("control socket at %s", path)
+    return done
+
+
+def build_origin(config, store, objects, fs, notifier=None):
+    """Origin pull (:mod:`cosfs.services.origin`) wired into the filesystem layer as
+    ``fs.on_miss``: lookups on the mount and GET/HEAD through the API reach it alike.
+    Pulled objects belong to the daemon's user; ``notifier`` as for :func:`build_api`."""
+    from .keyspace import KeySpace
+    from .services.origin import OriginPull
+    keyspace = KeySpace(fs, objects, store.catalog, uid=os.getuid(), gid=os.getgid(),
+                        invalidate_entry=notifier.invalidate if notifier else None)
+    service = OriginPull(keyspace, config.origin)
+    fs.on_miss = service.pull
+    return service
+
+
+def build_inventory(store, objects, fs, notifier=None, **options):
+    """The inventory service (:mod:`cosfs.services.inventory`) over its own key space,
+    wired into the filesystem layer as ``fs.inventory`` (POST runs from the xattr, the
+    API and the command line; configuration changes wake its schedule). Report objects
+    belong to the daemon's user; ``notifier`` as for :func:`build_api`; ``options`` go to
+    :class:`~cosfs.services.inventory.InventoryService` (clock, rows_per_file)."""
+    from .keyspace import KeySpace
+    from .services.inventory import InventoryService
+    keyspace = KeySpace(fs, objects, store.catalog, uid=os.getuid(), gid=os.getgid(),
+                        invalidate_entry=notifier.invalidate if notifier else None)
+    service = InventoryService(keyspace, **options)
+    fs.inventory = service
+    return service
+
+
+def build_replication(store, objects, fs, notifier=None):
+    """The replication worker (:mod:`cosfs.services.replication`) over its own key space,
+    known to the filesystem layer as ``fs.replication`` (its status xattrs). Replicas
+    belong to the daemon's user; ``notifier`` as for :func:`build_api`."""
+    from .keyspace import KeySpace
+    from .services.replication import Replicator
+    keyspace = KeySpace(fs, objects, store.catalog, uid=os.getuid(), gid=os.getgid(),
+                        invalidate_entry=notifier.invalidate if notifier else None)
+    service = Replicator(keyspace)
+    fs.replication = service
+    return service
+
+
+def run_inventory_now(store, bucket, inventory_id, doc):
+    """``cosfs inventory --method post`` on an unmounted store: clean up deliveries a
+    crash interrupted, deliver the one-off report, commit everything. Returns the job
+    id. Raises CosfsError like POST Bucket inventory."""
+    objects, fs = build(store)
+    service = build_inventory(store, objects, fs,
+                              rows_per_file=store.config.inventory.rows_per_file)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            objects.attach(nursery)
+            await service.recover()
+            job = await fs.post_bucket_inventory(fs.bucket_inode(bucket), inventory_id, doc)
+            await objects.commit_all(durable=True)
+            await objects.collect_garbage()
+            nursery.cancel_scope.cancel()
+        return job
+
+    return trio.run(main)
 
 
 def _api_authenticator(config):
@@ -603,8 +711,15 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         objects, fs = build(store)
         ensure_buckets(fs, config)
         fs.purge_unlinked()
-        notifier = KernelNotifier() if config.api.enabled else None
+        # API writes and the daemon's services (inventory reports) change names the
+        # kernel may cache
+        notifier = KernelNotifier()
         app = build_api(config, store, objects, fs, notifier) if config.api.enabled else None
+        build_origin(config, store, objects, fs, notifier)
+        inventory = build_inventory(store, objects, fs, notifier,
+                                    rows_per_file=config.inventory.rows_per_file)
+        replication = build_replication(store, objects, fs, notifier)
+        control = (build_control_app(config, store, objects, fs, notifier), config)
         status = DaemonStatus(config, store, objects, fs, mountpoint)
         fs.daemon_info = {"pid": os.getpid(), "store": os.fspath(config.store),
                           "status": status.xattr}
@@ -625,7 +740,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         unmounted = False
         try:
             try:
-                trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier)
+                trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
+                         [inventory, replication], control)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -672,7 +788,12 @@ async def _start_api(nursery, app, api, stop):
     return done
 
 
-async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None):
+async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None,
+                 services=(), control=None):
+    """Serve the mount (and the API) until unmounted. ``services``: the daemon's services
+    (``run(task_status)``, ``stop()``), started before the mount is reported ready and
+    stopped when it is unmounted, before the final commit. ``control``: (application,
+    config) of the control socket (:mod:`cosfs.control`)."""
     import pyfuse3
 
     stopping = []
@@ -694,17 +815,24 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         await nursery.start(_on_signals, on_stop)
         api_stop = trio.Event()
         api_done = await _start_api(nursery, app, api, api_stop) if app is not None else None
+        control_done = (await _start_control(nursery, control[0], control[1], api_stop)
+                        if control is not None else None)
+        for service in services:
+            await nursery.start(service.run)
         if ready is not None:
             ready()
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         await pyfuse3.main()
+        for service in services:
+            service.stop()  # nothing new is written while everything is committed
         if notifier is not None:
             notifier.unmounted()  # the kernel is gone: nothing left to invalidate
         notify_stopping("unmounted; committing buffered writes")
-        if api_done is not None:
-            # the requests in progress finish (and commit) before the final commit
-            api_stop.set()
-            await api_done.wait()
+        # the requests in progress finish (and commit) before the final commit
+        api_stop.set()
+        for done in (api_done, control_done):
+            if done is not None:
+                await done.wait()
         await objects.commit_all(durable=True)
         await objects.collect_garbage()
         nursery.cancel_scope.cancel()
@@ -721,11 +849,16 @@ def run_serve(config, *, ready=None):
         ensure_buckets(fs, config)
         fs.purge_unlinked()
         app = build_api(config, store, objects, fs)
+        build_origin(config, store, objects, fs)
+        inventory = build_inventory(store, objects, fs,
+                                    rows_per_file=config.inventory.rows_per_file)
+        replication = build_replication(store, objects, fs)
         root = logging.getLogger()
         errors = LastError()
         root.addHandler(errors)
         try:
-            trio.run(_serve_api, objects, app, config.api, ready)
+            trio.run(_serve_api, objects, app, config.api, ready, [inventory, replication],
+                     (build_control_app(config, store, objects, fs), config))
         except BaseExceptionGroup as exc:
             inner = _unwrap_group(exc)
             if inner is None:
@@ -753,7 +886,7 @@ async def _on_signals(on_stop, task_status=trio.TASK_STATUS_IGNORED):
             return
 
 
-async def _serve_api(objects, app, api, ready):
+async def _serve_api(objects, app, api, ready, services=(), control=None):
     stop = trio.Event()
 
     def on_stop(signum):
@@ -765,9 +898,17 @@ async def _serve_api(objects, app, api, ready):
         objects.attach(nursery)
         await nursery.start(_on_signals, on_stop)
         done = await _start_api(nursery, app, api, stop)
+        control_done = (await _start_control(nursery, control[0], control[1], stop)
+                        if control is not None else None)
+        for service in services:
+            await nursery.start(service.run)
         if ready is not None:
             ready()
         await done.wait()
+        if control_done is not None:
+            await control_done.wait()
+        for service in services:
+            service.stop()
         await objects.commit_all(durable=True)
         await objects.collect_garbage()
         nursery.cancel_scope.cancel()

@@ -44,6 +44,7 @@ from .collector import Collector
 from .errors import CosfsError, FsError, StoreError
 from .reader import ChunkReader
 from .resolver import EncryptionSpec, WriterKind, resolve, parse_override
+from .versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ class ObjectState:
         self.error: Optional[BaseException] = None
         self.commit_lock = trio.Lock()
         self.read_pos = -1  # where the last read ended: detects sequential readers
+        #: this write session already made its version (versioned buckets: further
+        #: commits before the state is dropped update that version, see cosfs.versions)
+        self.version_made = False
         #: inode fields (mode, uid, gid, atime_ns) set while new data awaited its commit:
         #: they are written by that commit's transaction (see FileSystem.setattr)
         self.attrs: Dict[str, int] = {}
@@ -134,6 +138,8 @@ class ObjectStore:
         self.limiter = trio.CapacityLimiter(threads or max(2, (os.cpu_count() or 2) + 1))
         self.reader = ChunkReader(cache_size=cache_size, limiter=self.limiter)
         self.collector = Collector(catalog, stores, self.limiter, self.reader.in_use)
+        #: versioning and replication bookkeeping of every commit (cosfs.versions)
+        self.versions = Versions(catalog)
         self.states: Dict[int, ObjectState] = {}
         self._keycache = {}
         self._defaults = {}
@@ -179,6 +185,13 @@ class ObjectStore:
 
     def opened(self, ino):
         self.state(ino).open_count += 1
+
+    def unopened(self, ino):
+        """Undo :meth:`opened` when the open failed (no await: safe while cancelled)."""
+        st = self.states.get(ino)
+        if st is not None:
+            st.open_count -= 1
+            self._maybe_drop(st)
 
     async def released(self, ino):
         """Last step of a close: commit, then drop the state if nothing holds it."""
@@ -635,12 +648,23 @@ class ObjectStore:
             fields.update(enc=None, wrapped_key=None)
         else:
             fields.update(enc=crypt.label, wrapped_key=crypt.wrapped)
+        vs = self.versions
         with cat.transaction(durable=durable):
+            before = cat.get_inode(st.ino)
+            keys = vs.keys_of(st.ino) if vs.versioned(before.bucket) else ()
+            if not st.version_made:
+                for key in keys:  # the content replaced stays as a noncurrent version
+                    vs.before_replace(before.bucket, key, before)
             if st.cut_from is not None:
                 cat.drop_chunks_from(st.ino, st.cut_from, st.region)
             for idx, ch in st.pending.items():
                 cat.set_chunk(st.ino, idx, ch.blob, ch.length, st.region, ch.data)
             cat.update_inode(st.ino, **fields)
+            for i, key in enumerate(keys):
+                vs.stamp(st.ino, before.bucket, key, new=not st.version_made and i == 0)
+        if keys:
+            st.version_made = True  # one write session, one version
+            vs.flush()
         self.collector.commits += 1
         st.attrs.clear()
         st.pending.clear()

@@ -352,6 +352,11 @@ def format_status(st) -> str:
                                               human_bytes(cache.get("size_bytes", 0)),
                                               cache.get("segments", 0))),
     ]
+    repl = st.get("replication")
+    if repl:
+        lines.append(("replication", "%d queued, %d replicated, %d failed since start%s" % (
+            repl.get("queued", 0), repl.get("replicated", 0), repl.get("failed", 0),
+            "; last failure: %s" % repl["last_error"] if repl.get("last_error") else "")))
     last = errors.get("last")
     if last:
         lines.append(("last error", "%s: %s (%d error(s) since start)" % (

@@ -11,6 +11,7 @@ Runs on the trio thread, like the rest of the filesystem layer.
 """
 
 import errno
+import json
 import logging
 
 from .catalog import ROOT_INODE, now_ns
@@ -21,8 +22,31 @@ log = logging.getLogger(__name__)
 
 SSE_XATTR = b"user.cos.server-side-encryption"
 BUCKET_ENC_XATTR = b"user.cos.bucket-encryption"
+BUCKET_ORIGIN_XATTR = b"user.cos.bucket-origin"
+BUCKET_VERSIONING_XATTR = b"user.cos.bucket-versioning"
+BUCKET_REPLICATION_XATTR = b"user.cos.bucket-replication"
+#: read-only JSON: the replication queue (cosfs bucket-replication --method status)
+BUCKET_REPLICATION_STATUS_XATTR = b"user.cos.bucket-replication-status"
+#: bucket inventory (docs/xattrs.md): ``<INVENTORY_XATTR>.<Id>`` is the configuration,
+#: the bare name lists the ids, ``-post.<Id>`` runs a one-off report, ``-status.<Id>``
+#: describes the last delivery
+INVENTORY_XATTR = b"user.cos.bucket-inventory"
+_INVENTORY_KINDS = (b".", b"-post.", b"-status.")
+
+
+def inventory_xattr(name):
+    """("", None) for the bare inventory xattr, (kind, id) for ``user.cos.bucket-inventory
+    <kind><Id>`` (kind ``.``, ``-post.`` or ``-status.``), None for any other name."""
+    if name == INVENTORY_XATTR:
+        return "", None
+    if name.startswith(INVENTORY_XATTR):
+        rest = name[len(INVENTORY_XATTR):]
+        for kind in _INVENTORY_KINDS:
+            if rest.startswith(kind):
+                return kind.decode(), rest[len(kind):].decode("utf-8", "replace")
+    return None
 STATUS_XATTRS = (b"user.cos.etag", b"user.cos.version-id", b"user.cos.replication-status")
-BUCKET_RO_XATTRS = (b"user.cos.bucket-region",)
+BUCKET_RO_XATTRS = (b"user.cos.bucket-region", BUCKET_REPLICATION_STATUS_XATTR)
 #: on the mount root: the daemon's status as JSON (``cosfs status``)
 STATUS_XATTR = b"user.cos.status"
 COS_PREFIX = b"user.cos."
@@ -60,8 +84,28 @@ class XattrOps:
         if self._is_bucket(inode):
             if name == BUCKET_ENC_XATTR:
                 return self.get_bucket_encryption(inode.id)
+            if name == BUCKET_ORIGIN_XATTR:
+                return self.get_bucket_origin(inode.id)
+            inv = inventory_xattr(name)
+            if inv is not None:
+                if inv[0] == "":
+                    return "".join(c.id + "\n" for c in self.list_bucket_inventory(inode.id)) \
+                        .encode()
+                if inv[0] == ".":
+                    return self.get_bucket_inventory(inode.id, inv[1])
+                if inv[0] == "-status.":
+                    return self.inventory_status(inode.id, inv[1])
             if name == b"user.cos.bucket-region":
                 return self.catalog.bucket_by_inode(inode.id)[2].encode()
+            if name == BUCKET_VERSIONING_XATTR:
+                # never enabled: the empty document, as GET Bucket versioning answers
+                return self.versions.get_versioning(inode.id)
+            if name == BUCKET_REPLICATION_XATTR:
+                return self.versions.get_replication(inode.id)
+            if name == BUCKET_REPLICATION_STATUS_XATTR:
+                status = dict(self.replication.status()) if self.replication else {}
+                status["queued_for_bucket"] = self.catalog.replication_queue_length(inode.id)
+                return (json.dumps(status, sort_keys=True) + "\n").encode()
             raise FsError(errno.ENODATA)
         if not inode.is_reg:
             raise FsError(errno.ENODATA)
@@ -73,6 +117,11 @@ class XattrOps:
             return (await self.objects.etag(inode.id)).encode()
         if name == b"user.cos.version-id":
             return (inode.version_id or "null").encode()
+        if name == b"user.cos.replication-status":
+            status = self.catalog.replication_status(inode.id)
+            if status is None:
+                raise FsError(errno.ENODATA)
+            return status.encode()
         raise FsError(errno.ENODATA)
 
     async def setxattr(self, ino, name, value, ctx=None):
@@ -106,6 +155,38 @@ class XattrOps:
                             inode.id, exc, exc.code)
                 raise
             return
+        inv = inventory_xattr(name) if self._is_bucket(inode) else None
+        if inv is not None and inv[0] == "-status.":
+            raise ReadOnlyAttribute("%s is read-only" % name.decode(errors="replace"))
+        if inv is not None and inv[0] in (".", "-post."):
+            try:
+                if inv[0] == ".":
+                    self.put_bucket_inventory(inode.id, inv[1], value)
+                else:
+                    await self.post_bucket_inventory(inode.id, inv[1], value)
+            except CosfsError as exc:
+                log.warning("bucket %d: inventory %s: %s (%s)", inode.id, inv[1], exc, exc.code)
+                raise
+            return
+        if self._is_bucket(inode) and name in (BUCKET_VERSIONING_XATTR, BUCKET_REPLICATION_XATTR):
+            try:
+                if name == BUCKET_VERSIONING_XATTR:
+                    self.versions.put_versioning(inode.id, value)
+                else:
+                    self.versions.put_replication(inode.id, value)
+            except CosfsError as exc:
+                log.warning("bucket %d: rejected %s: %s (%s)", inode.id,
+                            name.decode()[len("user.cos."):], exc, exc.code)
+                raise
+            return
+        if self._is_bucket(inode) and name == BUCKET_ORIGIN_XATTR:
+            try:
+                self.put_bucket_origin(inode.id, value)
+            except CosfsError as exc:
+                log.warning("bucket %d: rejected origin configuration: %s (%s)",
+                            inode.id, exc, exc.code)
+                raise
+            return
         if name in STATUS_XATTRS or name in BUCKET_RO_XATTRS:
             raise ReadOnlyAttribute("%s is read-only" % name.decode())
         if name == SSE_XATTR and inode.is_reg:
@@ -136,6 +217,22 @@ class XattrOps:
                 self.get_bucket_encryption(inode.id)  # ENODATA when absent
                 self.delete_bucket_encryption(inode.id)
                 return
+            inv = inventory_xattr(name) if self._is_bucket(inode) else None
+            if inv is not None and inv[0] == ".":
+                self.get_bucket_inventory(inode.id, inv[1])  # ENODATA when absent
+                self.delete_bucket_inventory(inode.id, inv[1])
+                return
+            if self._is_bucket(inode) and name == BUCKET_ORIGIN_XATTR:
+                self.get_bucket_origin(inode.id)  # ENODATA when absent
+                self.delete_bucket_origin(inode.id)
+                return
+            if self._is_bucket(inode) and name == BUCKET_REPLICATION_XATTR:
+                self.versions.get_replication(inode.id)  # ENODATA when absent
+                self.versions.delete_replication(inode.id)
+                return
+            if self._is_bucket(inode) and name == BUCKET_VERSIONING_XATTR:
+                raise ReadOnlyAttribute("versioning cannot be removed once enabled: set it to "
+                                        "Suspended")
             if name in STATUS_XATTRS or name in BUCKET_RO_XATTRS:
                 raise ReadOnlyAttribute("%s is read-only" % name.decode())
             if name == SSE_XATTR and inode.is_reg:

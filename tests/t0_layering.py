@@ -24,8 +24,12 @@ LAYERS = [
     # The bucket encryption document is parsed into the resolver's EncryptionSpec,
     # so it sits directly above the resolver rather than with config.
     ["bucketconf"],
+    # the other bucket configuration documents (pure, like bucketconf)
+    ["versioning", "replicationconf", "inventoryconf", "originconf"],
     ["store"],
     ["catalog"],
+    # which version a change of a key makes, what replicates (bookkeeping in the catalog)
+    ["versions"],
     # The data path's parts: blob I/O helpers, then the read path and the collector.
     ["chunkio"],
     ["reader", "collector"],
@@ -34,6 +38,8 @@ LAYERS = [
     ["filesystem"],
     # COS object semantics by key, for every front-end (XML API, console)
     ["keyspace"],
+    # the daemon's services, over the key-level core; front-ends never import them
+    ["services.replication", "services.inventory", "services.origin"],
     ["fuse.ops"],
     ["fsck"],
     # the XML API's request authentication and body decoding (pure)
@@ -46,7 +52,9 @@ LAYERS = [
     ["api.server"],
     # mount(8) options, systemd notification, log files and the status text
     ["service"],
-    ["mount", "cli"],
+    # the control socket's place and access rule (the client is control)
+    ["controlsocket"],
+    ["mount", "cli", "control"],
 ]
 RANK = {m: i for i, group in enumerate(LAYERS) for m in group}
 
@@ -54,6 +62,8 @@ RANK = {m: i for i, group in enumerate(LAYERS) for m in group}
 SAME_RANK_OK = {
     ("config", "names"),   # config validates bucket names in the YAML
     ("cli", "mount"),      # the command line starts mounts and opens stores
+    ("cli", "control"),    # cosfs versions talks to the daemon's control socket
+    ("control", "mount"),  # ... or opens the store itself when no daemon runs
 }
 
 # Third-party modules with a single owner: module -> {allowed importers: lazily only?}
@@ -63,7 +73,7 @@ OWNED = {
     "hypercorn": {"api.server": True},
 }
 NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf",
-           "credentials", "api.chunked", "api.auth"}
+           "credentials", "api.chunked", "api.auth", "originconf", "inventoryconf"}
 
 
 def _modules():

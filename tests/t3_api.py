@@ -80,21 +80,22 @@ class MemoryKeySpace:
         self.buckets[bucket][key] = (info, data)
         return info
 
-    async def head_object(self, bucket, key):
+    async def head_object(self, bucket, key, *, pull=False):
         self.bucket(bucket)
         if key not in self.buckets[bucket]:
             raise errors.CosfsError("no key", code="NoSuchKey")
         return self.buckets[bucket][key][0]
 
-    async def open_object(self, bucket, key):
+    async def open_object(self, bucket, key, *, pull=False):
         info = await self.head_object(bucket, key)
         reader = Reader(info, self.buckets[bucket][key][1])
         self.readers.append(reader)
         return reader
 
-    async def delete_object(self, bucket, key):
+    async def delete_object(self, bucket, key, version_id=None):
         await self.head_object(bucket, key)
         del self.buckets[bucket][key]
+        return None, False
 
     def list_objects(self, bucket, *, prefix, delimiter, marker, max_keys):
         self.bucket(bucket)
@@ -340,7 +341,7 @@ def test_multi_delete_quiet_and_malformed():
 
 def test_core_errors_keep_their_code_and_unexpected_ones_are_500(caplog):
     class Broken(MemoryKeySpace):
-        async def head_object(self, bucket, key):
+        async def head_object(self, bucket, key, *, pull=False):
             self.bucket(bucket)
             raise RuntimeError("boom")
 

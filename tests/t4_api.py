@@ -826,3 +826,75 @@ def test_serve_without_fuse_finishes_requests_on_sigterm(tmp_path):
         assert not bad, "\n".join(bad)
     finally:
         served.kill()
+
+
+# -- versioning and replication ---------------------------------------------------------
+def test_versions_through_boto3(api):
+    s3 = api.s3()
+    bucket = "versioned-" + APPID
+    s3.create_bucket(Bucket=bucket)
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    v1 = s3.put_object(Bucket=bucket, Key="k", Body=b"one")["VersionId"]
+    v2 = s3.put_object(Bucket=bucket, Key="k", Body=b"two")["VersionId"]
+    assert v1 != v2
+    listed = s3.list_object_versions(Bucket=bucket)
+    assert [(v["VersionId"], v["IsLatest"]) for v in listed["Versions"]] == [(v2, True),
+                                                                           (v1, False)]
+    assert s3.get_object(Bucket=bucket, Key="k", VersionId=v1)["Body"].read() == b"one"
+    assert s3.head_object(Bucket=bucket, Key="k")["VersionId"] == v2
+    gone = s3.delete_object(Bucket=bucket, Key="k")
+    assert gone["DeleteMarker"] is True
+    assert not os.path.exists(os.path.join(api.mount.mnt, bucket, "k"))
+    markers = s3.list_object_versions(Bucket=bucket)["DeleteMarkers"]
+    assert markers[0]["VersionId"] == gone["VersionId"] and markers[0]["IsLatest"]
+    # removing the marker brings the newest version back, on the mount too
+    s3.delete_object(Bucket=bucket, Key="k", VersionId=gone["VersionId"])
+    assert get(os.path.join(api.mount.mnt, bucket, "k")) == b"two"
+    # restore the first version by copying it onto its key
+    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k",
+                                                       "VersionId": v1})
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"one"
+    with pytest.raises(ClientError) as ei:
+        s3.get_object(Bucket=bucket, Key="k", VersionId="nope")
+    assert s3_code(ei) == "NoSuchVersion"
+    # multi-delete of specific versions
+    res = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "k", "VersionId": v2}]})
+    assert res["Deleted"][0]["VersionId"] == v2
+
+
+def test_replication_through_the_cos_sdk(api):
+    cos = api.cos()
+    src, dest = "replsrc-" + APPID, "repldst-" + APPID
+    cos.create_bucket(Bucket=src)
+    api.s3().create_bucket(Bucket=dest,
+                           CreateBucketConfiguration={"LocationConstraint": "ap-shanghai"})
+    rule = {"Role": "qcs::cam::uin/100000000001:uin/100000000001",
+            "Rule": [{"ID": "r1", "Status": "Enabled", "Prefix": "",
+                      "Destination": {"Bucket": "qcs::cos:ap-shanghai::" + dest,
+                                      "StorageClass": "STANDARD"}}]}
+    with pytest.raises(qcloud_cos.CosServiceError) as ei:
+        cos.put_bucket_replication(Bucket=src, ReplicationConfiguration=rule)
+    assert cos_code(ei) == "BucketVersionNotOpen"
+    for b in (src, dest):
+        cos.put_bucket_versioning(Bucket=b, Status="Enabled")
+    cos.put_bucket_replication(Bucket=src, ReplicationConfiguration=rule)
+    got = cos.get_bucket_replication(Bucket=src)
+    assert got["Rule"][0]["Destination"]["Bucket"].endswith(dest)
+    res = cos.put_object(Bucket=src, Key="doc.txt", Body=b"replicate me",
+                         ServerSideEncryption="AES256")
+    vid = res["x-cos-version-id"]
+    deadline = time.monotonic() + 30
+    while cos.head_object(Bucket=src, Key="doc.txt").get("x-cos-replication-status") \
+            != "COMPLETED":
+        assert time.monotonic() < deadline, "replication did not complete"
+        time.sleep(0.05)
+    head = cos.head_object(Bucket=dest, Key="doc.txt")
+    assert head["x-cos-replication-status"] == "REPLICA"
+    assert head["x-cos-version-id"] == vid
+    assert head["x-cos-server-side-encryption"] == "AES256"
+    cos.delete_bucket_replication(Bucket=src)
+    with pytest.raises(qcloud_cos.CosServiceError) as ei:
+        cos.get_bucket_replication(Bucket=src)
+    assert cos_code(ei) == "ReplicationConfigurationNotFoundError"

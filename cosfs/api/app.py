@@ -50,6 +50,7 @@ import urllib.parse
 import trio
 
 from ..errors import CosfsError, InvalidArgument, MalformedXML, http_status
+from ..inventoryconf import render_post_result
 from . import auth
 from . import headers as hdr
 from . import xmlout
@@ -64,9 +65,9 @@ MAX_KEYS = 1000
 UNSIGNED = "UNSIGNED-PAYLOAD"
 _COS_ENDPOINT = re.compile(r"cos\.([a-z]{2}-[a-z]+(?:-[0-9]+)?(?:-fsi)?)\.myqcloud\.com\Z")
 #: subresources cosfs does not implement: answered NotImplemented rather than misread
-_UNSUPPORTED = ("acl", "cors", "lifecycle", "policy", "tagging", "versioning", "website",
-                "logging", "replication", "inventory", "origin", "referer", "domain",
-                "versions", "restore", "select", "append", "object-lock", "retention",
+_UNSUPPORTED = ("acl", "cors", "lifecycle", "policy", "tagging", "website",
+                "logging", "referer", "domain",
+                "restore", "select", "append", "object-lock", "retention",
                 "legal-hold", "intelligenttiering", "accelerate", "notification",
                 "ownershipControls", "publicAccessBlock", "requestPayment", "torrent",
                 "attributes")
@@ -482,6 +483,76 @@ class ApiApp:
         await self.ks.delete_bucket_encryption(req.bucket)
         await resp.whole(204)
 
+    async def get_versioning(self, req, resp):
+        await resp.whole(200, self.ks.get_bucket_versioning(req.bucket))
+
+    async def put_versioning(self, req, resp):
+        body = await req.read_all(self.max_xml_bytes)
+        self.ks.put_bucket_versioning(req.bucket, body)
+        await resp.whole(200)
+
+    async def get_replication(self, req, resp):
+        await resp.whole(200, self.ks.get_bucket_replication(req.bucket))
+
+    async def put_replication(self, req, resp):
+        body = await req.read_all(self.max_xml_bytes)
+        self.ks.put_bucket_replication(req.bucket, body)
+        await resp.whole(200)
+
+    async def delete_replication(self, req, resp):
+        self.ks.delete_bucket_replication(req.bucket)
+        await resp.whole(204)
+
+    async def list_versions(self, req, resp):
+        """GET ?versions: every version and delete marker (GET Bucket Object versions)."""
+        p = req.params
+        max_keys = _int_param(p, "max-keys", MAX_KEYS, 0, None)
+        prefix, delimiter = p.get("prefix", ""), p.get("delimiter") or None
+        key_marker, vid_marker = p.get("key-marker") or None, p.get("version-id-marker") or None
+        listing = self.ks.list_object_versions(
+            req.bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            version_id_marker=vid_marker, max_keys=min(max_keys, MAX_KEYS))
+        listing = await self.ks.fill_version_etags(req.bucket, listing)
+        await resp.whole(200, xmlout.list_versions(
+            req.bucket, listing, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            version_id_marker=vid_marker, max_keys=max_keys, url=_encoding_type(p),
+            appid=self.appid))
+
+    async def get_origin(self, req, resp):
+        await resp.whole(200, self.ks.get_bucket_origin(req.bucket))
+
+    async def put_origin(self, req, resp):
+        body = await req.read_all(self.max_xml_bytes)
+        await self.ks.put_bucket_origin(req.bucket, body)
+        await resp.whole(200)
+
+    async def delete_origin(self, req, resp):
+        await self.ks.delete_bucket_origin(req.bucket)
+        await resp.whole(204)
+
+    async def get_inventory(self, req, resp):
+        """GET ?inventory&id=: one configuration; without id: List Bucket Inventory."""
+        if "id" in req.params:
+            await resp.whole(200, self.ks.get_bucket_inventory(req.bucket, req.params["id"]))
+        else:
+            await resp.whole(200, self.ks.list_bucket_inventory(
+                req.bucket, token=req.params.get("continuation-token") or None))
+
+    async def put_inventory(self, req, resp):
+        body = await req.read_all(self.max_xml_bytes)
+        await self.ks.put_bucket_inventory(req.bucket, req.params.get("id"), body)
+        await resp.whole(200)
+
+    async def delete_inventory(self, req, resp):
+        await self.ks.delete_bucket_inventory(req.bucket, req.params.get("id"))
+        await resp.whole(204)
+
+    async def post_inventory(self, req, resp):
+        """POST ?inventory&id=: a one-off report, answered once it is delivered."""
+        body = await req.read_all(self.max_xml_bytes)
+        job = await self.ks.post_bucket_inventory(req.bucket, req.params.get("id"), body)
+        await resp.whole(200, render_post_result(job))
+
     async def list_objects(self, req, resp):
         p = req.params
         url = _encoding_type(p)
@@ -518,10 +589,16 @@ class ApiApp:
         body = await req.read_all(self.max_xml_bytes)
         keys, quiet = xmlout.parse_delete(body, self.max_xml_bytes)
         deleted, failed = [], []
-        for key in keys:
+        for key, version_id in keys:
             try:
-                await self.ks.delete_object(req.bucket, key)
-                deleted.append(key)
+                vid, marker = await self.ks.delete_object(req.bucket, key,
+                                                          version_id=version_id)
+                if version_id is None and marker:
+                    deleted.append((key, None, vid))
+                elif version_id is not None:
+                    deleted.append((key, version_id, version_id if marker else None))
+                else:
+                    deleted.append(key)
             except CosfsError as exc:
                 if exc.code == "NoSuchKey":
                     deleted.append(key)  # deleting what is not there succeeds, as in COS
@@ -542,17 +619,26 @@ class ApiApp:
         info = await self.ks.put_object(req.bucket, req.key, req.body(),
                                         content_md5=md5, **args)
         await resp.whole(200, headers=[("etag", xmlout.quote_etag(info.etag))]
-                         + hdr.sse_headers(info, amz=req.sigv4))
+                         + hdr.sse_headers(info, amz=req.sigv4)
+                         + hdr.version_headers(info, amz=req.sigv4))
 
     async def head_object(self, req, resp):
-        info = await self.ks.head_object(req.bucket, req.key)
+        vid = req.params.get("versionId")
+        if vid is not None:
+            info = await self.ks.head_version(req.bucket, req.key, vid)
+        else:
+            info = await self.ks.head_object(req.bucket, req.key, pull=True)
         hdr.check_conditions(req.headers, info)
         await resp.start(200, hdr.object_headers(info, amz=req.sigv4)
                          + [("accept-ranges", "bytes")], length=info.size)
         await resp.body(b"")
 
     async def get_object(self, req, resp):
-        reader = await self.ks.open_object(req.bucket, req.key)
+        vid = req.params.get("versionId")
+        if vid is not None:
+            reader = await self.ks.open_version(req.bucket, req.key, vid)
+        else:
+            reader = await self.ks.open_object(req.bucket, req.key, pull=True)
         try:
             info = reader.info
             hdr.check_conditions(req.headers, info)
@@ -577,16 +663,26 @@ class ApiApp:
             await reader.aclose()
 
     async def delete_object(self, req, resp):
+        headers = []
         try:
-            await self.ks.delete_object(req.bucket, req.key)
+            vid, marker = await self.ks.delete_object(req.bucket, req.key,
+                                                      version_id=req.params.get("versionId"))
         except CosfsError as exc:
-            if exc.code != "NoSuchKey":
+            if exc.code not in ("NoSuchKey", "NoSuchVersion"):
                 raise
-        await resp.whole(204)
+        else:
+            families = hdr.FAMILIES if req.sigv4 else hdr.FAMILIES[:1]
+            for family in families:
+                if vid:
+                    headers.append((family + "version-id", vid))
+                if marker:
+                    headers.append((family + "delete-marker", "true"))
+        await resp.whole(204, headers=headers)
 
     def _copy_source(self, req):
         raw = req.headers.get("x-cos-copy-source") or req.headers.get("x-amz-copy-source")
-        src = urllib.parse.unquote(raw.split("?", 1)[0], errors="surrogateescape").lstrip("/")
+        path, _, query = raw.partition("?")
+        src = urllib.parse.unquote(path, errors="surrogateescape").lstrip("/")
         first, _, key = src.partition("/")
         bucket = first
         for suffix in self.endpoints:
@@ -596,16 +692,20 @@ class ApiApp:
         if not bucket or not key:
             raise InvalidArgument("the copy source must be <bucket>/<key> or "
                                   "<bucket>.cos.<region>.myqcloud.com/<key>")
-        return bucket, key
+        version = urllib.parse.parse_qs(query).get("versionId", [None])[0] if query else None
+        return bucket, key, version
 
     def _copy_prefix(self, req):
         return "x-cos-copy-source-" if "x-cos-copy-source" in req.headers \
             else "x-amz-copy-source-"
 
     async def copy_object(self, req, resp):
-        src_bucket, src_key = self._copy_source(req)
+        src_bucket, src_key, src_version = self._copy_source(req)
         await self._authorize(req, src_bucket, False)
-        src = await self.ks.head_object(src_bucket, src_key)
+        if src_version is not None:
+            src = await self.ks.head_version(src_bucket, src_key, src_version)
+        else:
+            src = await self.ks.head_object(src_bucket, src_key)
         hdr.check_conditions(req.headers, src, prefix=self._copy_prefix(req), for_copy=True)
         directive = (req.headers.get("x-cos-metadata-directive")
                      or req.headers.get("x-amz-metadata-directive") or "Copy")
@@ -613,9 +713,11 @@ class ApiApp:
             raise InvalidArgument("the metadata directive must be Copy or Replaced")
         replace = directive in ("Replaced", "REPLACE")
         info = await self.ks.copy_object(src_bucket, src_key, req.bucket, req.key,
-                                         replace_metadata=replace, **self._write_args(req))
+                                         replace_metadata=replace, src_version_id=src_version,
+                                         **self._write_args(req))
         await resp.whole(200, xmlout.copy_result(info.etag, info.mtime_ns),
-                         headers=hdr.sse_headers(info, amz=req.sigv4))
+                         headers=hdr.sse_headers(info, amz=req.sigv4)
+                         + hdr.version_headers(info, amz=req.sigv4))
 
     # -- multipart ------------------------------------------------------------------------
     async def create_upload(self, req, resp):
@@ -633,7 +735,10 @@ class ApiApp:
         await resp.whole(200, headers=[("etag", xmlout.quote_etag(etag))])
 
     async def upload_part_copy(self, req, resp):
-        src_bucket, src_key = self._copy_source(req)
+        src_bucket, src_key, src_version = self._copy_source(req)
+        if src_version is not None:
+            raise CosfsError("a part cannot be copied from a noncurrent version",
+                             code="NotImplemented")
         await self._authorize(req, src_bucket, False)
         src = await self.ks.head_object(src_bucket, src_key)
         hdr.check_conditions(req.headers, src, prefix=self._copy_prefix(req), for_copy=True)
@@ -693,7 +798,8 @@ def _denied(message):
 
 
 def _bucket_sub(p):
-    for name in ("encryption", "location", "uploads", "delete"):
+    for name in ("encryption", "origin", "inventory", "location", "uploads", "delete",
+                 "versioning", "versions", "replication"):
         if name in p:
             return name
     return None
@@ -721,6 +827,19 @@ _BUCKET_ROUTES = {
     ("GET", "encryption"): ApiApp.get_encryption,
     ("PUT", "encryption"): ApiApp.put_encryption,
     ("DELETE", "encryption"): ApiApp.delete_encryption,
+    ("GET", "versioning"): ApiApp.get_versioning,
+    ("PUT", "versioning"): ApiApp.put_versioning,
+    ("GET", "versions"): ApiApp.list_versions,
+    ("GET", "replication"): ApiApp.get_replication,
+    ("PUT", "replication"): ApiApp.put_replication,
+    ("DELETE", "replication"): ApiApp.delete_replication,
+    ("GET", "origin"): ApiApp.get_origin,
+    ("PUT", "origin"): ApiApp.put_origin,
+    ("DELETE", "origin"): ApiApp.delete_origin,
+    ("GET", "inventory"): ApiApp.get_inventory,
+    ("PUT", "inventory"): ApiApp.put_inventory,
+    ("DELETE", "inventory"): ApiApp.delete_inventory,
+    ("POST", "inventory"): ApiApp.post_inventory,
     ("GET", "uploads"): ApiApp.list_uploads,
     ("POST", "delete"): ApiApp.delete_objects,
 }

@@ -115,7 +115,23 @@ def object_headers(info, *, amz=False):
         for name, value in sorted((getattr(info, "meta", None) or {}).items()):
             out.append((family + "meta-" + name, value))
     out += sse_headers(info, amz=amz)
+    out += version_headers(info, amz=amz)
     out.append(("x-cos-storage-class", xmlout.STORAGE_CLASS))
+    return out
+
+
+def version_headers(info, *, amz=False):
+    """``x-cos-version-id`` (in a bucket that has or had versioning) and
+    ``x-cos-replication-status``, with the ``x-amz-`` names for S3 clients."""
+    out = []
+    families = FAMILIES if amz else FAMILIES[:1]
+    vid = getattr(info, "version_id", None)
+    repl = getattr(info, "replication", None)
+    for family in families:
+        if vid:
+            out.append((family + "version-id", vid))
+        if repl:
+            out.append((family + "replication-status", repl))
     return out
 
 

@@ -35,12 +35,13 @@ def graceful_seconds(api):
     return max(MIN_GRACEFUL_SECONDS, api.idle_timeout)
 
 
-def hypercorn_config(api):
-    """A hypercorn Config for ``api`` (an :class:`cosfs.config.ApiConfig`)."""
+def hypercorn_config(api, bind=None):
+    """A hypercorn Config for ``api`` (an :class:`cosfs.config.ApiConfig`); ``bind``
+    (``unix:PATH``) listens there instead, without TLS (the daemon's control socket)."""
     from hypercorn.config import Config
 
     cfg = Config()
-    cfg.bind = [api.listen]
+    cfg.bind = [bind or api.listen]
     cfg.h11_max_incomplete_size = api.max_header_bytes
     cfg.h2_max_header_list_size = api.max_header_bytes
     cfg.keep_alive_timeout = api.idle_timeout
@@ -50,24 +51,26 @@ def hypercorn_config(api):
     cfg.accesslog = None  # the application logs each request with its id
     cfg.errorlog = logging.getLogger(__name__ + ".http")
     cfg.max_app_queue_size = 8
-    if api.tls_cert is not None:
+    if api.tls_cert is not None and bind is None:
         cfg.certfile = str(api.tls_cert)
         cfg.keyfile = str(api.tls_key)
     return cfg
 
 
-async def serve(app, api, *, shutdown_trigger, task_status=None):
-    """Serve ``app`` as ``api`` says until ``shutdown_trigger()`` returns, then stop
-    gracefully. ``task_status.started`` receives the bound URLs."""
+async def serve(app, api, *, shutdown_trigger, task_status=None, bind=None):
+    """Serve ``app`` as ``api`` says (or on ``bind``, see :func:`hypercorn_config`) until
+    ``shutdown_trigger()`` returns, then stop gracefully. ``task_status.started``
+    receives the bound URLs."""
     import trio
     from hypercorn.trio import serve as hypercorn_serve
 
-    cfg = hypercorn_config(api)
+    cfg = hypercorn_config(api, bind)
     try:
         await hypercorn_serve(app, cfg, shutdown_trigger=shutdown_trigger,
                               task_status=task_status or trio.TASK_STATUS_IGNORED)
     except OSError as exc:
         from ..errors import CosfsError
-        raise CosfsError("cannot serve the API on %s: %s" % (api.listen, exc.strerror or exc),
+        raise CosfsError("cannot serve the API on %s: %s" % (bind or api.listen,
+                                                              exc.strerror or exc),
                          errno=exc.errno, code="InvalidConfig") from None
-    log.info("the API on %s has stopped", api.listen)
+    log.info("the API on %s has stopped", bind or api.listen)

@@ -152,16 +152,54 @@ def copy_result(etag, mtime_ns, *, part=False):
 
 def delete_result(deleted, failed, *, quiet, url=False):
     """``DeleteResult``: ``deleted`` keys (left out when ``quiet``), ``failed`` as
-    ``[(key, code, message)]``."""
-    children = [] if quiet else [_node("Deleted", _leaf("Key", _enc(k, url))) for k in deleted]
+    ``[(key, code, message)]``. A deleted item may be (key, version id, delete marker
+    version id or None) in a versioned bucket."""
+    children = [] if quiet else [_deleted(k, url) for k in deleted]
     children += [_node("Error", _leaf("Key", _enc(k, url)), _leaf("Code", code),
                        _leaf("Message", msg)) for k, code, msg in failed]
     return render(_node("DeleteResult", *children))
 
 
+def _deleted(item, url):
+    if isinstance(item, str):
+        return _node("Deleted", _leaf("Key", _enc(item, url)))
+    key, vid, marker = item
+    return _node("Deleted", _leaf("Key", _enc(key, url)),
+                 _leaf("VersionId", vid) if vid else None,
+                 _leaf("DeleteMarker", True) if marker else None,
+                 _leaf("DeleteMarkerVersionId", marker) if marker else None)
+
+
+def list_versions(bucket, listing, *, prefix, delimiter, key_marker, version_id_marker,
+                  max_keys, url, appid):
+    """``ListVersionsResult`` (GET Bucket Object versions) of a core versions listing."""
+    children = [_leaf("Name", bucket), _leaf("EncodingType", "url") if url else None,
+                _leaf("Prefix", _enc(prefix, url) or ""),
+                _leaf("KeyMarker", _enc(key_marker, url) or ""),
+                _leaf("VersionIdMarker", version_id_marker or ""),
+                _leaf("MaxKeys", max_keys),
+                _leaf("Delimiter", _enc(delimiter, url)) if delimiter else None,
+                _leaf("IsTruncated", bool(listing.is_truncated))]
+    if listing.is_truncated:
+        children += [_leaf("NextKeyMarker", _enc(listing.next_key_marker, url)),
+                     _leaf("NextVersionIdMarker", listing.next_version_id_marker or "")]
+    for v in listing.versions:
+        common = [_leaf("Key", _enc(v.key, url)), _leaf("VersionId", v.version_id),
+                  _leaf("IsLatest", v.is_latest), _leaf("LastModified", iso_time(v.mtime_ns))]
+        if v.is_delete_marker:
+            children.append(_node("DeleteMarker", *common, _owner(appid)))
+        else:
+            children.append(_node("Version", *common, _leaf("ETag", quote_etag(v.etag)),
+                                  _leaf("Size", v.size), _leaf("StorageClass", STORAGE_CLASS),
+                                  _owner(appid)))
+    children += _prefixes(listing.common_prefixes, url)
+    return render(_node("ListVersionsResult", *children))
+
+
 def parse_delete(body, max_bytes):
     """``<Delete><Quiet/>?<Object><Key/><VersionId/>?</Object>+</Delete>`` ->
-    (keys, quiet). Raises MalformedXML (also for more than 1000 keys)."""
+    ([(key, version id or None)], quiet). Raises MalformedXML (also for more than 1000
+    keys)."""
     root = xmldoc.parse(body, "Delete", max_bytes=max_bytes)
     xmldoc.check_children(root, ("Quiet", "Object"), repeatable=("Object",))
     quiet_text = xmldoc.text(root, "Quiet", required=False)
@@ -170,7 +208,8 @@ def parse_delete(body, max_bytes):
     keys = []
     for obj in root.findall("Object"):
         xmldoc.check_children(obj, ("Key", "VersionId"))
-        keys.append(_raw_text(xmldoc.find_one(obj, "Key")))
+        keys.append((_raw_text(xmldoc.find_one(obj, "Key")),
+                     xmldoc.text(obj, "VersionId", required=False) or None))
     if not keys:
         raise MalformedXML("<Delete> lists no <Object>")
     if len(keys) > MAX_DELETE_KEYS:
