@@ -38,12 +38,22 @@ from .errors import CosfsError, FsError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Versions an older cosfs wrote that this one upgrades in place at open (see docs/format.md).
 _UPGRADES = {
     # 1 -> 2: chunks may carry their sealed bytes (packed small chunks)
     1: ("ALTER TABLE chunks ADD COLUMN data BLOB",),
+    # 2 -> 3: a blob may be referenced by several chunk rows (noncurrent versions share
+    # the blobs of the content they were copied from; the tables are ADDED_TABLES). An
+    # older cosfs would free shared blobs, so it must not open such a catalog.
+    2: (),
 }
+#: SQL condition on a chunk row ``c``: no other inode's chunk row references its blob (a
+#: noncurrent version's copy: see Catalog.clone_inode). Only such blobs become garbage.
+_UNSHARED = "NOT EXISTS (SELECT 1 FROM chunks d WHERE d.blob=c.blob AND d.inode<>c.inode)"
+#: SQL condition on a replication task ``q``: no older task of the same key is queued.
+_FIRST_OF_KEY = ("NOT EXISTS (SELECT 1 FROM replication_queue p WHERE p.bucket=q.bucket"
+                 " AND p.key=q.key AND p.seq<q.seq)")
 #: The WAL file is cut back to this size when it restarts after a checkpoint.
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 ROOT_INODE = 1
@@ -588,8 +598,8 @@ class Catalog:
         """Remove an inode with its chunks (to garbage) and xattrs."""
         with self.transaction():
             self.db.execute(
-                "INSERT OR IGNORE INTO garbage (blob, region) SELECT blob, ? FROM chunks"
-                " WHERE inode=? AND data IS NULL", (region, ino))
+                "INSERT OR IGNORE INTO garbage (blob, region) SELECT blob, ? FROM chunks c"
+                " WHERE inode=? AND data IS NULL AND " + _UNSHARED, (region, ino))
             self.db.execute("DELETE FROM chunks WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM replication_status WHERE inode=?", (ino,))
@@ -703,7 +713,9 @@ class Catalog:
         """
         old = self.db.execute("SELECT blob, data IS NULL FROM chunks WHERE inode=? AND idx=?",
                               (ino, idx)).fetchone()
-        if old is not None and old[1] and old[0] != blob:
+        if old is not None and old[1] and old[0] != blob and self.db.execute(
+                "SELECT 1 FROM chunks WHERE blob=? AND inode<>? LIMIT 1",
+                (old[0], ino)).fetchone() is None:
             self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old[0], region))
         self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                         (ino, idx, blob, length, data))
@@ -711,8 +723,9 @@ class Catalog:
     def drop_chunks_from(self, ino, first_idx, region):
         """Remove chunks with index >= first_idx (truncate)."""
         self.db.execute(
-            "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks"
-            " WHERE inode=? AND idx>=? AND data IS NULL", (region, ino, first_idx))
+            "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks c"
+            " WHERE inode=? AND idx>=? AND data IS NULL AND " + _UNSHARED,
+            (region, ino, first_idx))
         self.db.execute("DELETE FROM chunks WHERE inode=? AND idx>=?", (ino, first_idx))
 
     def referenced_blobs(self):
@@ -729,10 +742,10 @@ class Catalog:
     def garbage(self, limit=1000):
         """Up to ``limit`` released (blob, region) that no chunk row references any more.
 
-        A blob may be released by one object and still be referenced by another: a
-        noncurrent version keeps the blobs of the content it was copied from (see
-        :meth:`clone_inode`). Such a row stays in ``garbage`` but is not listed until the
-        last reference is gone. Reads only (a full disk can still collect).
+        A blob that another inode still references is not added to ``garbage`` when one
+        inode releases it (a noncurrent version keeps the blobs of the content it was
+        copied from, see :meth:`clone_inode`); the release of its last reference adds it.
+        The check here is a second guard. Reads only (a full disk can still collect).
         """
         return list(self.db.execute(
             "SELECT blob, region FROM garbage g WHERE NOT EXISTS"
@@ -818,6 +831,20 @@ class Catalog:
         else:
             self.db.execute("UPDATE replication_queue SET gen=gen+1, attempts=0, error=NULL,"
                             " dest=?, next_ns=? WHERE seq=?", (dest, not_before_ns, row[0]))
+
+    def due_replication_tasks(self, now_ns, limit=100):
+        """Tasks due at ``now_ns`` that no older task of the same key waits before (the
+        versions of one key are copied in the order they were made), oldest first; rows as
+        :meth:`replication_tasks`."""
+        return list(self.db.execute(
+            "SELECT seq, bucket, key, version_id, op, dest, gen, attempts, next_ns, error"
+            " FROM replication_queue q WHERE next_ns<=? AND " + _FIRST_OF_KEY +
+            " ORDER BY seq LIMIT ?", (now_ns, limit)))
+
+    def next_replication_ns(self):
+        """When the next task may run (None: the queue is empty)."""
+        return self.db.execute("SELECT min(next_ns) FROM replication_queue q WHERE "
+                               + _FIRST_OF_KEY).fetchone()[0]
 
     def replication_tasks(self, limit=100):
         """[(seq, bucket, key, version_id, op, dest, gen, attempts, next_ns, error)] oldest

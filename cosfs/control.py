@@ -17,7 +17,7 @@ import os
 import sys
 import urllib.parse
 
-from .controlsocket import socket_path
+from .controlsocket import check_folder, socket_path
 from .errors import CosfsError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Client:
         import httpx
         path = socket_path(config.store)
         if os.path.exists(path):
+            check_folder(os.path.dirname(path))  # never talk to a socket others could place
             transport = httpx.AsyncHTTPTransport(uds=path)
             try:
                 async with httpx.AsyncClient(transport=transport, base_url="http://cosfs",
@@ -145,7 +146,7 @@ class _StoreOnly:
         self.store = store
 
 
-def _show(listing_body, out):
+def _show(listing_body, out, only=None):
     from . import xmldoc
     root = xmldoc.parse(listing_body, "ListVersionsResult")
     rows = []
@@ -157,6 +158,8 @@ def _show(listing_body, out):
                      elem.findtext("LastModified"), (elem.findtext("ETag") or "").strip('"'),
                      elem.findtext("Key")))
     for vid, latest, marker, size, mtime, etag, key in rows:
+        if only is not None and key != only:
+            continue
         out.write("%-24s %-6s %-13s %12s %s %-32s %s\n" % (
             vid, "latest" if latest else "", "delete-marker" if marker else "", size, mtime,
             etag or "-", key))
@@ -167,10 +170,16 @@ def _show(listing_body, out):
 async def _versions(args, config, bucket, key):
     async with Client.open(config) as client:
         if args.action == "list":
+            # an object: its versions only (not those of keys it is a prefix of); a
+            # bucket, a directory on the mount or a key ending in "/": everything below
+            folder = not key or key.endswith("/") or (
+                not args.config and os.path.isdir(args.target))
+            if folder and key and not key.endswith("/"):
+                key += "/"
             params = {"versions": "", "prefix": key}
             while True:
                 _, _, body = await client.call("GET", bucket, params=params)
-                truncated, km, vm = _show(body, sys.stdout)
+                truncated, km, vm = _show(body, sys.stdout, None if folder else key)
                 if not truncated:
                     return 0
                 params.update({"key-marker": km, "version-id-marker": vm or ""})

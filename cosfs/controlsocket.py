@@ -39,16 +39,23 @@ def socket_path(store_dir) -> str:
     return os.path.join(runtime_dir(), "cosfs-%s.sock" % digest[:16])
 
 
+def check_folder(folder):
+    """Raise CosfsError unless ``folder`` is a real directory of this user (or root) that
+    nobody else may use: the daemon checks it before listening, a client before it
+    trusts what answers there."""
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o077:
+        raise CosfsError("%s must be a directory of uid %d that only it can use (mode 0700)"
+                         % (folder, os.getuid()), code="InvalidConfig")
+
+
 def prepare_socket(store_dir) -> str:
     """Make the runtime directory (0700, ours) and remove a socket a killed daemon left
     (the caller holds the store's lock, so none is alive). Returns the path."""
     path = socket_path(store_dir)
     folder = os.path.dirname(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise CosfsError("%s must be a directory of uid %d that only it can use (mode 0700)"
-                         % (folder, os.getuid()), code="InvalidConfig")
+    check_folder(folder)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     return path

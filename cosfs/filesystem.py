@@ -508,7 +508,7 @@ class FileSystem(XattrOps):
         inode = self._make(parent, name, self._new_mode(mode, ctx, stat.S_IFREG), ctx)
         fh = self._fh()
         self.handles[fh] = inode.id
-        self.objects.opened(inode.id)
+        self.objects.opened(inode.id, write=True)
         # the new object's first content is the version stamped at its creation
         self.objects.states[inode.id].version_made = True
         if self.objects.resolve_for(inode) is not None:
@@ -751,14 +751,15 @@ class FileSystem(XattrOps):
         inode = self.catalog.get_inode(ino)
         if inode.is_dir:
             raise FsError(errno.EISDIR)
-        self.objects.opened(ino)
-        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and inode.is_reg:
+        writer = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self.objects.opened(ino, write=writer)
+        if flags & os.O_TRUNC and writer and inode.is_reg:
             # held open first: the truncation and the writes that follow are one write
             # session (one version in a versioned bucket)
             try:
                 await self.objects.truncate(ino, 0)
             except BaseException:
-                self.objects.unopened(ino)
+                self.objects.unopened(ino, write=writer)
                 raise
         fh = self._fh()
         self.handles[fh] = ino
@@ -810,11 +811,12 @@ class FileSystem(XattrOps):
 
     async def release(self, fh):
         ino = self.handles.pop(fh, None)
+        writer = fh not in self.readonly
         self.readonly.discard(fh)
         if ino is None:
             return
         try:
-            await self.objects.released(ino)
+            await self.objects.released(ino, write=writer)
         finally:
             self._maybe_purge(ino)
 

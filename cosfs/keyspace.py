@@ -617,11 +617,11 @@ class KeySpace:
             draft.discard()
 
     def _publish(self, bucket_ino, segments, draft, xattrs, etag, finish_upload=None, *,
-                 replica=None):
+                 replica=False, replica_vid=None):
         """Give the committed draft its key, replacing what is there: one transaction, no
         await. ``finish_upload``: also remove that multipart upload. ``replica``: the
-        draft is a replica of that source version id (cosfs.services.replication).
-        Returns the Inode."""
+        draft is a replica of source version ``replica_vid`` (None: ``null``;
+        cosfs.services.replication). Returns the Inode."""
         cat = self.catalog
         vs = self.objects.versions
         t = now_ns()
@@ -649,15 +649,15 @@ class KeySpace:
                 cat.set_xattr(draft.ino, xname, value)
             if vs.versioned(bucket_ino):
                 path = b"/".join(segments)
-                if old is not None and replica is not None and old.version_id == replica:
+                if old is not None and replica and old.version_id == replica_vid:
                     vs.before_replace(bucket_ino, path, None)  # an earlier copy of it
                 else:
                     vs.before_replace(bucket_ino, path, old)
             cat.set_dentry(parent, name, draft.ino)
             cat.update_inode(draft.ino, **fields)
             if vs.versioned(bucket_ino):
-                vs.stamp(draft.ino, bucket_ino, path, replica=replica is not None,
-                         version_id=replica)
+                vs.stamp(draft.ino, bucket_ino, path, replica=replica,
+                         version_id=replica_vid)
             if old is not None:
                 cat.update_inode(old.id, nlink=old.nlink - 1, ctime_ns=t)
             cat.update_inode(parent, mtime_ns=t, ctime_ns=t)
@@ -1073,18 +1073,22 @@ class KeySpace:
         """Store a replica under ``key``: content from the async iterator ``pieces``,
         sealed with ``spec`` (the resolver's REPLICA answer), the source's
         ``version_id`` (COS label) and metadata xattrs, status REPLICA. A replica of the
-        same version replaces the earlier copy instead of keeping it. Returns ObjectInfo."""
+        same version replaces the earlier copy instead of keeping it; one that is already
+        a noncurrent version of the key is not copied again (returns None). Returns
+        ObjectInfo."""
         bino = self._bucket_ino(bucket)
         segments, is_dir = split_key(key)
         if is_dir:
             raise InvalidArgument("%s is a directory key" % names.short(key))
         self._check_place(bino, segments)
         vid = None if version_id == "null" else version_id
+        if any(row[1] == vid for row in self.catalog.versions_of(bino, b"/".join(segments))):
+            return None  # copied before, and newer versions came since: nothing to do
         async with self._draft(bino, None, spec) as draft:
             await draft.write_all(pieces)
             await draft.commit()
             inode = self._publish(bino, segments, draft, xattrs, draft.md5.hexdigest(),
-                                  replica=vid)
+                                  replica=True, replica_vid=vid)
         await self._durable()
         return self._info(inode, key, inode.etag)
 
@@ -1102,7 +1106,7 @@ class KeySpace:
             inode = None
         t = now_ns()
         with self.catalog.transaction():
-            vs.removed(bino, b"/".join(segments), inode, replica=vid)
+            vs.removed(bino, b"/".join(segments), inode, replica=True, version_id=vid)
             if inode is not None:
                 self.catalog.remove_dentry(parent, segments[-1])
                 self.catalog.update_inode(inode.id, nlink=inode.nlink - 1, ctime_ns=t)
@@ -1202,16 +1206,24 @@ class KeySpace:
         await reader.aclose()
         return reader.info
 
-    async def open_version(self, bucket, key, version_id) -> ObjectReader:
-        """An :class:`ObjectReader` of one version of ``key`` (current or noncurrent)."""
+    async def open_version(self, bucket, key, version_id, *, snapshot=False) -> ObjectReader:
+        """An :class:`ObjectReader` of one version of ``key`` (current or noncurrent).
+
+        ``snapshot``: when it is the current object, read a nameless copy of its
+        committed state taken now (writes on the mount that follow, and buffers not
+        committed yet, are not seen: what a replica must be). The copy shares the
+        object's blobs and goes when the reader is closed (or at the next mount)."""
         bino = self._bucket_ino(bucket)
         segments, is_dir = split_key(key)
         if is_dir:
             return await self.open_object(bucket, key)
-        inode, _, _ = self._find_version(bino, segments, version_id)
+        inode, parent, _ = self._find_version(bino, segments, version_id)
         if inode is None:
             raise CosfsError("The specified version is a delete marker",
                              code="MethodNotAllowed", errno=errno.ENOENT)
+        if snapshot and parent is not None:
+            with self.catalog.transaction():
+                inode = self.catalog.get_inode(self.catalog.clone_inode(inode.id, nlink=0))
         ino = inode.id
         self._hold(ino)
         try:
@@ -1416,9 +1428,17 @@ class KeySpace:
             # the same re-encryption in place as setting the xattr
             await self.objects.rewrite(inode.id, request=request)
         if xattrs is not None:
+            vs = self.objects.versions
+            bino = inode.bucket
             with self.catalog.transaction():
+                if request is None and vs.versioned(bino):
+                    # COS: new metadata is a new version (the old one keeps its own)
+                    path = b"/".join(split_key(key)[0])
+                    vs.before_replace(bino, path, self.catalog.get_inode(inode.id))
+                    vs.stamp(inode.id, bino, path)
                 self._replace_metadata(inode.id, xattrs)
                 self.catalog.update_inode(inode.id, ctime_ns=now_ns())
+            vs.flush()
         return await self.head_object(bucket, key)
 
     # -- multipart uploads ----------------------------------------------------------------

@@ -499,8 +499,14 @@ async def _start_control(nursery, app, config, stop):
     """Serve ``app`` on the store's control socket; returns an Event set once stopped."""
     from .api import server
     from .controlsocket import prepare_socket
-    path = prepare_socket(config.store)
     done = trio.Event()
+    try:
+        path = prepare_socket(config.store)
+    except (OSError, CosfsError) as exc:
+        # the mount works without it; only `cosfs versions` needs it while mounted
+        log.warning("no control socket: %s", exc)
+        done.set()
+        return done
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):
         try:
@@ -511,7 +517,12 @@ async def _start_control(nursery, app, config, stop):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    await nursery.start(run)
+    try:
+        await nursery.start(run)
+    except CosfsError as exc:
+        log.warning("no control socket: %s", exc)
+        done.set()
+        return done
     os.chmod(path, 0o600)
     log.info("control socket at %s", path)
     return done

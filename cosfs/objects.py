@@ -93,8 +93,11 @@ class ObjectState:
         self.commit_lock = trio.Lock()
         self.read_pos = -1  # where the last read ended: detects sequential readers
         #: this write session already made its version (versioned buckets: further
-        #: commits before the state is dropped update that version, see cosfs.versions)
+        #: commits of the session update that version, see cosfs.versions). A session
+        #: lasts from the first writable open to the last writable close; a truncate or
+        #: re-encryption without a writable handle is a session of its own.
         self.version_made = False
+        self.writers = 0  # open handles that may write
         #: inode fields (mode, uid, gid, atime_ns) set while new data awaited its commit:
         #: they are written by that commit's transaction (see FileSystem.setattr)
         self.attrs: Dict[str, int] = {}
@@ -183,24 +186,38 @@ class ObjectStore:
             self.states[ino] = st
         return st
 
-    def opened(self, ino):
-        self.state(ino).open_count += 1
+    def opened(self, ino, write=False):
+        """A handle was opened (``write``: one that may write: a write session starts
+        with the first of those)."""
+        st = self.state(ino)
+        st.open_count += 1
+        if write:
+            if not st.writers:
+                st.version_made = False
+            st.writers += 1
 
-    def unopened(self, ino):
+    def unopened(self, ino, write=False):
         """Undo :meth:`opened` when the open failed (no await: safe while cancelled)."""
         st = self.states.get(ino)
         if st is not None:
             st.open_count -= 1
+            if write:
+                st.writers -= 1
             self._maybe_drop(st)
 
-    async def released(self, ino):
-        """Last step of a close: commit, then drop the state if nothing holds it."""
+    async def released(self, ino, write=False):
+        """Last step of a close: commit, then drop the state if nothing holds it. The
+        last writable handle's close ends the write session."""
         st = self.states.get(ino)
         if st is None:
             return
         st.open_count -= 1
+        if write:
+            st.writers -= 1
         try:
             await self.commit(ino)
+            if not st.writers:
+                st.version_made = False
         finally:
             self._maybe_drop(st)
 
@@ -545,6 +562,8 @@ class ObjectStore:
     async def truncate(self, ino, size):
         """Set the object's size (zeros when growing) and commit."""
         st = self.state(ino)
+        if not st.writers:
+            st.version_made = False  # a truncate of its own: a version of its own
         try:
             self._begin(st)
             cs = self.chunk_size
@@ -689,6 +708,8 @@ class ObjectStore:
         extra = {} if request is _KEEP else {"enc_request": request}
         try:
             await self.commit(ino)
+            if not st.writers:
+                st.version_made = False  # re-encryption by itself: a new version
             async with st.commit_lock:
                 st.session = None
                 inode = self.catalog.get_inode(ino)

@@ -217,11 +217,12 @@ class Versions:
               version_id=None) -> Optional[str]:
         """Give inode ``ino``, now current under ``key``, its version id (a fresh one with
         ``new``, else the one it has) and queue its replication. A ``replica`` keeps the
-        source's ``version_id`` (as COS replicas do) and is never queued. Returns the id."""
+        source's ``version_id`` (None: ``null``), as COS replicas do, and is never queued.
+        Returns the id."""
         status = self.status(bucket_ino)
         if status is None:
             return None
-        if replica and version_id is not None:
+        if replica:
             vid = version_id
             self.catalog.update_inode(ino, version_id=vid)
         elif new:
@@ -237,17 +238,21 @@ class Versions:
             self.catalog.set_replication_status(ino, None)
         return vid
 
-    def removed(self, bucket_ino, key, old, *, replica=None) -> Optional[str]:
+    def removed(self, bucket_ino, key, old, *, replica=False,
+                version_id=None) -> Optional[str]:
         """``key`` was deleted without a version id; ``old`` (an Inode or None) was its
         current object. Versioned buckets get a delete marker; returns its id.
-        ``replica``: the marker replicates the source marker with that id."""
+        ``replica``: the marker replicates the source marker ``version_id``."""
         status = self.status(bucket_ino)
         if status is None:
             return None
         self.before_replace(bucket_ino, key, old)
-        vid = replica or (new_version_id() if status == ENABLED else None)
+        if replica:
+            vid = version_id
+        else:
+            vid = new_version_id() if status == ENABLED else None
         self.catalog.add_version(bucket_ino, key, vid, None, now_ns())
-        if replica is None:
+        if not replica:
             self._queue(bucket_ino, key, vid, "delete")
         return vid
 

@@ -345,3 +345,66 @@ async def test_replication_failure_is_retried_then_failed(tmp_path):
         assert (await ks.head_object(PLAIN, "clash")).replication == "FAILED"
         assert env.catalog.replication_queue_length() == 0
         assert rep.failed == 1 and "clash" in rep.last_error
+
+
+@trio_test
+async def test_a_reader_holding_the_file_does_not_merge_write_sessions(tmp_path):
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        enable(ks, PLAIN)
+        ino = await write_file(env, "f", b"v1")
+        reader = await env.fs.open(ino, os.O_RDONLY)  # like tail -f
+        try:
+            await write_file(env, "f", b"v2")
+            await write_file(env, "f", b"v3")
+        finally:
+            await env.fs.release(reader)
+        contents = []
+        for _, vid, _, _ in versions(ks, PLAIN, "f"):
+            contents.append((await read_version(ks, PLAIN, "f", vid))[0])
+        assert contents == [b"v3", b"v2", b"v1"]
+
+
+@trio_test
+async def test_a_replica_holds_committed_content_only(tmp_path):
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        env.fs.create_bucket(DEST, region="ap-shanghai")
+        enable(ks, PLAIN)
+        enable(ks, DEST)
+        ks.put_bucket_replication(PLAIN, rule_doc(DEST))
+        rep = replicator(env)
+        ino = await write_file(env, "f", b"A" * 200_000)
+        fh = await env.fs.open(ino, os.O_RDWR)  # a writer with buffers not committed yet
+        await env.fs.write(fh, 70_000, b"B" * 100_000)
+        await rep.run_due()
+        assert await get(ks, DEST, "f") == b"A" * 200_000
+        await env.fs.release(fh)  # its commit is a new version, copied in turn
+        await rep.run_due()
+        assert (await get(ks, DEST, "f"))[70_000:170_000] == b"B" * 100_000
+        assert len(versions(ks, DEST, "f")) == 2
+
+
+@trio_test
+async def test_versions_of_one_key_replicate_in_order(tmp_path):
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        env.fs.create_bucket(DEST, region="ap-shanghai")
+        enable(ks, PLAIN)
+        enable(ks, DEST)
+        ks.put_bucket_replication(PLAIN, rule_doc(DEST))
+        rep = replicator(env)
+        await ks.put_object(PLAIN, "k", b"one")
+        await ks.put_object(PLAIN, "k", b"two")
+        await ks.put_object(PLAIN, "other", b"x")
+        first = env.catalog.replication_tasks()[0]
+        with env.catalog.transaction():  # the first version is being retried later
+            env.catalog.delay_replication(first[0], 1, rep.clock() + 10 ** 15, "test")
+        await rep.run_due()
+        await get(ks, DEST, "other")
+        await fails("NoSuchKey", ks.head_object(DEST, "k"))  # "two" waits for "one"
+        with env.catalog.transaction():
+            env.catalog.delay_replication(first[0], 1, 0, "test")
+        await rep.run_due()
+        assert await get(ks, DEST, "k") == b"two"
+        assert [v[2] for v in versions(ks, DEST, "k")] == [True, False]

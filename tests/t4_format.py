@@ -16,6 +16,8 @@ import sqlite3
 
 import pytest
 
+from cosfs.catalog import SCHEMA_VERSION
+
 from conftest import ENC, Mount, fuse_available, get, put, write_config
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "store-v1")
@@ -84,7 +86,7 @@ def test_format_1_store_reads_back_and_is_upgraded(tmp_path):
         put(os.path.join(m.mnt, "aes-1250000000", "new"), b"written by format 2")
     finally:
         m.stop()
-    assert schema_version(folder / "data") == 2
+    assert schema_version(folder / "data") == SCHEMA_VERSION
     assert any(r[4] is not None for r in chunk_rows(folder / "data"))
     res = m.cli("fsck", "--config", config, "--verify", check=False)
     assert res.returncode == 0 and "DAMAGED" not in res.stdout, res.stdout + res.stderr

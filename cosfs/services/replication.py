@@ -105,21 +105,26 @@ class Replicator:
                     await self._wake.wait()
 
     async def run_due(self) -> float:
-        """Run every task that is due now; return the seconds until the next one."""
+        """Run every task that is due now, the versions of each key in the order they were
+        made (a task waits while an older one of its key is retried); return the seconds
+        until the next one. A failure of one task never stops the worker."""
         while True:
             now = self.clock()
-            due = None
-            soonest = None
-            for task in self.catalog.replication_tasks(limit=1000):
-                if task[8] <= now:
-                    due = task
-                    break
-                soonest = task[8] if soonest is None else min(soonest, task[8])
-            if due is None:
+            due = self.catalog.due_replication_tasks(now, limit=1)
+            if not due:
+                soonest = self.catalog.next_replication_ns()
                 if soonest is None:
                     return IDLE
                 return max(0.05, min(IDLE, (soonest - now) / 1e9))
-            await self._run(due)
+            try:
+                await self._run(due[0])
+            except Exception as exc:  # a bug or a catalog error: log, back off, go on
+                log.exception("replication: unexpected error")
+                try:
+                    self._failed(due[0], "task %d" % due[0][0], exc)
+                except Exception:
+                    log.exception("replication: cannot record the failure")
+                    return RETRY_MAX
 
     async def _run(self, task):
         seq, bino, key, vid, op, dest, gen, attempts, _, _ = task
@@ -155,7 +160,7 @@ class Replicator:
 
     async def _copy(self, bucket, key, vid, dest, dest_ino):
         text = key.decode("utf-8", "surrogateescape")
-        reader = await self.ks.open_version(bucket, text, version_label(vid))
+        reader = await self.ks.open_version(bucket, text, version_label(vid), snapshot=True)
         try:
             source = self._source_inode(reader)
             spec = resolve(override=None, bucket_default=self.objects.bucket_default(dest_ino),
