@@ -202,6 +202,14 @@ CREATE TABLE IF NOT EXISTS inventory_deliveries (
 """
 ADDED_TABLES["inventory_deliveries"] = _INVENTORY_SCHEMA
 
+#: Directories the key-level core created only because a key needed them (``a/`` for a PUT
+#: of ``a/b``), as COS has no directories: removed again when a delete through a key
+#: empties them (cosfs.keyspace). A directory made with mkdir or PUT ``dir/`` is not here.
+_IMPLIED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS implied_dirs (inode INTEGER PRIMARY KEY);
+"""
+ADDED_TABLES["implied_dirs"] = _IMPLIED_SCHEMA
+
 INODE_COLUMNS = ("id", "mode", "uid", "gid", "rdev", "size", "atime_ns", "mtime_ns",
                  "ctime_ns", "nlink", "bucket", "object_id", "enc", "enc_request",
                  "wrapped_key", "etag", "version_id", "target")
@@ -603,6 +611,7 @@ class Catalog:
             self.db.execute("DELETE FROM chunks WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM xattrs WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM replication_status WHERE inode=?", (ino,))
+            self.db.execute("DELETE FROM implied_dirs WHERE inode=?", (ino,))
             self.db.execute("DELETE FROM inodes WHERE id=?", (ino,))
             self._inodes.pop(ino, None)
             self._parents.pop(ino, None)
@@ -872,6 +881,17 @@ class Catalog:
             return self.db.execute("SELECT count(*) FROM replication_queue").fetchone()[0]
         return self.db.execute("SELECT count(*) FROM replication_queue WHERE bucket=?",
                                (bucket_ino,)).fetchone()[0]
+
+    def set_implied(self, ino, implied):
+        """Record whether directory ``ino`` exists only for the keys below it."""
+        if implied:
+            self.db.execute("INSERT OR IGNORE INTO implied_dirs VALUES (?)", (ino,))
+        else:
+            self.db.execute("DELETE FROM implied_dirs WHERE inode=?", (ino,))
+
+    def is_implied(self, ino) -> bool:
+        return self.db.execute("SELECT 1 FROM implied_dirs WHERE inode=?",
+                               (ino,)).fetchone() is not None
 
     def names_of(self, ino):
         """[(parent, name)] of every name of ``ino``."""

@@ -13,7 +13,10 @@ Keys and the tree (``docs/format.md``, "Object keys"): key ``a/b/c`` is file
 it; a directory that holds anything is not listed as a marker: the tree keeps
 no record of a marker created explicitly). Missing directories are created
 as ``mkdir`` would (0755, owner ``uid``/``gid`` of the KeySpace, the group of
-a setgid parent); a new object is 0644; an object that replaces another keeps
+a setgid parent) and removed again when a delete through a key leaves them
+empty, as COS has no directories (the catalog's ``implied_dirs``; a directory
+made with ``mkdir`` on the mount or by a ``dir/`` PUT stays, it is an
+object of its own); a new object is 0644; an object that replaces another keeps
 its permission bits and owner. Only regular files are objects: symlinks and
 special files made on the mount are not listed and cannot be read by key.
 
@@ -464,6 +467,7 @@ class KeySpace:
         self.uid = uid
         self.gid = gid
         self.invalidate_entry = invalidate_entry
+        self._pruned = []  # directories _prune removed, purged after the transaction
         self._drop_uploads(catalog.uploads_without_bucket())
 
     # -- helpers ----------------------------------------------------------------------
@@ -537,9 +541,34 @@ class KeySpace:
                                 bucket=bucket_ino, t=t)
             cat.add_dentry(ino, seg, new.id)
             cat.update_inode(ino, nlink=parent.nlink + 1, mtime_ns=t, ctime_ns=t)
+            cat.set_implied(new.id, True)  # removed again when a delete empties it
             self._changed(ino, seg)  # the kernel may hold a negative entry for it
             ino = new.id
         return ino
+
+    def _purge_pruned(self):
+        pruned, self._pruned = self._pruned, []
+        for ino in pruned:
+            self.fs.purge_if_unused(ino)
+
+    def _prune(self, parent, t):
+        """After a delete through a key: remove the directories above it that only existed
+        for keys below them and are empty now, as COS has no directories (inside a
+        transaction). A directory made on the mount or by a ``dir/`` PUT stays."""
+        cat = self.catalog
+        while True:
+            row = cat.parent_of(parent)
+            if row is None or row[0] == ROOT_INODE or not cat.is_implied(parent) \
+                    or cat.has_children(parent):
+                return
+            up, name = row
+            cat.remove_dentry(up, name)
+            cat.update_inode(parent, nlink=0, ctime_ns=t)
+            upper = cat.get_inode(up)
+            cat.update_inode(up, nlink=upper.nlink - 1, mtime_ns=t, ctime_ns=t)
+            self._changed(up, name)
+            self._pruned.append(parent)
+            parent = up
 
     def _replace_metadata(self, ino, xattrs):
         """Swap the object's metadata xattrs for ``xattrs`` (inside a transaction)."""
@@ -1014,6 +1043,7 @@ class KeySpace:
     def _put_dir(self, bino, segments, key, xattrs):
         with self.catalog.transaction():
             ino = self._make_dirs(bino, segments, now_ns())
+            self.catalog.set_implied(ino, False)  # a dir/ object: it stays when emptied
             if xattrs:
                 self._replace_metadata(ino, xattrs)
         return self._info(self.catalog.get_inode(ino), key, EMPTY_MD5, marker=True)
@@ -1046,12 +1076,13 @@ class KeySpace:
         t = now_ns()
         if is_dir:
             if not inode.is_dir or cat.has_children(inode.id):
-                return
+                return None, False
             pinode = cat.get_inode(parent)
             with cat.transaction():
                 cat.remove_dentry(parent, segments[-1])
                 cat.update_inode(inode.id, nlink=0, ctime_ns=t)
                 cat.update_inode(parent, nlink=pinode.nlink - 1, mtime_ns=t, ctime_ns=t)
+                self._prune(parent, t)
         else:
             if not inode.is_reg:
                 return None, False
@@ -1061,9 +1092,11 @@ class KeySpace:
                 cat.remove_dentry(parent, segments[-1])
                 cat.update_inode(inode.id, nlink=inode.nlink - 1, ctime_ns=t)
                 cat.update_inode(parent, mtime_ns=t, ctime_ns=t)
+                self._prune(parent, t)
             vs.flush()
         self._changed(parent, segments[-1])
         self.fs.purge_if_unused(inode.id)
+        self._purge_pruned()
         if vs.versioned(bino) and not is_dir:
             return version_label(marker), True
         return None, False
@@ -1172,7 +1205,10 @@ class KeySpace:
             else:
                 vs.drop(seq)
             promoted = self._promote(bino, segments, t)
+            if parent is not None and promoted is None:
+                self._prune(parent, t)
         vs.flush()
+        self._purge_pruned()
         if parent is not None or promoted is not None:
             self._changed(parent if parent is not None else promoted, segments[-1])
         if parent is not None:

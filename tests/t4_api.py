@@ -436,8 +436,14 @@ def test_api_changes_show_on_the_mount_at_once(api):
         api.cos().put_object(Bucket=PLAIN, Key="fresh/caf\u00e9.txt", Body=b"third")
         assert f.read() == b"replaced"
     assert get(path) == b"third"
+    os.listdir(folder)  # the kernel caches the folder's entry
     s3.delete_object(Bucket=PLAIN, Key="fresh/caf\u00e9.txt")
     assert not os.path.exists(path)
+    # "fresh" existed only for the key below it: it went with it, on the mount at once
+    assert not os.path.exists(folder)
+    os.mkdir(folder)  # a directory made on the mount stays when the API empties it
+    s3.put_object(Bucket=PLAIN, Key="fresh/x", Body=b"x")
+    s3.delete_object(Bucket=PLAIN, Key="fresh/x")
     assert os.listdir(folder) == []
     s3.delete_object(Bucket=PLAIN, Key="fresh/")
     assert not os.path.exists(folder)
