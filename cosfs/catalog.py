@@ -641,6 +641,15 @@ class Catalog:
     def inode_count(self):
         return self.db.execute("SELECT count(*) FROM inodes").fetchone()[0]
 
+    def usage_by_encryption(self):
+        """[(bucket inode, stored encryption label or None, objects, bytes)] of the linked
+        regular files of every bucket (current objects; noncurrent versions have no name).
+        One full scan of the inode table."""
+        return self.db.execute(
+            "SELECT bucket, enc, count(*), coalesce(sum(size), 0) FROM inodes "
+            "WHERE bucket != 0 AND nlink > 0 AND (mode & 61440) = 32768 "
+            "GROUP BY bucket, enc").fetchall()
+
     # -- dentries --------------------------------------------------------
     def lookup(self, parent, name) -> Optional[int]:
         row = self.db.execute("SELECT inode FROM dentries WHERE parent=? AND name=?",

@@ -156,15 +156,16 @@ def fetch(store, crypt, idx, ch, first, last, header):
 
 
 def delete_blobs(store, blobs):
-    """Delete blobs; returns those deleted. Stops at the first failure (retried later)."""
-    done = []
+    """Delete blobs; returns those deleted. What failed is logged and retried later.
+
+    One call of the store's ``delete_many``: an S3 store deletes a batch in one
+    request (multi-object delete), a local store unlinks blob by blob.
+    """
     try:
-        for blob in blobs:
-            store.delete(blob)
-            done.append(blob)
+        return store.delete_many(blobs)
     except CosfsError as exc:
         log.warning("garbage collection: %s (will retry)", exc)
-    return done
+        return []
 
 
 class SegmentCache:

@@ -103,6 +103,8 @@ def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_opt
                 if cfg.api.enabled:
                     print("%s: serving the COS XML API on %s://%s" % (
                         prog, "https" if cfg.api.tls_cert else "http", cfg.api.listen))
+                if cfg.console.enabled:
+                    print("%s: serving the web console on http://%s" % (prog, cfg.console.listen))
             return 0
         msg = msg.strip() or "cosfs: the daemon exited before the mount was ready; see %s" \
             % log_file
@@ -235,6 +237,33 @@ def cmd_status(args):
     else:
         from .service import format_status
         print(format_status(st))
+    return 0
+
+
+def cmd_stats(args):
+    """The metrics of a running daemon, from its console's ``/metrics`` (loopback)."""
+    import httpx
+    cfg = _load_config(args.config)
+    if not cfg.console.enabled:
+        raise CosfsError("the console is not enabled in %s: the metrics are served on its "
+                         "listener (console: enabled: true)" % args.config,
+                         code="NotSupported", errno=errno.EINVAL)
+    host = cfg.console.host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    url = "http://%s:%d/metrics" % ("[%s]" % host if ":" in host else host, cfg.console.port)
+    try:
+        resp = httpx.get(url, timeout=10)
+    except httpx.HTTPError as exc:
+        raise CosfsError("no daemon answers at %s: %s" % (url, exc), code="NotMounted",
+                         errno=errno.ECONNREFUSED) from None
+    if resp.status_code != 200:
+        raise CosfsError("%s answered %d" % (url, resp.status_code), errno=errno.EACCES)
+    if args.raw:
+        sys.stdout.write(resp.text)
+    else:
+        from .metrics import summarize
+        print(summarize(resp.text))
     return 0
 
 
@@ -918,6 +947,11 @@ def parser():
     st.add_argument("mountpoint")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=cmd_status)
+
+    sa = sub.add_parser("stats", help="the metrics of a running daemon (its console's /metrics)")
+    sa.add_argument("config")
+    sa.add_argument("--raw", action="store_true", help="print the Prometheus text as served")
+    sa.set_defaults(func=cmd_stats)
 
     sv = sub.add_parser("serve", help="serve the COS XML API of a store without mounting it")
     sv.add_argument("config")

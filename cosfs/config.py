@@ -49,6 +49,7 @@ TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
     "allow_other", "writeback_cache", "fsync_on_close", "api", "origin", "inventory",
+    "stores", "console",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
 BUCKET_KEYS = ("name", "region", "encryption")
@@ -57,6 +58,9 @@ API_KEYS = (
     "max_header_bytes", "max_xml_bytes", "idle_timeout",
 )
 DEFAULT_API_LISTEN = "127.0.0.1:8360"
+CONSOLE_KEYS = ("enabled", "listen", "allow_remote", "session_timeout")
+DEFAULT_CONSOLE_LISTEN = "127.0.0.1:8361"
+DEFAULT_SESSION_TIMEOUT = 3600.0
 DEFAULT_API_PORT = 8360
 DEFAULT_MAX_HEADER_BYTES = 16 * KiB
 DEFAULT_MAX_XML_BYTES = 2 * MiB
@@ -131,6 +135,27 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The ``console:`` section: the web console and ``/metrics`` (docs/console.md).
+
+    Its own listener (default ``127.0.0.1:8361``) beside the API's; logins use the
+    API's credentials file (``credentials``); ``session_timeout`` in seconds.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8361
+    allow_remote: bool = False
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    credentials: "Path | None" = None
+
+    @property
+    def listen(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class OriginSettings:
     """The ``origin:`` section: time limits of origin pull (docs/config.md, "Origin pull").
 
@@ -178,6 +203,14 @@ class Config:
     api: ApiConfig = ApiConfig()
     origin: OriginSettings = OriginSettings()
     inventory: InventorySettings = InventorySettings()
+    console: ConsoleConfig = ConsoleConfig()
+    #: region -> S3StoreSettings for regions whose chunks live on an S3 service
+    #: (every other region keeps a local folder); a tuple of pairs, sorted
+    stores: "tuple[tuple[str, S3StoreSettings], ...]" = ()
+
+    def store_of(self, region):
+        """The :class:`S3StoreSettings` of ``region``, or None for a local store."""
+        return dict(self.stores).get(region)
 
     def bucket(self, name):
         """The :class:`BucketSpec` called *name*, or None."""
@@ -571,8 +604,10 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
                                  f"found {folder}")
 
     api = _api(ctx, data, base_dir, store, regions)
+    console = _console(ctx, data, api)
     origin = _origin(ctx, data)
     inventory = _inventory(ctx, data)
+    stores = _stores(ctx, data, base_dir, store, regions)
 
     return Config(
         path=path,
@@ -594,7 +629,102 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         api=api,
         origin=origin,
         inventory=inventory,
+        console=console,
+        stores=stores,
     )
+
+
+@dataclass(frozen=True)
+class S3StoreSettings:
+    """One region's chunk store on an S3-compatible service (docs/config.md, "S3 stores").
+
+    ``endpoint`` is an http(s) URL; ``prefix`` is put before each blob's name;
+    ``credentials`` a 0600 file (checked when the store is opened);
+    ``signing_region`` the region name for SigV4 (None: ``us-east-1``);
+    times in seconds; ``cache`` the read cache folder, ``cache_size`` its limit
+    in bytes (0: no cache); ``max_connections`` the connection pool's size.
+    """
+
+    endpoint: str
+    bucket: str
+    credentials: Path
+    cache: Path
+    prefix: str = ""
+    signing_region: "str | None" = None
+    verify_tls: bool = True
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retry_time: float = 60.0
+    cache_size: int = 1 * GiB
+    max_connections: int = 16
+
+
+S3_KEYS = ("type", "endpoint", "bucket", "prefix", "credentials", "signing_region", "verify_tls",
+           "connect_timeout", "read_timeout", "retry_time", "cache", "cache_size",
+           "max_connections")
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+def _stores(ctx, data, base_dir, store, regions):
+    """The ``stores:`` section: region -> store settings; regions not named stay local."""
+    value = data.get("stores")
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        ctx.fail(("stores",), f"expected a mapping of region to store settings, "
+                              f"found {_describe(value)}")
+    out = []
+    for region, item in value.items():
+        path = ("stores", region)
+        if region not in regions:
+            ctx.fail(path, f"expected one of the configured regions ({', '.join(regions)}), "
+                           f"found {region!r}")
+        if not isinstance(item, dict):
+            ctx.fail(path, f"expected a mapping with type: local or type: s3, "
+                           f"found {_describe(item)}")
+        kind = item.get("type", "local")
+        if kind == "local":
+            _check_keys(ctx, item, ("type",), path)
+            continue
+        if kind != "s3":
+            ctx.fail(path + ("type",), f"expected local or s3, found {_describe(kind)}")
+        _check_keys(ctx, item, S3_KEYS, path)
+        endpoint = _text(ctx, item, path + ("endpoint",), required=True)
+        if not re.match(r"https?://[^/\s]+/?\Z", endpoint):
+            ctx.fail(path + ("endpoint",), f"expected an http:// or https:// URL with no path, "
+                                           f"found {_describe(endpoint)}")
+        bucket = _text(ctx, item, path + ("bucket",), required=True)
+        if not _S3_BUCKET.match(bucket):
+            ctx.fail(path + ("bucket",), f"expected an S3 bucket name (3 to 63 lower-case "
+                                         f"letters, digits, dots and hyphens), found {bucket!r}")
+        prefix = _text(ctx, item, path + ("prefix",), default="")
+        if prefix.startswith("/") or len(prefix.encode()) > 512:
+            ctx.fail(path + ("prefix",), f"expected a key prefix not starting with / (at most "
+                                         f"512 bytes), found {prefix!r}")
+        credentials = _path(ctx, item, path + ("credentials",), base_dir, required=True)
+        signing_region = _text(ctx, item, path + ("signing_region",))
+        cache = _path(ctx, item, path + ("cache",), base_dir) or store / "cache" / region
+        if _nested(cache, store / "blobs"):
+            ctx.fail(path + ("cache",), f"expected a folder outside {store / 'blobs'}, "
+                                        f"found {cache}")
+        connections = item.get("max_connections", S3StoreSettings.max_connections)
+        if isinstance(connections, bool) or not isinstance(connections, int) or \
+                not 1 <= connections <= 256:
+            ctx.fail(path + ("max_connections",), f"expected a whole number from 1 to 256, "
+                                                  f"found {_describe(connections)}")
+        verify = item.get("verify_tls", True)
+        if not isinstance(verify, bool):
+            ctx.fail(path + ("verify_tls",), f"expected true or false, found {_describe(verify)}")
+        d = S3StoreSettings
+        out.append((region, S3StoreSettings(
+            endpoint=endpoint.rstrip("/"), bucket=bucket, prefix=prefix,
+            credentials=credentials, signing_region=signing_region, verify_tls=verify,
+            connect_timeout=_seconds(ctx, item, path + ("connect_timeout",), d.connect_timeout),
+            read_timeout=_seconds(ctx, item, path + ("read_timeout",), d.read_timeout),
+            retry_time=_seconds(ctx, item, path + ("retry_time",), d.retry_time),
+            cache=cache, cache_size=_size(ctx, item, path + ("cache_size",), d.cache_size),
+            max_connections=connections)))
+    return tuple(sorted(out))
 
 
 def _inventory(ctx, data):
@@ -638,6 +768,27 @@ def _origin(ctx, data):
         retries=retries,
         miss_ttl=float(miss_ttl),
     )
+
+
+def _console(ctx, data, api):
+    """The ``console:`` section; absent or empty means no console."""
+    value = data.get("console")
+    if value is None:
+        return ConsoleConfig(credentials=api.credentials)
+    if not isinstance(value, dict):
+        ctx.fail(("console",), f"expected a mapping of console settings, found {_describe(value)}")
+    _check_keys(ctx, value, CONSOLE_KEYS, ("console",))
+    host, port = _listen(ctx, value.get("listen", DEFAULT_CONSOLE_LISTEN), ("console", "listen"))
+    allow_remote = _flag(ctx, value, ("console", "allow_remote"))
+    if not _is_loopback(host) and not allow_remote:
+        ctx.fail(("console", "listen"), f"{host} is not a loopback address: set "
+                                        f"console.allow_remote: true to serve other hosts")
+    timeout = _seconds(ctx, value, ("console", "session_timeout"), DEFAULT_SESSION_TIMEOUT)
+    if timeout < 60:
+        ctx.fail(("console", "session_timeout"), f"expected 60 to 3600 seconds, found {timeout:g}")
+    return ConsoleConfig(enabled=_flag(ctx, value, ("console", "enabled")), host=host, port=port,
+                         allow_remote=allow_remote, session_timeout=timeout,
+                         credentials=api.credentials)
 
 
 def _listen(ctx, value, path):

@@ -56,6 +56,9 @@ def run(store, *, repair=True, verify=False):
     objects = ObjectStore(cat, store.stores, store.keys, chunk_size=store.config.chunk_size,
                           cache_size=0, write_buffer=0)
     rep = Report()
+    # check what each store holds, not a local copy of it (an S3 store's read cache)
+    stores = {region: s.uncached() if hasattr(s, "uncached") else s
+              for region, s in store.stores.items()}
     regions = {row[0]: row[2] for row in cat.buckets()}
     unlinked = cat.unlinked_inodes()
     rep.unlinked = len(unlinked)
@@ -81,7 +84,7 @@ def run(store, *, repair=True, verify=False):
     garbage = cat.garbage(limit=10 ** 9)
     garbage_blobs = {b for b, _ in garbage} | released
     rep.garbage = len(garbage_blobs)
-    for region, st in store.stores.items():
+    for region, st in stores.items():
         for blob in st.list():
             if blob in referenced:
                 continue
@@ -97,7 +100,7 @@ def run(store, *, repair=True, verify=False):
             # was left unclean, so the catalog may be synced now
             cat.sync()
         for blob, region in garbage:
-            s = store.stores.get(region)
+            s = stores.get(region)
             if s is not None:
                 s.delete(blob)
         cat.forget_garbage([b for b, _ in garbage])
@@ -105,7 +108,7 @@ def run(store, *, repair=True, verify=False):
         inode = inodes.get(ino) or cat.get_inode(ino)
         inodes[ino] = inode
         region = regions.get(inode.bucket, store.config.region)
-        s = store.stores.get(region)
+        s = stores.get(region)
         try:
             # a packed chunk's sealed bytes are in its catalog row, not in the store
             size = len(ch.data) if ch.packed else s.size(blob)

@@ -708,6 +708,18 @@ class KeySpace:
         return [BucketInfo(name, region, self.catalog.bucket_created_ns(ino) or 0)
                 for ino, name, region in self.catalog.buckets()]
 
+    def usage(self) -> dict:
+        """{bucket name: {stored encryption (``AES256``, ``SM4``, ``cos/kms`` or None):
+        (objects, bytes)}} of every bucket's current objects (one scan of the catalog)."""
+        names_ = {ino: name for ino, name, _ in self.catalog.buckets()}
+        found = {name: {} for name in names_.values()}
+        for bino, label, count, nbytes in self.catalog.usage_by_encryption():
+            if bino in names_:
+                per = found[names_[bino]]
+                old = per.get(label, (0, 0))
+                per[label] = (old[0] + count, old[1] + nbytes)
+        return found
+
     def bucket(self, name) -> BucketInfo:
         ino = self._bucket_ino(name)
         _, bname, region = self.catalog.bucket_by_inode(ino)

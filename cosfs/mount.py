@@ -130,9 +130,14 @@ def open_store(config, *, create, purpose="opened"):
         keys = KeyStore.open(config.keys, create=create and new_catalog, allow_gaps=True)
         stores = {}
         for region in config.regions:
-            s = LocalStore(region_dir(config, region))
+            s3 = config.store_of(region)
+            if s3 is not None:
+                from .s3store import S3Store  # boto3 is imported only when a region needs it
+                s = S3Store(s3, store_dir, drop_cache=unclean)
+            else:
+                s = LocalStore(region_dir(config, region))
             s.headroom = functools.partial(_file_size, catalog_path + "-wal")
-            if create or os.path.isdir(s.root):
+            if create or s3 is not None or os.path.isdir(s.root):
                 s.create()
             stores[region] = s
         if unclean:
@@ -495,6 +500,52 @@ def build_control_app(config, store, objects, fs, notifier=None):
                   before_answer=notifier.settle if notifier else None)
 
 
+def build_console(config, store, objects, fs, notifier=None):
+    """The web console (:mod:`cosfs.console`) over the same core as the API, logins from
+    the API's credentials file; also registers the daemon's state for ``/metrics``.
+    ``notifier`` as for :func:`build_api`."""
+    from . import metrics
+    from .console.app import ConsoleApp
+    from .console.sessions import Sessions
+    from .credentials import CredentialsFile
+    from .keyspace import KeySpace
+    keyspace = KeySpace(fs, objects, store.catalog, uid=os.getuid(), gid=os.getgid(),
+                        invalidate_entry=notifier.invalidate if notifier else None)
+    metrics.set_state(lambda: _metrics_state(store, objects, fs, keyspace))
+    return ConsoleApp(keyspace, credentials=CredentialsFile(config.console.credentials),
+                      sessions=Sessions(config.console.session_timeout),
+                      regions=config.regions,
+                      before_answer=notifier.settle if notifier else None)
+
+
+def _metrics_state(store, objects, fs, keyspace) -> dict:
+    """What ``/metrics`` reads when scraped (see :class:`cosfs.metrics._StateCollector`)."""
+    replication = getattr(fs, "replication", None)
+    cache = objects.reader.cache
+    return {"replication": replication.status() if replication else None,
+            "garbage_blobs": len(store.catalog.garbage(limit=100000)),
+            "cache": {"used_bytes": cache.used, "size_bytes": cache.capacity},
+            "write_buffer": {"used_bytes": objects.budget.total,
+                             "size_bytes": objects.write_buffer},
+            "usage": keyspace.usage()}
+
+
+async def _start_console(nursery, app, console, stop):
+    """Serve the console in ``nursery`` until ``stop``; returns an Event set once stopped."""
+    from .console import server
+    done = trio.Event()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await server.serve(app, console, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            done.set()
+
+    urls = await nursery.start(run)
+    log.warning("cosfs serves the web console at %s (pid %d)", ", ".join(urls), os.getpid())
+    return done
+
+
 async def _start_control(nursery, app, config, stop):
     """Serve ``app`` on the store's control socket; returns an Event set once stopped."""
     from .api import server
@@ -731,6 +782,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
                                     rows_per_file=config.inventory.rows_per_file)
         replication = build_replication(store, objects, fs, notifier)
         control = (build_control_app(config, store, objects, fs, notifier), config)
+        console = ((build_console(config, store, objects, fs, notifier), config.console)
+                   if config.console.enabled else None)
         status = DaemonStatus(config, store, objects, fs, mountpoint)
         fs.daemon_info = {"pid": os.getpid(), "store": os.fspath(config.store),
                           "status": status.xattr}
@@ -752,7 +805,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         try:
             try:
                 trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
-                         [inventory, replication], control)
+                         [inventory, replication], control, console)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -800,7 +853,7 @@ async def _start_api(nursery, app, api, stop):
 
 
 async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None,
-                 services=(), control=None):
+                 services=(), control=None, console=None):
     """Serve the mount (and the API) until unmounted. ``services``: the daemon's services
     (``run(task_status)``, ``stop()``), started before the mount is reported ready and
     stopped when it is unmounted, before the final commit. ``control``: (application,
@@ -828,6 +881,8 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         api_done = await _start_api(nursery, app, api, api_stop) if app is not None else None
         control_done = (await _start_control(nursery, control[0], control[1], api_stop)
                         if control is not None else None)
+        console_done = (await _start_console(nursery, console[0], console[1], api_stop)
+                        if console is not None else None)
         for service in services:
             await nursery.start(service.run)
         if ready is not None:
@@ -841,7 +896,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         notify_stopping("unmounted; committing buffered writes")
         # the requests in progress finish (and commit) before the final commit
         api_stop.set()
-        for done in (api_done, control_done):
+        for done in (api_done, control_done, console_done):
             if done is not None:
                 await done.wait()
         await objects.commit_all(durable=True)
@@ -868,8 +923,10 @@ def run_serve(config, *, ready=None):
         errors = LastError()
         root.addHandler(errors)
         try:
+            console = ((build_console(config, store, objects, fs), config.console)
+                       if config.console.enabled else None)
             trio.run(_serve_api, objects, app, config.api, ready, [inventory, replication],
-                     (build_control_app(config, store, objects, fs), config))
+                     (build_control_app(config, store, objects, fs), config), console)
         except BaseExceptionGroup as exc:
             inner = _unwrap_group(exc)
             if inner is None:
@@ -897,7 +954,7 @@ async def _on_signals(on_stop, task_status=trio.TASK_STATUS_IGNORED):
             return
 
 
-async def _serve_api(objects, app, api, ready, services=(), control=None):
+async def _serve_api(objects, app, api, ready, services=(), control=None, console=None):
     stop = trio.Event()
 
     def on_stop(signum):
@@ -911,13 +968,16 @@ async def _serve_api(objects, app, api, ready, services=(), control=None):
         done = await _start_api(nursery, app, api, stop)
         control_done = (await _start_control(nursery, control[0], control[1], stop)
                         if control is not None else None)
+        console_done = (await _start_console(nursery, console[0], console[1], stop)
+                        if console is not None else None)
         for service in services:
             await nursery.start(service.run)
         if ready is not None:
             ready()
         await done.wait()
-        if control_done is not None:
-            await control_done.wait()
+        for other in (control_done, console_done):
+            if other is not None:
+                await other.wait()
         for service in services:
             service.stop()
         await objects.commit_all(durable=True)

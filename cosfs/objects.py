@@ -35,7 +35,7 @@ from typing import Dict, Optional
 
 import trio
 
-from . import cipher
+from . import cipher, metrics
 from .bucketconf import parse_encryption, spec_from_config
 from .catalog import Chunk, now_ns
 from .chunkio import (CIPHER_OF, Crypt, data_key_aad, reseal, seal, seal_put, store_failure,
@@ -305,6 +305,7 @@ class ObjectStore:
         if not force_spec:
             spec = self.resolve_for(inode)
         label = stored_label(spec)
+        metrics.resolved(label)
         has_data = inode.size > 0
         if label == inode.enc and inode.enc and has_data:
             crypt, rewrite = self.stored_crypt(inode), False
@@ -326,6 +327,7 @@ class ObjectStore:
     # -- reading ----------------------------------------------------------
     async def read(self, ino, offset, size) -> bytes:
         """Plaintext of ``[offset, offset+size)`` clipped to the object's size."""
+        metrics.read()
         st = self.states.get(ino)
         inode = self.catalog.get_inode(ino)
         fsize = st.size if st is not None else inode.size
@@ -519,6 +521,7 @@ class ObjectStore:
         data = buf if isinstance(buf, bytes) else bytes(buf)
         crypt = self._begin(st)[0]
         blob = os.urandom(16)
+        metrics.sealed(None if crypt is None else crypt.label, len(data))
         ev = trio.Event()
         st.flushing[idx] = ev
         store = self.store_of(st.region)
@@ -685,6 +688,7 @@ class ObjectStore:
             st.version_made = True  # one write session, one version
             vs.flush()
         self.collector.commits += 1
+        metrics.committed(fields["enc"])
         st.attrs.clear()
         st.pending.clear()
         st.cut_from = None

@@ -16,8 +16,9 @@ import logging
 
 import trio
 
+from . import metrics
 from .chunkio import SEG, SegmentCache, fetch
-from .errors import CosfsError
+from .errors import CosfsError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ChunkReader:
             if ev is None:
                 break
             await ev.wait()  # a fetch of this blob is under way: use its result
+        metrics.cache_lookups(len(segs), len(missing))
         if missing:
             await self._fill(store, crypt, ino, idx, ch, missing[0], missing[-1], ahead, segs)
         base = s0 * SEG
@@ -103,6 +105,8 @@ class ChunkReader:
                     header, plain = await trio.to_thread.run_sync(fetch, *args,
                                                                   limiter=self.limiter)
             except CosfsError as exc:
+                if isinstance(exc, IntegrityError):
+                    metrics.authentication_failed()
                 log.error("cannot read inode %d chunk %d (blob %s): %s",
                           ino, idx, ch.blob.hex(), exc)
                 raise
@@ -112,6 +116,7 @@ class ChunkReader:
                     ev.set()
         if header is not None:
             self.headers.put((ch.blob, 0), header)
+        metrics.opened(None if crypt is None else crypt.label, len(plain))
         view = memoryview(plain)
         for s in range(first, min(last, final) + 1):
             data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])

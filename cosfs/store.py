@@ -255,6 +255,18 @@ class LocalStore:
                 self._evict(ob)
         self._unlink_quietly(self._path(blob_id), report=True)
 
+    def delete_many(self, blobs):
+        """Delete blobs in order; returns those deleted. Stops at the first failure, which
+        it logs as a warning (the rest stays for a later retry)."""
+        done = []
+        try:
+            for blob in blobs:
+                self.delete(blob)
+                done.append(blob)
+        except StoreError as exc:
+            log.warning("garbage collection: %s (will retry)", exc)
+        return done
+
     def _unlink_quietly(self, path, report=False):
         try:
             os.unlink(path)

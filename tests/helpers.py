@@ -25,6 +25,7 @@ from cosfs import config as cosfs_config
 from cosfs.errors import StoreError
 from cosfs.filesystem import Ctx
 from cosfs.mount import build, ensure_buckets, open_store
+from cosfs.store import LocalStore
 
 APPID = "1250000000"
 PLAIN = "plain-" + APPID
@@ -156,6 +157,10 @@ class FaultyStore:
     def delete(self, blob_id):
         self._check("delete")
         return self.inner.delete(blob_id)
+
+    def delete_many(self, blobs):
+        # blob by blob through delete (and its faults), as LocalStore does
+        return LocalStore.delete_many(self, blobs)
 
     def sync_all(self):
         self._check("sync_all")

@@ -17,6 +17,8 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "cosfs"
 # and helper modules of the same rank group listed in SAME_RANK_OK.
 LAYERS = [
     ["errors", "durable"],
+    # counters of the core, exported in the Prometheus format (imports no cosfs module)
+    ["metrics"],
     ["config", "names", "xmldoc", "credentials"],
     ["keys"],
     ["cipher"],
@@ -26,7 +28,9 @@ LAYERS = [
     ["bucketconf"],
     # the other bucket configuration documents (pure, like bucketconf)
     ["versioning", "replicationconf", "inventoryconf", "originconf"],
+    # chunk stores: a local folder, or an S3-compatible service (same interface)
     ["store"],
+    ["s3store"],
     ["catalog"],
     # which version a change of a key makes, what replicates (bookkeeping in the catalog)
     ["versions"],
@@ -50,6 +54,10 @@ LAYERS = [
     ["api.headers"],
     ["api.app"],
     ["api.server"],
+    # the web console front-end: logins and sessions, form bodies, pages, its HTTP server
+    ["console.sessions", "console.forms"],
+    ["console.app"],
+    ["console.server"],
     # mount(8) options, systemd notification, log files and the status text
     ["service"],
     # the control socket's place and access rule (the client is control)
@@ -70,10 +78,16 @@ SAME_RANK_OK = {
 OWNED = {
     "pyfuse3": {"fuse.ops": False, "mount": True},
     "yaml": {"config": False},
-    "hypercorn": {"api.server": True},
+    "hypercorn": {"api.server": True, "console.server": True},
+    "prometheus_client": {"metrics": False},
+    "jinja2": {"console.app": False},
+    "python_multipart": {"console.forms": False},
+    "boto3": {"s3store": False},
+    "botocore": {"s3store": False},
 }
 NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf",
-           "credentials", "api.chunked", "api.auth", "originconf", "inventoryconf"}
+           "credentials", "api.chunked", "api.auth", "originconf", "inventoryconf", "metrics",
+           "console.sessions", "console.forms"}
 
 
 def _modules():

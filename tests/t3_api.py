@@ -440,3 +440,18 @@ def test_standard_headers_go_out_as_cos_spells_them():
     assert _wire_name("content-length") == b"Content-Length"
     assert _wire_name("last-modified") == b"Last-Modified"
     assert _wire_name("x-cos-server-side-encryption") == b"x-cos-server-side-encryption"
+
+
+def test_requests_are_counted_by_operation_and_status():
+    from cosfs import metrics
+
+    def count(op, status):
+        return metrics.value("cosfs_api_requests_total", operation=op, status=str(status))
+
+    app, _ = make_app()
+    before = (count("put_object", 200), count("get_object", 404), count("none", 403))
+    call(app, "PUT", "/%s/m.txt" % PLAIN, b"x")
+    call(app, "GET", "/%s/missing" % PLAIN)
+    call(app, "GET", "/%s/x" % PLAIN, anonymous=True)
+    assert (count("put_object", 200), count("get_object", 404), count("none", 403)) == \
+        tuple(n + 1 for n in before)

@@ -49,6 +49,7 @@ import urllib.parse
 
 import trio
 
+from .. import metrics
 from ..errors import CosfsError, InvalidArgument, MalformedXML, http_status
 from ..inventoryconf import render_post_result
 from . import auth
@@ -358,6 +359,7 @@ class ApiApp:
                  req.credential_id, req.method,
                  req.path, resp.status, " " + resp.code if resp.code else "", resp.sent_bytes,
                  (time.monotonic() - started) * 1000)
+        metrics.api_request(getattr(req, "operation", "none"), resp.status)
 
     async def _fail(self, req, resp, code, message, status):
         resp.code = code
@@ -433,6 +435,7 @@ class ApiApp:
                              code="NotImplemented")
         if req.bucket is None:
             if m == "GET":
+                req.operation = "list_buckets"
                 return await self.list_buckets(req, resp)
             raise CosfsError("only GET is allowed on the service", code="MethodNotAllowed")
         if not req.key:
@@ -441,6 +444,7 @@ class ApiApp:
             handler = _OBJECT_ROUTES.get((m, _object_sub(p, req.headers)))
         if handler is None:
             raise CosfsError("%s is not allowed on this resource" % m, code="MethodNotAllowed")
+        req.operation = handler.__name__
         return await handler(self, req, resp)
 
     # -- service and buckets -----------------------------------------------------------

@@ -1,0 +1,547 @@
+"""A chunk store on an S3-compatible object service (SeaweedFS, Ceph RGW, MinIO, COS).
+
+:class:`S3Store` has exactly the interface of :class:`cosfs.store.LocalStore`
+(``put/get/get_range/size/delete/delete_many/list/sync_all/sync_everything/
+check_room/statvfs/create/close``), so the data path, the collector and fsck
+use either without knowing which. It sits beside ``store`` in the layering:
+like it, it holds opaque immutable blobs and never sees plaintext of an
+encrypted object (chunks are sealed before they reach it).
+
+Contract:
+
+* **Write-through.** ``put`` returns only once the service acknowledged the
+  object (with a Content-MD5 the service checks), so the catalog, which
+  commits after ``put`` returned, never references a blob the service does
+  not hold; ``sync_all`` has nothing left to do. A blob is the object
+  ``<prefix><32 hex digits>`` in the configured bucket.
+* **Retries.** Timeouts, dropped or refused connections, HTTP 500/502/503/504
+  and the throttling codes (``SlowDown``...) are retried with exponential
+  backoff and full jitter for up to ``retry_time`` seconds; then the call
+  raises :class:`~cosfs.errors.StoreError` with ``EIO`` after one ERROR log
+  line naming the endpoint, the operation, the blob and the last error. Other
+  errors (access denied, no such bucket) fail at once with a one-line
+  message. botocore's own retries are turned off so this is the only policy.
+* **Read cache.** Blobs read are kept as files in a local folder, bounded by
+  ``cache_size`` (least recently used first out). Blobs are immutable, so the
+  cache is never invalidated; a deleted blob leaves it at once. A cache file
+  appears under its name only complete (written aside, then renamed); after
+  an unclean shutdown the cache is emptied (``drop_cache``), because a rename
+  that was not synced may survive a power cut with partial content.
+* **Deletes** of released blobs go in batches of up to 1000 keys per
+  multi-object delete (``delete_many``), retried like everything else; keys
+  the service refused stay for the collector's next pass.
+* Free space: packed chunks live in the local catalog, so ``check_room``
+  checks the catalog's folder exactly as LocalStore does; ``statvfs``
+  reports a large, constant capacity (an S3 bucket has no size).
+
+All methods block; callers run them in worker threads behind their
+``trio.CapacityLimiter`` (the connection pool is sized by ``max_connections``
+to serve every such thread at once). boto3 clients are thread-safe; the
+cache index has its own lock. No S3 signing is done here: boto3 signs.
+"""
+
+import base64
+import collections
+import copy
+import errno
+import hashlib
+import logging
+import os
+import random
+import stat
+import threading
+import time
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .errors import StoreError
+from .store import LocalStore
+
+log = logging.getLogger(__name__)
+
+#: keys per multi-object delete (the S3 limit)
+DELETE_BATCH = 1000
+#: backoff of the first retry, and the longest single pause (seconds)
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+#: what statvfs reports: 1 PiB free in 4 KiB blocks
+_CAPACITY_BLOCKS = (1 << 50) // 4096
+
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+                    "OperationAborted", "503", "500", "502", "504"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Credentials:
+    """An access key pair read from a private file (no secret in ``repr``)."""
+
+    def __init__(self, access_key_id, secret_access_key, session_token=None):
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+        self.session_token = session_token
+
+    def __repr__(self):
+        return "S3Credentials(%s)" % self.access_key_id
+
+
+def load_credentials(path):
+    """Read an S3 credentials file; StoreError(EACCES) when it is not a private regular file.
+
+    Format: lines ``access_key_id = ...``, ``secret_access_key = ...`` and
+    optionally ``session_token = ...``; ``#`` starts a comment line. The file
+    must be a regular file (not a symbolic link) with no group or other access
+    (``chmod 600``), as the key store and the API credentials file.
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        what = "is a symbolic link" if exc.errno == errno.ELOOP else "cannot be read: " + exc.strerror
+        raise StoreError("S3 credentials file %s %s" % (path, what), errno=errno.EACCES) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError("S3 credentials file %s is not a regular file" % path,
+                             errno=errno.EACCES)
+        if st.st_mode & 0o077:
+            raise StoreError("S3 credentials file %s has mode %04o: group and others must have "
+                             "no access (chmod 600 %s)" % (path, stat.S_IMODE(st.st_mode), path),
+                             errno=errno.EACCES)
+        with os.fdopen(os.dup(fd), "r", encoding="utf-8") as f:
+            text = f.read()
+    finally:
+        os.close(fd)
+    values = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or name not in ("access_key_id", "secret_access_key", "session_token"):
+            raise StoreError("S3 credentials file %s:%d: expected access_key_id = ..., "
+                             "secret_access_key = ... or session_token = ..." % (path, lineno),
+                             errno=errno.EINVAL)
+        values[name] = value.strip()
+    for name in ("access_key_id", "secret_access_key"):
+        if not values.get(name):
+            raise StoreError("S3 credentials file %s: %s is missing" % (path, name),
+                             errno=errno.EINVAL)
+    return S3Credentials(values["access_key_id"], values["secret_access_key"],
+                         values.get("session_token"))
+
+
+def _error_code(exc):
+    """(code, HTTP status) of a botocore ClientError."""
+    resp = getattr(exc, "response", None) or {}
+    code = str(resp.get("Error", {}).get("Code", ""))
+    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return code, status
+
+
+def _transient(exc):
+    if isinstance(exc, (botocore.exceptions.ConnectionError,
+                        botocore.exceptions.HTTPClientError,
+                        botocore.exceptions.IncompleteReadError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status = _error_code(exc)
+        return code in _TRANSIENT_CODES or status in (500, 502, 503, 504)
+    return False
+
+
+def _missing(exc):
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status = _error_code(exc)
+        return code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket")
+    return False
+
+
+def _describe(exc):
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status = _error_code(exc)
+        msg = exc.response.get("Error", {}).get("Message") or ""
+        return ("HTTP %s %s %s" % (status, code, msg)).strip()
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+class BlobCache:
+    """Whole blobs as files in a folder, least recently used out beyond ``limit`` bytes.
+
+    Thread-safe. Files are ``<32 hex>``; a file is written as ``<hex>.<n>.part``
+    and renamed, so a complete name is a complete blob.
+    """
+
+    def __init__(self, root, limit, *, drop=False):
+        self.root = os.fspath(root)
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        self._index = collections.OrderedDict()  # blob id -> size, oldest first
+        self._seq = 0
+        # the cache holds what the store holds (plaintext of plain objects): 0700 folders
+        os.makedirs(os.path.dirname(self.root), mode=0o700, exist_ok=True)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        found = []
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            if len(name) != 32 or drop:
+                self._unlink(path)
+                continue
+            try:
+                blob = bytes.fromhex(name)
+                st = os.stat(path)
+            except (ValueError, OSError):
+                self._unlink(path)
+                continue
+            found.append((st.st_atime, blob, st.st_size))
+        for _, blob, size in sorted(found):
+            self._index[blob] = size
+            self.used += size
+        self._trim()
+
+    @staticmethod
+    def _unlink(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    def _path(self, blob):
+        return os.path.join(self.root, blob.hex())
+
+    def __contains__(self, blob):
+        with self._lock:
+            return blob in self._index
+
+    def size(self, blob):
+        with self._lock:
+            return self._index.get(blob)
+
+    def read(self, blob, offset=0, length=None):
+        """Bytes of a cached blob, or None when it is not cached."""
+        with self._lock:
+            if blob not in self._index:
+                return None
+            self._index.move_to_end(blob)
+        try:
+            fd = os.open(self._path(blob), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.discard(blob)
+            return None
+        try:
+            if length is None:
+                length = os.fstat(fd).st_size - offset
+            return os.pread(fd, max(0, length), offset)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def add(self, blob, data):
+        """Keep ``data`` as blob ``blob``; a failure (a full disk) only costs the caching."""
+        if len(data) > self.limit:
+            return
+        with self._lock:
+            if blob in self._index:
+                return
+            self._seq += 1
+            part = "%s.%d.part" % (self._path(blob), self._seq)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.rename(part, self._path(blob))
+        except OSError as exc:
+            self._unlink(part)
+            log.debug("read cache %s: cannot keep blob %s: %s", self.root, blob.hex(), exc)
+            return
+        with self._lock:
+            if blob not in self._index:
+                self._index[blob] = len(data)
+                self.used += len(data)
+            self._trim()
+
+    def discard(self, blob):
+        with self._lock:
+            size = self._index.pop(blob, None)
+            if size is not None:
+                self.used -= size
+        if size is not None:
+            self._unlink(self._path(blob))
+
+    def _trim(self):
+        """Evict oldest entries beyond the limit (lock held, or in __init__)."""
+        while self.used > self.limit and self._index:
+            blob, size = self._index.popitem(last=False)
+            self.used -= size
+            self._unlink(self._path(blob))
+
+
+class S3Store:
+    """Blobs as objects ``<prefix><hex>`` in one bucket of an S3-compatible service.
+
+    ``settings`` is a :class:`cosfs.config.S3StoreSettings`; ``local_root`` is the
+    folder that holds the catalog (its file system gets the free-space reserve
+    of :meth:`check_room`); ``drop_cache`` empties the read cache (after an
+    unclean shutdown). Nothing touches the network before :meth:`create`.
+    """
+
+    def __init__(self, settings, local_root, *, drop_cache=False):
+        self.settings = settings
+        self.endpoint = settings.endpoint
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        self.root = "%s/%s/%s" % (settings.endpoint.rstrip("/"), settings.bucket, settings.prefix)
+        self._room = LocalStore(local_root)
+        for noisy in ("botocore", "boto3", "urllib3"):
+            # their DEBUG output (tracebacks of every retried request) would drown ours
+            if logging.getLogger(noisy).level == logging.NOTSET:
+                logging.getLogger(noisy).setLevel(logging.INFO)
+        creds = load_credentials(settings.credentials)
+        config = botocore.config.Config(
+            connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+            retries={"total_max_attempts": 1}, max_pool_connections=settings.max_connections,
+            s3={"addressing_style": "path"},
+            # Content-MD5 is sent by put itself; newer default checksum trailers
+            # (aws-chunked bodies) are not understood by every S3-compatible service
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required")
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=settings.endpoint, region_name=settings.signing_region or "us-east-1",
+            aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key,
+            aws_session_token=creds.session_token, verify=settings.verify_tls, config=config)
+        self._sizes = None  # blob id -> size seen by list() (uncached copies only)
+        self.cache = None
+        if settings.cache_size > 0:
+            self.cache = BlobCache(settings.cache, settings.cache_size, drop=drop_cache)
+
+    # -- the LocalStore properties the composition root and the tests use ----
+    @property
+    def headroom(self):
+        return self._room.headroom
+
+    @headroom.setter
+    def headroom(self, value):
+        self._room.headroom = value
+
+    @property
+    def unsynced_count(self):
+        return 0
+
+    def uncached(self):
+        """This store without its read cache (same client): what ``cosfs fsck`` checks is
+        the service's copy. Blobs it deletes may linger in the cache until evicted; their
+        ids are never used again. It also remembers the sizes its ``list`` saw, so fsck's
+        ``size`` of each listed blob needs no request of its own."""
+        other = copy.copy(self)
+        other.cache = None
+        other._sizes = {}
+        return other
+
+    def _key(self, blob):
+        return self.prefix + blob.hex()
+
+    # -- the retry policy ------------------------------------------------------
+    def _call(self, what, blob, fn, absent=None, **kwargs):
+        """``fn(Bucket=..., **kwargs)`` with retries of transient errors (see the module doc).
+
+        With ``absent`` (not None), a 404 answer returns ``absent`` instead of failing.
+        """
+        deadline = time.monotonic() + self.settings.retry_time
+        attempt = 0
+        name = blob.hex() if isinstance(blob, bytes) else blob
+        while True:
+            try:
+                return fn(Bucket=self.bucket, **kwargs)
+            except Exception as exc:
+                if absent is not None and _error_code(exc)[1] == 404:
+                    return absent
+                if _missing(exc) and what in ("get", "size"):
+                    raise StoreError("blob %s is missing" % name, errno=errno.EIO) from None
+                if not _transient(exc):
+                    log.error("S3 store %s: %s of %s failed: %s", self.root, what, name,
+                              _describe(exc))
+                    raise StoreError("S3 store %s: %s of %s failed: %s"
+                                     % (self.root, what, name, _describe(exc)),
+                                     errno=self._errno(exc)) from None
+                pause = random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt))
+                attempt += 1
+                if time.monotonic() + pause > deadline:
+                    log.error("S3 store %s: %s of %s failed after %d attempt(s) in %.0f s: %s",
+                              self.root, what, name, attempt, self.settings.retry_time,
+                              _describe(exc))
+                    raise StoreError("S3 store %s: %s of %s failed: %s"
+                                     % (self.root, what, name, _describe(exc)),
+                                     errno=errno.EIO) from None
+                log.debug("S3 store %s: %s of %s: %s; retrying in %.2f s", self.root, what,
+                          name, _describe(exc), pause)
+                time.sleep(pause)
+
+    @staticmethod
+    def _errno(exc):
+        code, status = _error_code(exc)
+        if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return errno.EACCES
+        return errno.EIO
+
+    # -- setup -------------------------------------------------------------------
+    def create(self):
+        """Check that the bucket is reachable with these credentials (creating it when the
+        service says it does not exist). StoreError with one line naming the endpoint."""
+        try:
+            if self._call("access check", self.bucket, self._client.head_bucket, absent=False):
+                return
+        except StoreError as exc:
+            raise StoreError("S3 store %s: cannot use bucket %s: %s (check the endpoint, "
+                             "the bucket and the credentials file %s)"
+                             % (self.endpoint, self.bucket, str(exc).split(" failed: ", 1)[-1],
+                                self.settings.credentials), errno=exc.errno) from None
+        log.info("S3 store %s: creating bucket %s", self.endpoint, self.bucket)
+        self._call("bucket creation", self.bucket, self._client.create_bucket)
+
+    def close(self):
+        """Nothing to release: the connection pool is reused if the store is used again."""
+
+    def check_room(self, size, what="packed chunk"):
+        """StoreError(ENOSPC) unless ``size`` more bytes fit beside the catalog (LocalStore's rule)."""
+        self._room.check_room(size, what)
+
+    def statvfs(self):
+        """A constant, large capacity: an S3 bucket reports no size."""
+        n = _CAPACITY_BLOCKS
+        return os.statvfs_result((4096, 4096, n, n, n, 0, 0, 0, 0, 255))
+
+    # -- blob operations (block: run in a worker thread) -----------------------
+    def put(self, blob_id, data):
+        """Upload a new blob; returns once the service stored it. Raises StoreError."""
+        body = bytes(data)
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        self._call("put", blob_id, self._client.put_object, Key=self._key(blob_id), Body=body,
+                   ContentMD5=md5, ContentType="application/octet-stream")
+
+    def _fetch(self, blob_id):
+        def get(**kw):
+            return self._client.get_object(**kw)["Body"].read()
+        data = self._call("get", blob_id, get, Key=self._key(blob_id))
+        if self.cache is not None:
+            self.cache.add(blob_id, data)
+        return data
+
+    def get(self, blob_id):
+        """Whole blob (from the read cache when it is there). StoreError (EIO if missing)."""
+        if self.cache is not None:
+            data = self.cache.read(blob_id)
+            if data is not None:
+                return data
+        return self._fetch(blob_id)
+
+    def get_range(self, blob_id, offset, length):
+        """``length`` bytes at ``offset``; short when the blob is (the caller checks).
+
+        With a read cache, a miss fetches the whole blob (one request; chunks are at
+        most ``chunk_size`` plus the seal), so the next reads of it stay local.
+        """
+        if length <= 0:
+            return b""
+        if self.cache is not None:
+            data = self.cache.read(blob_id, offset, length)
+            if data is not None:
+                return data
+            return self._fetch(blob_id)[offset:offset + length]
+
+        def ranged(**kw):
+            try:
+                return self._client.get_object(**kw)["Body"].read()
+            except botocore.exceptions.ClientError as exc:
+                if _error_code(exc)[1] == 416:  # the range starts past the end
+                    return b""
+                raise
+        return self._call("get", blob_id, ranged, Key=self._key(blob_id),
+                          Range="bytes=%d-%d" % (offset, offset + length - 1))
+
+    def size(self, blob_id):
+        """Length of a stored blob; StoreError (EIO) when it is missing."""
+        if self.cache is not None:
+            size = self.cache.size(blob_id)
+            if size is not None:
+                return size
+        if self._sizes:
+            size = self._sizes.get(blob_id)
+            if size is not None:
+                return size
+        head = self._call("size", blob_id, self._client.head_object, Key=self._key(blob_id))
+        return head["ContentLength"]
+
+    def delete(self, blob_id):
+        """Remove a blob; a missing blob is not an error."""
+        if self._sizes:
+            self._sizes.pop(blob_id, None)
+        if self.cache is not None:
+            self.cache.discard(blob_id)
+        self._call("delete", blob_id, self._client.delete_object, Key=self._key(blob_id))
+
+    def delete_many(self, blobs):
+        """Delete blobs with multi-object deletes; returns those deleted (missing ones count).
+
+        Keys the service refused are logged and left out of the result, for a later
+        retry; a batch that still fails after the retries (logged by the retry policy)
+        ends the call with what was deleted so far.
+        """
+        blobs = list(blobs)
+        done = []
+        for start in range(0, len(blobs), DELETE_BATCH):
+            batch = blobs[start:start + DELETE_BATCH]
+            if self.cache is not None:
+                for blob in batch:
+                    self.cache.discard(blob)
+            try:
+                reply = self._call(
+                    "delete", "%d blobs" % len(batch), self._client.delete_objects,
+                    Delete={"Objects": [{"Key": self._key(b)} for b in batch], "Quiet": True})
+            except StoreError:
+                return done
+            failed = {}
+            for err in reply.get("Errors", ()):
+                if err.get("Code") not in _MISSING_CODES:
+                    failed[err.get("Key")] = "%s %s" % (err.get("Code"), err.get("Message", ""))
+            for key, why in list(failed.items())[:3]:
+                log.warning("S3 store %s: cannot delete %s: %s (will retry)", self.root, key, why)
+            done += [b for b in batch if self._key(b) not in failed]
+        return done
+
+    def list(self):
+        """Yield every blob id under the prefix (for fsck)."""
+        token = None
+        while True:
+            kw = {"Prefix": self.prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self._call("list", self.prefix or "/", self._client.list_objects_v2, **kw)
+            for obj in page.get("Contents", ()):
+                name = obj["Key"][len(self.prefix):]
+                if len(name) == 32:
+                    try:
+                        blob = bytes.fromhex(name)
+                    except ValueError:
+                        continue
+                    if self._sizes is not None:
+                        self._sizes[blob] = obj["Size"]
+                    yield blob
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def sync_all(self):
+        """Nothing to do: every ``put`` returned only once the service stored the blob."""
+
+    def sync_everything(self):
+        """Nothing to make durable after a crash (write-through); returns 0."""
+        return 0
