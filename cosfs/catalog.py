@@ -891,6 +891,12 @@ class Catalog:
         return self.db.execute("SELECT count(*) FROM replication_queue WHERE bucket=?",
                                (bucket_ino,)).fetchone()[0]
 
+    def replication_status_counts(self, bucket_ino):
+        """{x-cos-replication-status: number of the bucket's versions with it} (console)."""
+        return dict(self.db.execute(
+            "SELECT r.status, count(*) FROM replication_status r JOIN inodes i ON i.id = r.inode"
+            " WHERE i.bucket=? GROUP BY r.status", (bucket_ino,)))
+
     def set_implied(self, ino, implied):
         """Record whether directory ``ino`` exists only for the keys below it."""
         if implied:

@@ -283,7 +283,8 @@ def cmd_fsck(args):
     setup_logging(None, "warning", 0)
     store = _offline(args, "fsck")
     try:
-        rep = fsck.run(store, repair=not args.dry_run, verify=args.verify)
+        rep = fsck.run(store, repair=not args.dry_run, verify=args.verify,
+                       progress=lambda what, total: _progress(what, total, "chunk"))
     finally:
         store.close()
     for line in rep.lines(not args.dry_run):
@@ -320,7 +321,7 @@ def cmd_keys(args):
             _check_keys(store.catalog, store.keys)
             print("new master key version %s; new objects use it, old versions still decrypt" % v)
         elif args.action == "rewrap":
-            n = rewrap(store)
+            n = rewrap(store, progress=lambda what, total: _progress(what, total, "key"))
             print("re-wrapped %d object key(s) with master key %s" % (n, store.keys.current_version))
     finally:
         store.close()
@@ -359,21 +360,39 @@ def _list_keys(store):
               % usage[None])
 
 
-def rewrap(store):
-    """Re-wrap every object's data key with the current master key (data unchanged)."""
+def rewrap(store, progress=None):
+    """Re-wrap every object's data key with the current master key (data unchanged).
+
+    ``progress``: None, or ``progress(what, total)`` returning a context manager with
+    ``update(n)`` (see :func:`_progress`), told of every object key looked at."""
     from .chunkio import data_key_aad
+    from .progress import quiet
     cat, keys = store.catalog, store.keys
     n = 0
     rows = list(cat.db.execute("SELECT id, object_id, enc, wrapped_key FROM inodes"
                                " WHERE wrapped_key IS NOT NULL"))
-    with cat.transaction(durable=True):
+    with (progress or quiet)("re-wrapping object keys", len(rows)) as shown, \
+            cat.transaction(durable=True):
         for ino, object_id, enc, wrapped in rows:
+            shown.update(1)
             if keys.wrapped_version(wrapped) == keys.current_version:
                 continue
             aad = data_key_aad(object_id, enc)
             cat.update_inode(ino, wrapped_key=keys.wrap(keys.unwrap(wrapped, aad), aad))
             n += 1
     return n
+
+
+def _progress(what, total, unit):
+    """A :class:`cosfs.progress.Progress` for a long command: a bar when standard error is
+    a terminal, else INFO lines of the ``cosfs.progress`` logger on standard error (or
+    the log already set up), enabled here whatever the command's log level."""
+    from .progress import Progress
+    if not logging.getLogger().handlers:
+        from .mount import setup_logging
+        setup_logging(None, "warning", 0)
+    logging.getLogger("cosfs.progress").setLevel(logging.INFO)
+    return Progress(what, total, unit=unit)
 
 
 # -- bucket configuration -------------------------------------------------------------

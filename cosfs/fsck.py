@@ -9,6 +9,8 @@ What it looks at, and what it does:
     never "repaired" (that would turn a detectable loss into wrong bytes);
   - with ``verify``: every chunk is read and authenticated.
 Runs synchronously on an opened Store (the store lock is held by the caller).
+Its longest part, the pass over every referenced chunk, reports progress to an
+optional ``progress(what, total)`` factory (e.g. :class:`cosfs.progress.Progress`).
 """
 
 import logging
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from . import cipher
 from .errors import CosfsError
 from .objects import ObjectStore
+from .progress import quiet
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,13 @@ class Report:
         return out
 
 
-def run(store, *, repair=True, verify=False):
-    """Check (and with ``repair`` fix) an opened Store. Returns a Report."""
+def run(store, *, repair=True, verify=False, progress=None):
+    """Check (and with ``repair`` fix) an opened Store. Returns a Report.
+
+    ``progress``: None, or ``progress(what, total)`` returning a context manager
+    with ``update(n)``, told of each referenced chunk checked (``total``: their
+    number; ``what``: "verifying chunks" with ``verify``, else "checking chunks").
+    """
     cat = store.catalog
     # Only key unwrapping is needed: a data path with no cache and no buffers will do.
     objects = ObjectStore(cat, store.stores, store.keys, chunk_size=store.config.chunk_size,
@@ -104,28 +112,31 @@ def run(store, *, repair=True, verify=False):
             if s is not None:
                 s.delete(blob)
         cat.forget_garbage([b for b, _ in garbage])
-    for blob, (ino, ch) in referenced.items():
-        inode = inodes.get(ino) or cat.get_inode(ino)
-        inodes[ino] = inode
-        region = regions.get(inode.bucket, store.config.region)
-        s = stores.get(region)
-        try:
-            # a packed chunk's sealed bytes are in its catalog row, not in the store
-            size = len(ch.data) if ch.packed else s.size(blob)
-        except CosfsError:
-            rep.missing.append((ino, ch.idx, blob))
-            continue
-        expected = cipher.sealed_size(ch.length) if inode.enc else ch.length
-        if size != expected:
-            rep.wrong_size.append((ino, ch.idx, blob))
-            continue
-        if verify and inode.enc:
+    with (progress or quiet)("verifying chunks" if verify else "checking chunks",
+                              len(referenced)) as shown:
+        for blob, (ino, ch) in referenced.items():
+            shown.update(1)
+            inode = inodes.get(ino) or cat.get_inode(ino)
+            inodes[ino] = inode
+            region = regions.get(inode.bucket, store.config.region)
+            s = stores.get(region)
             try:
-                crypt = objects.stored_crypt(inode)
-                cipher.open_blob(crypt.algorithm, crypt.key, crypt.context(ch.idx, blob),
-                                 ch.data if ch.packed else s.get(blob), ch.length)
+                # a packed chunk's sealed bytes are in its catalog row, not in the store
+                size = len(ch.data) if ch.packed else s.size(blob)
             except CosfsError:
-                rep.unreadable.append((ino, ch.idx, blob))
+                rep.missing.append((ino, ch.idx, blob))
+                continue
+            expected = cipher.sealed_size(ch.length) if inode.enc else ch.length
+            if size != expected:
+                rep.wrong_size.append((ino, ch.idx, blob))
+                continue
+            if verify and inode.enc:
+                try:
+                    crypt = objects.stored_crypt(inode)
+                    cipher.open_blob(crypt.algorithm, crypt.key, crypt.context(ch.idx, blob),
+                                     ch.data if ch.packed else s.get(blob), ch.length)
+                except CosfsError:
+                    rep.unreadable.append((ino, ch.idx, blob))
     for line in rep.lines(repair):
         log.info("fsck: %s", line)
     return rep

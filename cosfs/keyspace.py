@@ -93,7 +93,7 @@ from .errors import (BadDigest, BucketAlreadyOwnedByYou, BucketNotEmpty, CosfsEr
                      InvalidRequest, KeyConflict, KeyTooLong, MalformedXML, MetadataTooLarge,
                      NoSuchBucket, NoSuchKey, NoSuchUpload, NoSuchVersion)
 from .filesystem import NAME_MAX
-from .resolver import OVERRIDE_VALUES, EncryptionSpec, WriterKind, resolve
+from .resolver import OVERRIDE_VALUES, EncryptionSpec, WriterKind
 from .versions import version_label
 
 log = logging.getLogger(__name__)
@@ -801,6 +801,21 @@ class KeySpace:
         return render_list(configs, token=token,
                            next_token=configs[-1].id if more and configs else None)
 
+    def bucket_inventories(self, name) -> list:
+        """[(id, document bytes)] of every inventory of the bucket, in id order."""
+        ino = self._bucket_ino(name)
+        return [(cfg.id, self.fs.get_bucket_inventory(ino, cfg.id))
+                for cfg in self.fs.list_bucket_inventory(ino)]
+
+    def inventory_status(self, name, inventory_id):
+        """The last delivery of an inventory as a dict (``state``, ``period``,
+        ``started_ns``, ``finished_ns``, ``manifest``... as the ``-status.`` xattr
+        shows it), or None when it was never delivered."""
+        ino = self._bucket_ino(name)
+        if self.catalog.inventory_delivery(ino, _inventory_id(inventory_id)) is None:
+            return None
+        return json.loads(self.fs.inventory_status(ino, inventory_id))
+
     async def post_bucket_inventory(self, name, inventory_id, xml) -> str:
         """A one-off report, delivered before this returns; returns its job id."""
         return await self.fs.post_bucket_inventory(self._bucket_ino(name),
@@ -1037,8 +1052,8 @@ class KeySpace:
         self._check_place(bino, segments)
         spec = _RESOLVE
         if writer is not WriterKind.NORMAL:
-            spec = resolve(override=None, bucket_default=self.objects.bucket_default(bino),
-                           writer=writer, inventory_encryption=inventory_encryption)
+            spec = self.objects.decide(bino, writer=writer,
+                                       inventory_encryption=inventory_encryption)
         async with self._draft(bino, request, spec) as draft:
             await draft.write_all(_pieces(body))
             digest = draft.md5.digest()
@@ -1187,6 +1202,17 @@ class KeySpace:
 
     def delete_bucket_replication(self, bucket):
         self.objects.versions.delete_replication(self._bucket_ino(bucket))
+
+    def replication_status(self, bucket) -> dict:
+        """The bucket's replication figures: ``queued_for_bucket`` (tasks of its versions
+        waiting), ``versions`` ({PENDING, COMPLETED, FAILED, REPLICA: count of its
+        versions}), and the daemon's replicator's ``status()`` under ``service`` (None
+        when no replicator runs, e.g. on an unmounted store)."""
+        ino = self._bucket_ino(bucket)
+        replication = getattr(self.fs, "replication", None)
+        return {"queued_for_bucket": self.catalog.replication_queue_length(ino),
+                "versions": self.catalog.replication_status_counts(ino),
+                "service": replication.status() if replication is not None else None}
 
     def _find_version(self, bino, segments, version_id):
         """(Inode of the content or None for a delete marker, parent when it is the current
@@ -1524,8 +1550,8 @@ class KeySpace:
         request = _request_of(sse, kms_key_id)
         metadata_xattrs(meta, headers)  # refuse bad metadata now, not at Complete
         self._check_place(bino, segments)
-        spec = (EncryptionSpec.from_stored_name(request) if request
-                else self.objects.bucket_default(bino))
+        spec = self.objects.decide(
+            bino, override=EncryptionSpec.from_stored_name(request) if request else None)
         label = None if spec is None else spec.stored_name
         t = now_ns()
         upload_id = "%016x%s" % (t, os.urandom(8).hex())  # sorts by initiation time

@@ -43,7 +43,7 @@ from .chunkio import (CIPHER_OF, Crypt, data_key_aad, reseal, seal, seal_put, st
 from .collector import Collector
 from .errors import CosfsError, FsError, StoreError
 from .reader import ChunkReader
-from .resolver import EncryptionSpec, WriterKind, resolve, parse_override
+from .resolver import EncryptionSpec, WriterKind, decide, parse_override
 from .versions import Versions
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,18 @@ class ObjectStore:
 
     def resolve_for(self, inode, writer=WriterKind.NORMAL, **extra) -> Optional[EncryptionSpec]:
         override = parse_override(inode.enc_request.encode()) if inode.enc_request else None
-        return resolve(override=override, bucket_default=self.bucket_default(inode.bucket),
-                       writer=writer, **extra)
+        return self.decide(inode.bucket, override=override, writer=writer, **extra)
+
+    def decide(self, bucket_ino, *, override=None, writer=WriterKind.NORMAL,
+               **extra) -> Optional[EncryptionSpec]:
+        """The resolver's answer for new content of the bucket now (its default read here),
+        counted in ``cosfs_resolver_decisions_total{source, algorithm}``: every decision
+        goes through here once (a session's, a service writer's, a multipart upload's at
+        Initiate), never through :meth:`begin_with`, which only applies one."""
+        spec, source = decide(override=override, bucket_default=self.bucket_default(bucket_ino),
+                              writer=writer, **extra)
+        metrics.resolved(stored_label(spec), source)
+        return spec
 
     def stored_crypt(self, inode) -> Optional[Crypt]:
         """The Crypt of an object's committed chunks (None when plain)."""
@@ -305,7 +315,6 @@ class ObjectStore:
         if not force_spec:
             spec = self.resolve_for(inode)
         label = stored_label(spec)
-        metrics.resolved(label)
         has_data = inode.size > 0
         if label == inode.enc and inode.enc and has_data:
             crypt, rewrite = self.stored_crypt(inode), False

@@ -19,11 +19,18 @@ REPLICA        the source object's encryption if it has one (the destination
 
 Service writers (INVENTORY, ORIGIN_PULL, REPLICA) create objects that have no
 override of their own, so an ``override`` passed with them is ignored.
+
+:func:`decide` also says which rule decided (:data:`SOURCES`), for the
+``cosfs_resolver_decisions_total{source}`` metric: ``request`` (the object's
+override), ``bucket-default``, ``none`` (neither: plaintext) for NORMAL
+writers; a service writer's decisions are labelled with its writer kind
+(``inventory``, ``origin-pull``, ``replica``) whatever the outcome.
 """
 
 import enum
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 from . import errors
 
@@ -127,6 +134,41 @@ def parse_override(value):
             f"expected one of {', '.join(sorted(OVERRIDE_VALUES))}"
         )
     return EncryptionSpec.from_stored_name(text)
+
+
+#: rules a decision can come from (see the module docstring)
+SOURCES = ("request", "bucket-default", "none", WriterKind.INVENTORY.value,
+           WriterKind.ORIGIN_PULL.value, WriterKind.REPLICA.value)
+
+
+class Decision(NamedTuple):
+    """The resolver's answer: ``spec`` (None: plaintext) and the ``source`` rule."""
+
+    spec: Optional[EncryptionSpec]
+    source: str
+
+
+def decide(
+    *,
+    override,
+    bucket_default,
+    writer=WriterKind.NORMAL,
+    inventory_encryption=None,
+    source_encryption=None,
+):
+    """:func:`resolve` with the rule that decided: a :class:`Decision`.
+
+    Same arguments and errors as :func:`resolve`; ``source`` is one of
+    :data:`SOURCES` (service writers: their writer kind's value).
+    """
+    spec = resolve(override=override, bucket_default=bucket_default, writer=writer,
+                   inventory_encryption=inventory_encryption,
+                   source_encryption=source_encryption)
+    if writer is not WriterKind.NORMAL:
+        return Decision(spec, writer.value)
+    if override is not None:
+        return Decision(spec, "request")
+    return Decision(spec, "bucket-default" if spec is not None else "none")
 
 
 def resolve(

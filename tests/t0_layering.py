@@ -19,6 +19,8 @@ LAYERS = [
     ["errors", "durable"],
     # counters of the core, exported in the Prometheus format (imports no cosfs module)
     ["metrics"],
+    # progress of long CLI jobs: a tqdm bar on a terminal, log lines otherwise (no cosfs import)
+    ["progress"],
     ["config", "names", "xmldoc", "credentials"],
     ["keys"],
     ["cipher"],
@@ -80,6 +82,7 @@ OWNED = {
     "yaml": {"config": False},
     "hypercorn": {"api.server": True, "console.server": True},
     "prometheus_client": {"metrics": False},
+    "tqdm": {"progress": True},
     "jinja2": {"console.app": False},
     "python_multipart": {"console.forms": False},
     "boto3": {"s3store": False},
@@ -87,6 +90,7 @@ OWNED = {
 }
 NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf",
            "credentials", "api.chunked", "api.auth", "originconf", "inventoryconf", "metrics",
+           "progress",
            "console.sessions", "console.forms"}
 
 

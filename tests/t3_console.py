@@ -373,3 +373,223 @@ async def test_configuration_page_and_versioning_edit(tmp_path):
                                                            "csrf": csrf_of(page)})
         assert r.status_code == 403
         assert b"<Status>Suspended</Status>" in c.ks.get_bucket_versioning(PLAIN)
+
+
+def _sample(name, **labels):
+    return metrics.value(name, **labels)
+
+
+@trio_test
+async def test_metrics_resolver_sources_and_fuse_latency(tmp_path):
+    """Resolver decisions by source (request, bucket default, none and the three service
+    writers) and FUSE requests by operation with latency, after a known sequence."""
+    import pyfuse3
+
+    from cosfs.catalog import now_ns
+    from cosfs.fuse.ops import Operations
+    from cosfs.resolver import EncryptionSpec, WriterKind
+    from cosfs.services.replication import Replicator
+
+    dest = "backup-" + PLAIN.rsplit("-", 1)[1]
+    cases = [("request", "AES256"), ("bucket-default", "AES256"), ("none", "none"),
+             ("inventory", "SM4"), ("origin-pull", "AES256"), ("replica", "AES256")]
+    fuse_ops = ("getattr", "lookup")
+    async with console(tmp_path) as c:
+        before = {k: _sample("cosfs_resolver_decisions_total", source=k[0], algorithm=k[1])
+                  for k in cases}
+        before.update({op: _sample("cosfs_fuse_request_seconds_count", operation=op)
+                       for op in fuse_ops})
+
+        def decisions(source, algorithm):
+            return _sample("cosfs_resolver_decisions_total", source=source,
+                           algorithm=algorithm) - before[(source, algorithm)]
+
+        await c.ks.put_object(PLAIN, "asked", b"a", sse="AES256")           # request
+        await c.ks.put_object(PLAIN, "plain", b"p")                         # none
+        # the services' write path: inventory reports with their own encryption, and an
+        # origin pull into a bucket with a default
+        await c.ks.put_object(PLAIN, "inventory/report.csv.gz", b"r",
+                              writer=WriterKind.INVENTORY,
+                              inventory_encryption=EncryptionSpec("SM4"))
+        await c.ks.put_object(ENC, "pulled", b"o", writer=WriterKind.ORIGIN_PULL)
+        # replication: a versioned bucket with a rule; its object (bucket default) is
+        # copied by the replicator, whose replica keeps the source's encryption
+        c.env.fs.create_bucket(dest, region="ap-shanghai")
+        for b in (ENC, dest):
+            c.ks.put_bucket_versioning(b, b"Enabled")
+        c.ks.put_bucket_replication(ENC, (
+            "<ReplicationConfiguration><Role>qcs::cam::uin/1:uin/1</Role><Rule><ID>r1</ID>"
+            "<Status>Enabled</Status><Prefix>docs/</Prefix><Destination><Bucket>"
+            "qcs::cos:ap-shanghai::%s</Bucket></Destination></Rule>"
+            "</ReplicationConfiguration>" % dest).encode())
+        await c.ks.put_object(ENC, "docs/secret", b"s")                     # bucket default
+        rep = Replicator(c.ks, clock=lambda: now_ns() + 10 ** 12)
+        c.env.fs.replication = rep
+        await rep.run_due()
+        assert (await c.ks.head_object(dest, "docs/secret")).sse == "AES256"
+        await c.env.objects.commit_all()
+        for source, algorithm in cases:
+            assert decisions(source, algorithm) == 1, (source, algorithm)
+
+        # FUSE requests through the adapter, a failing one included
+        ops = Operations(c.env.fs)
+        await ops.getattr(pyfuse3.ROOT_INODE)
+        await ops.getattr(pyfuse3.ROOT_INODE)
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.getattr(10 ** 9)
+        await ops.lookup(pyfuse3.ROOT_INODE, PLAIN.encode())
+        assert _sample("cosfs_fuse_request_seconds_count", operation="getattr") \
+            - before["getattr"] == 3
+        assert _sample("cosfs_fuse_request_seconds_count", operation="lookup") \
+            - before["lookup"] == 1
+        assert _sample("cosfs_fuse_request_seconds_sum", operation="getattr") > 0
+        assert _sample("cosfs_fuse_request_seconds_bucket", operation="getattr", le="+Inf") \
+            == _sample("cosfs_fuse_request_seconds_count", operation="getattr")
+
+        text = (await c.get("/metrics")).text
+        assert 'cosfs_resolver_decisions_total{algorithm="AES256",source="replica"}' in text
+        assert 'cosfs_fuse_request_seconds_bucket{le="0.001",operation="getattr"}' in text
+        shown = metrics.summarize(text)
+        assert re.search(r"cosfs_fuse_request_seconds_count\{operation=getattr\} +\d+", shown)
+        assert re.search(r"cosfs_fuse_request_seconds_mean\{operation=getattr\} +[0-9.e-]+",
+                         shown)
+        assert "cosfs_fuse_request_seconds_bucket" not in shown
+        assert re.search(r"cosfs_resolver_decisions_total\{algorithm=SM4,source=inventory\} +"
+                         r"\d+", shown)
+
+
+def _replication_doc(dest):
+    return ("<ReplicationConfiguration><Role>qcs::cam::uin/1:uin/1</Role><Rule><ID>r1</ID>"
+            "<Status>Enabled</Status><Prefix></Prefix><Destination><Bucket>"
+            "qcs::cos:ap-shanghai::%s</Bucket></Destination></Rule>"
+            "</ReplicationConfiguration>" % dest)
+
+
+ORIGIN_DOC = ("<OriginConfiguration><OriginRule><RulePriority>1</RulePriority>"
+              "<OriginType>Mirror</OriginType><OriginInfo><HostInfo><HostName>o.example.com"
+              "</HostName></HostInfo></OriginInfo></OriginRule></OriginConfiguration>")
+
+
+def _inventory_doc(inv_id, dest):
+    from cosfs import inventoryconf as ic
+    return ("<InventoryConfiguration><Id>%s</Id><IsEnabled>true</IsEnabled><Destination>"
+            "<COSBucketDestination><Format>CSV</Format><Bucket>qcs::cos:%s::%s</Bucket>"
+            "<Encryption><SSE-COS/></Encryption></COSBucketDestination></Destination>"
+            "<Schedule><Frequency>Daily</Frequency></Schedule>"
+            "<IncludedObjectVersions>Current</IncludedObjectVersions><OptionalFields>%s"
+            "</OptionalFields></InventoryConfiguration>"
+            % (inv_id, REGION, dest, "".join("<Field>%s</Field>" % f for f in ic.FIELDS)))
+
+
+@trio_test
+async def test_replication_origin_and_inventory_pages(tmp_path):
+    """Show, edit (validated by the core, errors on the page), delete and status of the
+    replication, origin and inventory documents; CSRF; read-only sees and cannot change."""
+    from cosfs.inventoryconf import parse_inventory
+    from cosfs.services.inventory import InventoryService
+
+    far = "far-" + APPID
+    async with console(tmp_path) as c:
+        c.env.fs.create_bucket(far, region="ap-shanghai")
+        for b in (PLAIN, far):
+            c.ks.put_bucket_versioning(b, b"Enabled")
+        await login(c)
+
+        # replication: empty, a refused document shown on the page, then saved and shown
+        page = await c.get("/b/%s/replication" % PLAIN)
+        assert page.status_code == 200 and 'id="document-text">Not configured.<' in page.text
+        assert 'id="queued-for-bucket">0<' in page.text and 'id="failed-versions">0<' in page.text
+        assert 'id="edit-document"' in page.text and 'id="tab-replication"' in page.text
+        form = await c.get("/b/%s/replication?edit=1" % PLAIN)
+        assert "&lt;ReplicationConfiguration&gt;" in form.text  # the example, escaped
+        assert (await c.post("/b/%s/replication" % PLAIN, data={
+            "document": _replication_doc(far), "action": "save"})).status_code == 403
+        bad = await c.post("/b/%s/replication" % PLAIN, data={
+            "csrf": csrf_of(form), "action": "save",
+            "document": "<ReplicationConfiguration><script>alert(1)</script>"})
+        assert bad.status_code == 400 and 'id="document-error"' in bad.text
+        assert "MalformedXML" in bad.text and "<script>alert(1)" not in bad.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;</textarea>" in bad.text  # kept, escaped
+        wrong = await c.post("/b/%s/replication" % PLAIN, data={
+            "csrf": csrf_of(form), "action": "save",
+            "document": _replication_doc("nope-" + APPID)})
+        assert wrong.status_code == 404 and "NoSuchBucket" in wrong.text
+        with pytest.raises(CosfsError):
+            c.ks.get_bucket_replication(PLAIN)
+        r = await c.post("/b/%s/replication" % PLAIN, data={
+            "csrf": csrf_of(form), "action": "save", "document": _replication_doc(far)})
+        assert r.status_code == 303
+        assert far.encode() in c.ks.get_bucket_replication(PLAIN)
+        await c.ks.put_object(PLAIN, "queued.txt", b"to be replicated")
+        page = await c.get(r.headers["location"])
+        assert "Saved." in page.text and "qcs::cos:ap-shanghai::%s" % far in page.text
+        assert 'id="queued-for-bucket">1<' in page.text and "not running" in page.text
+        assert 'id="delete-document"' in page.text
+
+        # origin: saved, a refused rule explained, deleted
+        r = await c.post("/b/%s/origin" % PLAIN, data={"csrf": csrf_of(page), "action": "save",
+                                                       "document": ORIGIN_DOC})
+        assert r.status_code == 303 and b"o.example.com" in c.ks.get_bucket_origin(PLAIN)
+        bad = await c.post("/b/%s/origin" % PLAIN, data={
+            "csrf": csrf_of(page), "action": "save",
+            "document": ORIGIN_DOC.replace("Mirror", "Proxy")})
+        assert bad.status_code == 400 and 'id="document-error"' in bad.text
+        assert b"Mirror" in c.ks.get_bucket_origin(PLAIN)
+
+        # inventory: saved under its id, delivered, its last delivery shown
+        inv = await c.get("/b/%s/inventory" % PLAIN)
+        assert 'id="no-inventory"' in inv.text and 'id="inventory-form"' in inv.text
+        bad = await c.post("/b/%s/inventory" % PLAIN, data={
+            "csrf": csrf_of(inv), "action": "save", "id": "other",
+            "document": _inventory_doc("daily", PLAIN)})
+        assert bad.status_code == 400 and 'id="document-error"' in bad.text
+        assert 'value="other"' in bad.text
+        r = await c.post("/b/%s/inventory" % PLAIN, data={
+            "csrf": csrf_of(inv), "action": "save", "id": "daily",
+            "document": _inventory_doc("daily", ENC)})
+        assert r.status_code == 303
+        inv = await c.get(r.headers["location"])
+        assert 'data-id="daily"' in inv.text and "never delivered" in inv.text
+        doc = c.ks.get_bucket_inventory(PLAIN, "daily")
+        await InventoryService(c.ks).deliver(c.env.bucket(PLAIN), parse_inventory(doc),
+                                             period="20250101")
+        inv = await c.get("/b/%s/inventory" % PLAIN)
+        assert re.search(r'class="last-delivery">complete, period 20250101, started '
+                         r'[^<]+, finished [^<]+; manifest <code>[^<]*manifest.json</code>',
+                         inv.text)
+        edit = await c.get("/b/%s/inventory?edit=daily" % PLAIN)
+        assert 'value="daily"' in edit.text and "&lt;Id&gt;daily&lt;/Id&gt;" in edit.text
+
+        # read-only: sees every document and status, changes nothing
+        await login(c, RO_ID, RO_KEY)
+        for kind in ("replication", "origin", "inventory"):
+            page = await c.get("/b/%s/%s?edit=1" % (PLAIN, kind))
+            assert page.status_code == 200, kind
+            for marker in ('id="document-form"', 'id="inventory-form"', 'id="save-document"',
+                           'id="edit-document"', 'value="delete"'):
+                assert marker not in page.text, (kind, marker)
+            r = await c.post("/b/%s/%s" % (PLAIN, kind), data={
+                "csrf": csrf_of(page), "action": "delete", "id": "daily"})
+            assert r.status_code == 403, kind
+        assert "qcs::cos:ap-shanghai::%s" % far in (await c.get(
+            "/b/%s/replication" % PLAIN)).text
+        assert c.ks.get_bucket_origin(PLAIN) and c.ks.get_bucket_inventory(PLAIN, "daily")
+
+        # deletes, by a full credential
+        await login(c)
+        page = await c.get("/b/%s/origin" % PLAIN)
+        r = await c.post("/b/%s/origin" % PLAIN, data={"csrf": csrf_of(page),
+                                                       "action": "delete"})
+        assert r.status_code == 303
+        assert "Deleted." in (await c.get(r.headers["location"])).text
+        with pytest.raises(CosfsError):
+            c.ks.get_bucket_origin(PLAIN)
+        r = await c.post("/b/%s/inventory" % PLAIN, data={"csrf": csrf_of(page),
+                                                          "action": "delete", "id": "daily"})
+        assert r.status_code == 303 and "Inventory daily deleted." in (
+            await c.get(r.headers["location"])).text
+        r = await c.post("/b/%s/replication" % PLAIN, data={"csrf": csrf_of(page),
+                                                            "action": "delete"})
+        assert r.status_code == 303
+        with pytest.raises(CosfsError):
+            c.ks.get_bucket_replication(PLAIN)

@@ -7,12 +7,15 @@ bar's script), see it listed as AES256 and check the mount's
 ``user.cos.server-side-encryption`` xattr; then the default back to none, a
 second upload listed and read as not encrypted, the "not encrypted" filter,
 a delete with confirmation, versioning enabled on the Configuration tab,
-``cosfs stats``, the overview, and logout. Screenshots of each page go to the
+the Origin Pull document edited (a refused one explained on the page), the
+Replication and Inventory pages, ``cosfs stats``, the overview, a bucket
+created with the console's form, and logout. Screenshots of each page go to the
 test's folder (``COSFS_SCREENSHOTS=DIR`` copies them to DIR, e.g. docs/console).
 Skipped with the reason when Chromium, its driver or selenium is missing.
 """
 
 import os
+import re
 import shutil
 import socket
 import time
@@ -36,6 +39,10 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SSE_XATTR = "user.cos.server-side-encryption"
+ORIGIN_DOC = ("<OriginConfiguration>\n<OriginRule>\n<RulePriority>1</RulePriority>\n"
+              "<OriginType>Mirror</OriginType>\n<OriginInfo><HostInfo><HostName>"
+              "origin.example.com</HostName></HostInfo></OriginInfo>\n</OriginRule>\n"
+              "</OriginConfiguration>")
 WAIT = 20
 
 
@@ -197,9 +204,51 @@ def test_seed_console_steps_in_chromium(console_mount, browser, tmp_path):
         == "Enabled"
     shot("configuration")
 
+    # Origin Pull: the document viewed, edited in the textarea (a refused rule explained on
+    # the page, the text kept), saved, and the same record on the mount
+    driver.find_element(By.ID, "tab-origin").click()
+    assert wait.until(EC.presence_of_element_located((By.ID, "document-text"))).text \
+        == "Not configured."
+    driver.find_element(By.ID, "edit-document").click()
+    area = wait.until(EC.presence_of_element_located((By.ID, "document")))
+    area.clear()
+    area.send_keys(ORIGIN_DOC.replace("Mirror", "Proxy"))
+    driver.find_element(By.ID, "save-document").click()
+    error = wait.until(EC.presence_of_element_located((By.ID, "document-error")))
+    assert "MalformedXML" in error.text or "InvalidArgument" in error.text, error.text
+    area = driver.find_element(By.ID, "document")
+    assert "Proxy" in area.get_attribute("value")
+    shot("origin-edit-error")
+    area.clear()
+    area.send_keys(ORIGIN_DOC)
+    shot("origin-edit")
+    driver.find_element(By.ID, "save-document").click()
+    shown = wait.until(EC.presence_of_element_located((By.ID, "document-text")))
+    assert "origin.example.com" in shown.text and "Saved." in driver.page_source
+    shot("origin")
+    assert b"origin.example.com" in os.getxattr(os.path.join(m.mnt, PLAIN),
+                                                "user.cos.bucket-origin")
+    # Replication and Inventory: the documents and their status
+    driver.find_element(By.ID, "tab-replication").click()
+    assert wait.until(EC.presence_of_element_located((By.ID, "queued-for-bucket"))).text == "0"
+    assert driver.find_element(By.ID, "failed-versions").text == "0"
+    shot("replication")
+    driver.find_element(By.ID, "tab-inventory").click()
+    wait.until(EC.presence_of_element_located((By.ID, "inventory-form")))
+    shot("inventory")
+
     # the metrics of the running daemon, as `cosfs stats` shows them
     stats = m.cli("stats", m.config).stdout
-    assert "cosfs_bucket_objects{algorithm=AES256,bucket=%s}  1" % PLAIN in stats
+    assert re.search(r"^cosfs_bucket_objects\{algorithm=AES256,bucket=%s\} +1$" % PLAIN,
+                     stats, re.M), stats
+    # FUSE requests by operation with latency (the reads and xattrs above went through
+    # the mount), and resolver decisions by source (the console's uploads)
+    assert re.search(r"^cosfs_fuse_request_seconds_count\{operation=getxattr\} +[1-9]\d*$",
+                     stats, re.M), stats
+    assert re.search(r"^cosfs_fuse_request_seconds_mean\{operation=read\} +[\d.e-]+$",
+                     stats, re.M), stats
+    assert re.search(r"^cosfs_resolver_decisions_total\{algorithm=AES256,"
+                     r"source=bucket-default\} +[1-9]\d*$", stats, re.M), stats
     assert "cosfs_bytes_sealed_total{algorithm=AES256}" in stats
     assert "cosfs_replication_queued" in stats and "cosfs_garbage_blobs" in stats
     assert "# TYPE cosfs_reads_total counter" in m.cli("stats", "--raw", m.config).stdout
@@ -208,6 +257,31 @@ def test_seed_console_steps_in_chromium(console_mount, browser, tmp_path):
     driver.find_element(By.LINK_TEXT, "Buckets").click()
     wait.until(EC.presence_of_element_located((By.ID, "enc-title")))
     shot("overview")
+
+    # create a bucket with the console's form: name (rules explained as you type), region,
+    # default encryption; it is on the mount at once, with that default
+    name = "console-%s" % PLAIN.rsplit("-", 1)[1]
+    field = driver.find_element(By.ID, "bucket-name")
+    field.send_keys("Photos")
+    rules = driver.find_element(By.ID, "name-rules")
+    wait.until(lambda d: "must end with -APPID" in rules.text)
+    assert "bad" in rules.get_attribute("class")
+    field.clear()
+    field.send_keys(name)
+    wait.until(lambda d: "bad" not in rules.get_attribute("class"))
+    Select(driver.find_element(By.ID, "bucket-region")).select_by_visible_text("ap-guangzhou")
+    Select(driver.find_element(By.ID, "bucket-encryption")).select_by_value("AES256")
+    shot("bucket-create")
+    driver.find_element(By.ID, "create-button").click()
+    wait.until(EC.presence_of_element_located((By.ID, "objects")))
+    assert name in driver.title
+    assert os.path.isdir(os.path.join(m.mnt, name))
+    assert b"AES256" in os.getxattr(os.path.join(m.mnt, name), "user.cos.bucket-encryption")
+    driver.find_element(By.ID, "tab-encryption").click()
+    assert wait.until(EC.presence_of_element_located((By.ID, "current-encryption"))).text \
+        == "AES256"
+    driver.find_element(By.LINK_TEXT, "Buckets").click()
+    assert name in wait.until(EC.presence_of_element_located((By.ID, "buckets"))).text
     driver.find_element(By.ID, "logout").click()
     wait.until(EC.presence_of_element_located((By.ID, "secret_id")))
     driver.get(m.console + "/b/%s/" % PLAIN)

@@ -74,13 +74,25 @@ def test_rotate_rewrap_remount(tmp_path):
         keys = KeyStore.open(m.keys, create=False)
         versions = {KeyStore.wrapped_version(w) for _, _, w in catalog_rows(m.store)}
         assert versions == {"v1", "v2"}
-        out = m.cli("keys", "rewrap", "--config", m.config).stdout
-        assert re.search(r"re-wrapped [1-9]\d* object key", out)
+        res = m.cli("keys", "rewrap", "--config", m.config)
+        assert re.search(r"re-wrapped [1-9]\d* object key", res.stdout)
+        # not a terminal: plain progress lines in the log (stderr), no bar
+        total = len(catalog_rows(m.store))
+        progress = [ln for ln in res.stderr.splitlines() if " INFO cosfs.progress: " in ln]
+        assert progress[0].endswith("re-wrapping object keys: 0/%d keys" % total), res.stderr
+        assert re.search(r"re-wrapping object keys: done, %d/%d keys in [\d.]+ s$"
+                         % (total, total), progress[-1]), res.stderr
+        assert len(progress) >= 3 and "\r" not in res.stderr and "|" not in res.stderr
         rows = catalog_rows(m.store)
         assert {KeyStore.wrapped_version(w) for _, _, w in rows} == {"v2"}
         for object_id, enc, wrapped in rows:
             assert len(keys.unwrap(wrapped, data_key_aad(object_id, enc))) == 32
-        assert m.cli("fsck", "--config", m.config, "--verify").returncode == 0
+        res = m.cli("fsck", "--config", m.config, "--verify")
+        assert res.returncode == 0
+        chunks = int(re.search(r"checked \d+ objects, (\d+) chunks", res.stdout).group(1))
+        progress = [ln for ln in res.stderr.splitlines() if " INFO cosfs.progress: " in ln]
+        assert progress[0].endswith("verifying chunks: 0/%d chunks" % chunks), res.stderr
+        assert "verifying chunks: done, %d/%d chunks in" % (chunks, chunks) in progress[-1]
 
         m.start()
         check_all(before)

@@ -25,6 +25,12 @@ Access rules:
   client address, and start the per-client back-off of
   :class:`cosfs.console.sessions.LoginThrottle` (attempts during it: 429).
 
+Bucket documents: ``/b/BUCKET/replication`` and ``/origin`` show, edit (a
+textarea of the XML), save and delete one document, ``/inventory`` every
+inventory by id; each goes to the key space's PUT/DELETE of that document (the
+API's and CLI's parsers and rules). A :class:`cosfs.errors.CosfsError` from
+saving is shown on the edit page, with the text as sent and the code's status.
+
 Pages are Jinja2 templates with autoescaping; responses carry a strict
 Content-Security-Policy (scripts and styles from ``/static`` only).
 """
@@ -68,6 +74,54 @@ HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 CONFIG_KINDS = ("versioning", "replication", "origin", "inventory")
+#: starting points shown in an empty editor (the core decides what is valid)
+EXAMPLES = {
+    "replication": """<ReplicationConfiguration>
+  <Role>qcs::cam::uin/100000000001:uin/100000000001</Role>
+  <Rule>
+    <ID>rule-1</ID>
+    <Status>Enabled</Status>
+    <Prefix></Prefix>
+    <Destination>
+      <Bucket>qcs::cos:REGION::DESTINATION-BUCKET</Bucket>
+    </Destination>
+  </Rule>
+</ReplicationConfiguration>
+""",
+    "origin": """<OriginConfiguration>
+  <OriginRule>
+    <RulePriority>1</RulePriority>
+    <OriginType>Mirror</OriginType>
+    <OriginCondition><HTTPStatusCode>404</HTTPStatusCode><Prefix></Prefix></OriginCondition>
+    <OriginParameter><Protocol>HTTP</Protocol></OriginParameter>
+    <OriginInfo><HostInfo><HostName>origin.example.com</HostName></HostInfo></OriginInfo>
+  </OriginRule>
+</OriginConfiguration>
+""",
+    "inventory": """<InventoryConfiguration>
+  <Id>ID</Id>
+  <IsEnabled>true</IsEnabled>
+  <Destination>
+    <COSBucketDestination>
+      <Format>CSV</Format>
+      <Bucket>qcs::cos:REGION::DESTINATION-BUCKET</Bucket>
+      <Prefix>inventory</Prefix>
+      <Encryption><SSE-COS/></Encryption>
+    </COSBucketDestination>
+  </Destination>
+  <Schedule><Frequency>Daily</Frequency></Schedule>
+  <IncludedObjectVersions>Current</IncludedObjectVersions>
+  <OptionalFields><Field>Size</Field><Field>ETag</Field></OptionalFields>
+</InventoryConfiguration>
+""",
+}
+#: the single documents with a page of their own: title, the core's GET, PUT and DELETE
+DOCUMENTS = {
+    "replication": ("Cross-Region Replication", "get_bucket_replication",
+                    "put_bucket_replication", "delete_bucket_replication"),
+    "origin": ("Origin Pull", "get_bucket_origin", "put_bucket_origin",
+               "delete_bucket_origin"),
+}
 
 
 class Denied(Exception):
@@ -567,6 +621,117 @@ class ConsoleApp:
                  bucket, status)
         raise Redirect("/b/%s/configuration?message=%s" % (_quote(bucket), _quote("Saved.")))
 
+    # -- replication, origin and inventory documents ---------------------------------------
+    async def _call(self, name, *args):
+        """A key space method that may be sync or async (the document setters are both)."""
+        result = getattr(self.ks, name)(*args)
+        if hasattr(result, "__await__"):
+            result = await result
+        return result
+
+    def _stored(self, getter, *args):
+        """(document text or None when there is none, error text or None)."""
+        try:
+            return getattr(self.ks, getter)(*args).decode("utf-8", "replace"), None
+        except CosfsError as exc:
+            if exc.code.startswith("NoSuch") or exc.code.endswith("NotFoundError"):
+                return None, None
+            return None, "%s: %s" % (exc.code, exc)
+
+    def _document_page(self, req, bucket, kind, *, status=200, text=None, error=None):
+        info = self.ks.bucket(bucket)
+        title, getter = DOCUMENTS[kind][:2]
+        doc, problem = self._stored(getter, bucket)
+        writable = req.credential.allows(bucket, True)
+        editing = writable and (req.query.get("edit") == "1" or error is not None)
+        return self._page(req, "document.html", status, title="%s - %s" % (title, bucket),
+                          heading=title, bucket=info, kind=kind, doc=doc, problem=problem,
+                          editing=editing, writable=writable, error=error,
+                          text=text if text is not None else (doc or EXAMPLES[kind]),
+                          message=req.query.get("message"), tab=kind,
+                          replication=(self.ks.replication_status(bucket)
+                                       if kind == "replication" else None))
+
+    async def _replication(self, req, bucket):
+        return self._document_page(req, bucket, "replication")
+
+    async def _origin(self, req, bucket):
+        return self._document_page(req, bucket, "origin")
+
+    async def _save_document(self, req, bucket, kind):
+        """PUT (``action=save``, the ``document`` field) or DELETE (``action=delete``) of a
+        bucket document through the core; a refusal is shown on the edit page with the
+        text as sent."""
+        fields = await req.form()
+        await self._check_csrf(req, fields)
+        self._writable(req, bucket)
+        _, _, setter, deleter = DOCUMENTS[kind]
+        text = fields.get("document", "")
+        deleting = fields.get("action") == "delete"
+        try:
+            if deleting:
+                await self._call(deleter, bucket)
+            else:
+                await self._call(setter, bucket, text.encode("utf-8"))
+        except CosfsError as exc:
+            log.info("console: %s: %s document of %s refused: %s (%s)",
+                     req.credential.secret_id, kind, bucket, exc, exc.code)
+            return self._document_page(req, bucket, kind, status=http_status(exc), text=text,
+                                       error="%s: %s" % (exc.code, exc))
+        log.info("console: %s %s the %s document of %s", req.credential.secret_id,
+                 "deleted" if deleting else "saved", kind, bucket)
+        raise Redirect("/b/%s/%s?message=%s" % (_quote(bucket), kind,
+                                                 _quote("Deleted." if deleting else "Saved.")))
+
+    async def _save_replication(self, req, bucket):
+        return await self._save_document(req, bucket, "replication")
+
+    async def _save_origin(self, req, bucket):
+        return await self._save_document(req, bucket, "origin")
+
+    def _inventory_page(self, req, bucket, *, status=200, edit_id=None, text=None,
+                        error=None):
+        info = self.ks.bucket(bucket)
+        writable = req.credential.allows(bucket, True)
+        configs = [{"id": inv_id, "text": doc.decode("utf-8", "replace"),
+                    "status": self.ks.inventory_status(bucket, inv_id)}
+                   for inv_id, doc in self.ks.bucket_inventories(bucket)]
+        if edit_id is None:
+            edit_id = req.query.get("edit", "")
+        if text is None:
+            text = next((c["text"] for c in configs if c["id"] == edit_id), EXAMPLES["inventory"])
+        return self._page(req, "inventory.html", status, title="Inventory - " + bucket,
+                          bucket=info, configs=configs, writable=writable, edit_id=edit_id,
+                          text=text, error=error, message=req.query.get("message"),
+                          tab="inventory")
+
+    async def _inventory(self, req, bucket):
+        return self._inventory_page(req, bucket)
+
+    async def _save_inventory(self, req, bucket):
+        """PUT (``action=save``: ``id`` and ``document``) or DELETE (``action=delete``:
+        ``id``) of one inventory configuration; a refusal is shown on the page."""
+        fields = await req.form()
+        await self._check_csrf(req, fields)
+        self._writable(req, bucket)
+        inv_id, text = fields.get("id", "").strip(), fields.get("document", "")
+        deleting = fields.get("action") == "delete"
+        try:
+            if deleting:
+                await self.ks.delete_bucket_inventory(bucket, inv_id)
+            else:
+                await self.ks.put_bucket_inventory(bucket, inv_id, text.encode("utf-8"))
+        except CosfsError as exc:
+            log.info("console: %s: inventory %r of %s refused: %s (%s)",
+                     req.credential.secret_id, inv_id[:64], bucket, exc, exc.code)
+            return self._inventory_page(req, bucket, status=http_status(exc), edit_id=inv_id,
+                                        text=text, error="%s: %s" % (exc.code, exc))
+        log.info("console: %s %s inventory %s of %s", req.credential.secret_id,
+                 "deleted" if deleting else "saved", inv_id, bucket)
+        raise Redirect("/b/%s/inventory?message=%s" % (
+            _quote(bucket), _quote("Inventory %s %s." % (inv_id, "deleted" if deleting
+                                                           else "saved"))))
+
 
 _BUCKET_ROUTES = {
     ("GET", ""): ("bucket", ConsoleApp._bucket),
@@ -580,4 +745,10 @@ _BUCKET_ROUTES = {
     ("POST", "encryption"): ("save_encryption", ConsoleApp._save_encryption),
     ("GET", "configuration"): ("configuration", ConsoleApp._configuration),
     ("POST", "versioning"): ("save_versioning", ConsoleApp._save_versioning),
+    ("GET", "replication"): ("replication", ConsoleApp._replication),
+    ("POST", "replication"): ("save_replication", ConsoleApp._save_replication),
+    ("GET", "origin"): ("origin", ConsoleApp._origin),
+    ("POST", "origin"): ("save_origin", ConsoleApp._save_origin),
+    ("GET", "inventory"): ("inventory", ConsoleApp._inventory),
+    ("POST", "inventory"): ("save_inventory", ConsoleApp._save_inventory),
 }

@@ -4,14 +4,22 @@ Each handler converts arguments, calls one filesystem method and converts
 the result. Errors are translated here and only here: a CosfsError becomes
 its errno; anything unexpected is logged with a traceback and answered EIO,
 so the mount stays up (pyfuse3 would end the mount on any other exception).
+
+Every translated handler is also timed: the histogram
+``cosfs_fuse_request_seconds{operation}`` of :mod:`cosfs.metrics` observes the
+time from the handler's start to its answer (errors included), through a child
+bound once per handler, so the hot path pays two ``perf_counter`` calls and one
+``observe`` (about 1.5 µs). ``forget`` (no answer) is not timed.
 """
 
 import errno
 import functools
 import logging
+from time import perf_counter
 
 import pyfuse3
 
+from .. import metrics
 from ..errors import CosfsError, FsError
 from ..filesystem import Ctx
 
@@ -22,8 +30,11 @@ ENTRY_TIMEOUT = 10.0
 
 
 def _translate(fn):
+    observe = metrics.fuse_timer(fn.__name__)
+
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
+        started = perf_counter()
         try:
             try:
                 return await fn(*args, **kwargs)
@@ -52,6 +63,8 @@ def _translate(fn):
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            observe(perf_counter() - started)
     return wrapper
 
 

@@ -39,7 +39,7 @@ import trio
 
 from ..catalog import now_ns
 from ..errors import CosfsError, NoSuchBucket, NoSuchVersion
-from ..resolver import EncryptionSpec, WriterKind, resolve
+from ..resolver import EncryptionSpec, WriterKind
 from ..versions import COMPLETED, ENABLED, FAILED, version_label
 
 log = logging.getLogger(__name__)
@@ -163,10 +163,9 @@ class Replicator:
         reader = await self.ks.open_version(bucket, text, version_label(vid), snapshot=True)
         try:
             source = self._source_inode(reader)
-            spec = resolve(override=None, bucket_default=self.objects.bucket_default(dest_ino),
-                           writer=WriterKind.REPLICA,
-                           source_encryption=(EncryptionSpec.from_stored_name(source.enc)
-                                              if source.enc else None))
+            spec = self.objects.decide(dest_ino, writer=WriterKind.REPLICA,
+                                       source_encryption=(EncryptionSpec.from_stored_name(
+                                           source.enc) if source.enc else None))
             await self.ks.put_replica(dest, text, reader.pieces(), spec, version_label(vid),
                                       self.ks.metadata_of(source.id))
         finally:
