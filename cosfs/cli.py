@@ -55,11 +55,11 @@ def _makedirs(path, what, mode=0o777):
 def cmd_mount(args):
     cfg = _load_config(args.config, args.mountpoint)
     return _mount(cfg, args.config, foreground=args.foreground, log_file=args.log_file,
-                  verbose=args.verbose)
+                  verbose=args.verbose, break_lease=args.break_lease)
 
 
 def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_options=(),
-           fsname="cosfs", quiet=False, prog="cosfs"):
+           fsname="cosfs", quiet=False, prog="cosfs", break_lease=False):
     """Mount ``cfg``: in the foreground (blocks until unmounted), or as a daemon.
 
     A daemon's parent returns once the mount is ready (0) or the daemon failed
@@ -77,7 +77,7 @@ def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_opt
         log_file = os.path.join(cfg.store, "cosfs.log")
     if foreground:
         setup_logging(log_file, cfg.log_level, verbose)
-        run_mount(cfg, kernel_options=kernel_options, fsname=fsname,
+        run_mount(cfg, kernel_options=kernel_options, fsname=fsname, break_lease=break_lease,
                   ready=lambda: sd_notify("READY=1\nSTATUS=mounted %s at %s"
                                           % (cfg.store, cfg.mountpoint)))
         return 0
@@ -126,7 +126,8 @@ def _mount(cfg, config_name, *, foreground, log_file=None, verbose=0, kernel_opt
 
     status = 0
     try:
-        run_mount(cfg, ready=ready, kernel_options=kernel_options, fsname=fsname)
+        run_mount(cfg, ready=ready, kernel_options=kernel_options, fsname=fsname,
+                  break_lease=break_lease)
     except CosfsError as exc:
         log.error("mount failed: %s", exc)
         try:
@@ -146,7 +147,7 @@ def cmd_serve(args):
     from .mount import run_serve, setup_logging
     from .service import sd_notify
     setup_logging(args.log_file or cfg.log_file, cfg.log_level, args.verbose)
-    run_serve(cfg, ready=lambda: sd_notify("READY=1\nSTATUS=serving the API of %s on %s"
+    run_serve(cfg, break_lease=args.break_lease, ready=lambda: sd_notify("READY=1\nSTATUS=serving the API of %s on %s"
                                            % (cfg.store, cfg.api.listen)))
     return 0
 
@@ -274,7 +275,33 @@ def _offline(args, purpose):
                          "bucket directory")
     from .mount import open_store
     cfg = _load_config(args.config)
-    return open_store(cfg, create=False, purpose=purpose)
+    return open_store(cfg, create=False, purpose=purpose,
+                      break_lease=getattr(args, "break_lease", False))
+
+
+def cmd_restore(args):
+    """Rebuild an unmounted store's catalog from its newest (or a named) snapshot."""
+    from .mount import list_catalog_snapshots, restore_catalog, setup_logging
+    setup_logging(None, "warning", 0)
+    cfg = _load_config(args.config)
+    if args.list:
+        from .snapshots import taken_at
+        found = list_catalog_snapshots(cfg)
+        for name, size, target in found:
+            when = taken_at(name)
+            print("%s  %s  %10d  %s" % (name, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                            time.localtime(when)) if when else "?",
+                                        size, target.root))
+        if not found:
+            print("no catalog snapshots")
+        return 0
+    name, aside = restore_catalog(cfg, name=args.snapshot, force=args.force)
+    print("restored the catalog of %s from snapshot %s" % (cfg.store, name))
+    if aside:
+        print("the previous catalog is kept as %s" % aside)
+    print("next: cosfs fsck --config %s (removes blobs written after the snapshot); mount "
+          "with --break-lease if the lost machine's lease is still in the store" % args.config)
+    return 0
 
 
 def cmd_fsck(args):
@@ -943,6 +970,8 @@ def parser():
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     m.add_argument("--log-file", help="log here (default: stderr with -f, else <store>/cosfs.log)")
     m.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv)")
+    m.add_argument("--break-lease", action="store_true",
+                   help="take over an S3 store whose lease another machine left stale")
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("umount", help="unmount after every pending write is committed")
@@ -954,6 +983,8 @@ def parser():
     f.add_argument("--config", required=True)
     f.add_argument("--dry-run", action="store_true", help="report only")
     f.add_argument("--verify", action="store_true", help="also authenticate every chunk")
+    f.add_argument("--break-lease", action="store_true",
+                   help="take over an S3 store whose lease another machine left stale")
     f.set_defaults(func=cmd_fsck)
 
     k = sub.add_parser("keys", help="master keys of an unmounted store")
@@ -976,7 +1007,18 @@ def parser():
     sv.add_argument("config")
     sv.add_argument("--log-file", help="log here (default: log_file of the config, else stderr)")
     sv.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv)")
+    sv.add_argument("--break-lease", action="store_true",
+                    help="take over an S3 store whose lease another machine left stale")
     sv.set_defaults(func=cmd_serve)
+
+    rs = sub.add_parser("restore", help="rebuild the catalog of a store from a snapshot in "
+                                        "its S3 stores (after losing the machine)")
+    rs.add_argument("--config", required=True)
+    rs.add_argument("--snapshot", help="the snapshot to restore (default: the newest)")
+    rs.add_argument("--list", action="store_true", help="list the snapshots and stop")
+    rs.add_argument("--force", action="store_true",
+                    help="replace a catalog that is already there (kept aside)")
+    rs.set_defaults(func=cmd_restore)
 
     b = sub.add_parser("bucket-encryption", help="PUT/GET/DELETE a bucket's default encryption")
     b.add_argument("--method", required=True, choices=["put", "get", "delete"])

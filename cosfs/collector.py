@@ -5,7 +5,10 @@ Two rules meet here:
     away: the blobs are synced before the catalog is (:meth:`Collector.sync_catalog`);
   - a released blob is deleted only after the commit that released it is
     durable: otherwise a power loss could bring the catalog back at the old
-    version, pointing at a deleted blob (:meth:`Collector.collect_garbage`).
+    version, pointing at a deleted blob (:meth:`Collector.collect_garbage`);
+    on an S3 store, only once a catalog snapshot in the store no longer
+    references it (:mod:`cosfs.snapshots`), for the same reason after the loss
+    of the machine.
 
 The collector runs in the background (``run``): at most one pass per
 ``GC_MIN_INTERVAL``, plus a WAL checkpoint every ~10 s or when the WAL grows
@@ -46,6 +49,9 @@ class Collector:
         self.limiter = limiter
         self.in_use = in_use
         self.commits = 0
+        #: the catalog snapshotter (cosfs.snapshots) when some region is on an S3 store:
+        #: set by the composition root; the blobs it has not yet seen released stay
+        self.snapshots = None
         self.wakeup = trio.Event()
         self._last_checkpoint = time.monotonic()
 
@@ -107,7 +113,8 @@ class Collector:
         deletes what it saw before.
         """
         while True:
-            rows = [(b, r) for b, r in self.catalog.garbage(BATCH) if not self.in_use(b)]
+            rows = [(b, r) for b, r in self.catalog.garbage(BATCH)
+                    if not self.in_use(b) and self._may_delete(b, r)]
             if not rows:
                 return
             await self.sync_catalog()
@@ -123,6 +130,14 @@ class Collector:
             self.catalog.forget_garbage(done)
             if len(rows) < BATCH:
                 return
+
+    def _may_delete(self, blob, region):
+        """A blob of an S3 store goes only once the newest catalog snapshot no longer
+        references it (a restore of that snapshot must find every blob it names)."""
+        store = self.stores.get(region)
+        if store is None or not hasattr(store, "upload_meta"):
+            return True
+        return self.snapshots is not None and self.snapshots.may_delete(blob)
 
     async def checkpoint(self, truncate=False):
         """Sync blobs, then let SQLite checkpoint its WAL (which syncs the catalog).

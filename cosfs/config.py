@@ -49,7 +49,7 @@ TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
     "allow_other", "writeback_cache", "fsync_on_close", "api", "origin", "inventory",
-    "stores", "console",
+    "stores", "console", "snapshots",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
 BUCKET_KEYS = ("name", "region", "encryption")
@@ -181,6 +181,19 @@ class InventorySettings:
 
 
 @dataclass(frozen=True)
+class SnapshotSettings:
+    """The ``snapshots:`` section (docs/config.md, "Catalog snapshots"): how often the
+    catalog is copied into the S3 stores. ``interval`` seconds between snapshots of a
+    changed catalog (0: only at fsync and unmount); ``on_fsync``: fsync, fsyncdir and
+    syncfs return only once a snapshot holds what they made durable; ``keep``: the
+    snapshots kept per store (1 to 100)."""
+
+    interval: float = 30.0
+    on_fsync: bool = True
+    keep: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     """A validated mount configuration; all paths are absolute."""
 
@@ -204,6 +217,7 @@ class Config:
     origin: OriginSettings = OriginSettings()
     inventory: InventorySettings = InventorySettings()
     console: ConsoleConfig = ConsoleConfig()
+    snapshots: SnapshotSettings = SnapshotSettings()
     #: region -> S3StoreSettings for regions whose chunks live on an S3 service
     #: (every other region keeps a local folder); a tuple of pairs, sorted
     stores: "tuple[tuple[str, S3StoreSettings], ...]" = ()
@@ -608,6 +622,7 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
     origin = _origin(ctx, data)
     inventory = _inventory(ctx, data)
     stores = _stores(ctx, data, base_dir, store, regions)
+    snapshots = _snapshots(ctx, data)
 
     return Config(
         path=path,
@@ -631,6 +646,7 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         inventory=inventory,
         console=console,
         stores=stores,
+        snapshots=snapshots,
     )
 
 
@@ -741,6 +757,31 @@ def _inventory(ctx, data):
         ctx.fail(("inventory", "rows_per_file"), f"expected a whole number from 1 to 1000000, "
                                                  f"found {_describe(rows)}")
     return InventorySettings(rows_per_file=rows)
+
+
+def _snapshots(ctx, data):
+    """The ``snapshots:`` section (catalog snapshots into the S3 stores)."""
+    value = data.get("snapshots")
+    if value is None:
+        return SnapshotSettings()
+    if not isinstance(value, dict):
+        ctx.fail(("snapshots",), f"expected a mapping of snapshot settings, "
+                                 f"found {_describe(value)}")
+    _check_keys(ctx, value, ("interval", "on_fsync", "keep"), ("snapshots",))
+    d = SnapshotSettings()
+    interval = value.get("interval", d.interval)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or \
+            not 0 <= interval <= 86400:
+        ctx.fail(("snapshots", "interval"), f"expected seconds from 0 (only at fsync and "
+                                            f"unmount) to 86400, found {_describe(interval)}")
+    keep = value.get("keep", d.keep)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 100:
+        ctx.fail(("snapshots", "keep"), f"expected a whole number from 1 to 100, "
+                                        f"found {_describe(keep)}")
+    on_fsync = value.get("on_fsync", d.on_fsync)
+    if not isinstance(on_fsync, bool):
+        ctx.fail(("snapshots", "on_fsync"), f"expected true or false, found {_describe(on_fsync)}")
+    return SnapshotSettings(interval=float(interval), on_fsync=on_fsync, keep=keep)
 
 
 def _origin(ctx, data):

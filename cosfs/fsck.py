@@ -16,7 +16,7 @@ optional ``progress(what, total)`` factory (e.g. :class:`cosfs.progress.Progress
 import logging
 from dataclasses import dataclass, field
 
-from . import cipher
+from . import cipher, snapshots
 from .errors import CosfsError
 from .objects import ObjectStore
 from .progress import quiet
@@ -107,6 +107,11 @@ def run(store, *, repair=True, verify=False, progress=None):
             # before their blobs go: open_store made every blob durable if the store
             # was left unclean, so the catalog may be synced now
             cat.sync()
+            targets = snapshots.targets_of(store.stores)
+            if targets:
+                # a restore of the newest snapshot must find every blob it names: take
+                # one that no longer does before the released blobs go
+                snapshots.take(cat.path, store.keys, targets, store.config.snapshots.keep)
         for blob, region in garbage:
             s = stores.get(region)
             if s is not None:

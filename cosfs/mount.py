@@ -36,12 +36,13 @@ from dataclasses import dataclass
 
 import trio
 
-from . import __version__, durable
+from . import __version__, durable, lease, snapshots
 from .catalog import ROOT_INODE, Catalog
 from .errors import AccessDenied, CosfsError, IntegrityError, InvalidArgument, KeyStoreError
 from .keys import KeyStore, parse_version
 from .service import (LOG_FORMAT, JournalFormatter, LastError, ReopeningFileHandler, iso_time,
                       log_destination, reopen_log_files, sd_notify, stderr_is_journal)
+from .snapshots import Snapshotter, targets_of
 from .store import LocalStore
 from .xattrs import STATUS_XATTR
 
@@ -69,9 +70,18 @@ class Store:
     #: the previous user of the store did not close it (a crash or a kill): blobs it
     #: wrote may still sit unsynced in the page cache, referenced by its commits
     unclean: bool = False
+    #: this machine's lease holder id in the S3 stores (None: no S3 store)
+    lease_holder: "str | None" = None
+
+    @property
+    def s3_targets(self):
+        """The distinct S3 stores (catalog snapshots and the lease go to each)."""
+        return targets_of(self.stores)
 
     def close(self):
         try:
+            if self.lease_holder is not None:
+                lease.release(self.s3_targets, self.lease_holder)
             for region_store in self.stores.values():
                 region_store.close()
             self.catalog.close()
@@ -105,11 +115,13 @@ def region_dir(config, region):
     return os.path.join(config.store, "blobs", region)
 
 
-def open_store(config, *, create, purpose="opened"):
+def open_store(config, *, create, purpose="opened", break_lease=False):
     """Open (or with ``create`` make) the store that ``config`` describes.
 
-    Raises CosfsError (store busy, no catalog) or KeyStoreError (missing,
-    too open, corrupt, or not the key store this catalog was written with).
+    With S3 regions, takes the store's lease (:mod:`cosfs.lease`; ``break_lease``
+    takes over a stale one of another machine). Raises CosfsError (store busy,
+    no catalog, lease held) or KeyStoreError (missing, too open, corrupt, or not
+    the key store this catalog was written with).
     """
     store_dir = os.fspath(config.store)
     if create:
@@ -123,6 +135,7 @@ def open_store(config, *, create, purpose="opened"):
     elif not os.path.isdir(store_dir):
         raise CosfsError("no store at %s" % store_dir, errno=errno.ENOENT, code="NoSuchStore")
     lock_fd, unclean = _lock(store_dir, purpose)
+    holder = None
     try:
         catalog_path = os.path.join(store_dir, CATALOG_NAME)
         new_catalog = not os.path.exists(catalog_path)
@@ -140,6 +153,10 @@ def open_store(config, *, create, purpose="opened"):
             if create or s3 is not None or os.path.isdir(s.root):
                 s.create()
             stores[region] = s
+        targets = targets_of(stores)
+        if targets:
+            holder = lease.holder_of(store_dir)
+            lease.acquire(targets, holder, break_stale=break_lease)
         if unclean:
             # before the catalog is opened: opening may upgrade its format, which syncs it
             started, count = time.monotonic(), _sync_blobs(stores)
@@ -154,8 +171,10 @@ def open_store(config, *, create, purpose="opened"):
             catalog.sync()
             log.info("the store was not closed cleanly: made %d blob(s) and the catalog durable "
                      "in %.1f s", count, time.monotonic() - started)
-        return Store(config, catalog, stores, keys, lock_fd, unclean)
+        return Store(config, catalog, stores, keys, lock_fd, unclean, holder)
     except BaseException:
+        if holder is not None:
+            lease.release(targets_of(stores), holder)
         os.close(lock_fd)
         raise
 
@@ -170,6 +189,84 @@ def _sync_blobs(stores):
     Returns how many blobs were synced.
     """
     return sum(s.sync_everything() for s in stores.values())
+
+
+def snapshot_targets(config):
+    """The S3 stores of ``config`` (each distinct one once), opened without touching the
+    network: where catalog snapshots are kept."""
+    from .s3store import S3Store
+    stores = {region: S3Store(config.store_of(region), os.fspath(config.store))
+              for region in config.regions if config.store_of(region) is not None}
+    return targets_of(stores)
+
+
+def list_catalog_snapshots(config):
+    """[(name, size, target)] of the snapshots in ``config``'s S3 stores, oldest first."""
+    targets = snapshot_targets(config)
+    if not targets:
+        raise CosfsError("no region of this config keeps its chunks on an S3 store: there are "
+                         "no catalog snapshots", errno=errno.ENOENT, code="NoSnapshots")
+    return snapshots.list_snapshots(targets)
+
+
+def restore_catalog(config, *, name=None, force=False):
+    """Rebuild the store's catalog from a snapshot in its S3 stores (``cosfs restore``).
+
+    ``name`` picks a snapshot (default: the newest). A catalog already there is
+    refused, or with ``force`` renamed aside to ``catalog.db.before-restore-<time>``
+    (with its WAL). The snapshot is authenticated with the key store of ``config``
+    (KeyStoreError if its master key is missing) and checked as a database before
+    it takes the catalog's name. Returns (snapshot name, aside path or None).
+    The blobs of local regions are not in any snapshot: on a new machine the
+    objects of those regions read as damaged (``cosfs fsck`` lists them).
+    """
+    found = list_catalog_snapshots(config)
+    if not found:
+        raise CosfsError("no catalog snapshot in %s" % ", ".join(
+            t.root for t in snapshot_targets(config)), errno=errno.ENOENT, code="NoSnapshots")
+    if name is None:
+        name, _, target = found[-1]
+    else:
+        match = [t for n, _, t in found if n == name]
+        if not match:
+            raise CosfsError("no catalog snapshot named %s (cosfs restore --list shows them)"
+                             % name, errno=errno.ENOENT, code="NoSnapshots")
+        target = match[0]
+    keys = KeyStore.open(config.keys, create=False, allow_gaps=True)
+    store_dir = os.fspath(config.store)
+    durable.makedirs(store_dir, 0o700)
+    durable.makedirs(os.path.join(store_dir, "blobs"), 0o700)
+    lock_fd, unclean = _lock(store_dir, "being restored")
+    try:
+        catalog_path = os.path.join(store_dir, CATALOG_NAME)
+        present = [ext for ext in ("", "-wal", "-shm") if os.path.lexists(catalog_path + ext)]
+        aside = None
+        if present and not force:
+            raise CosfsError("store %s already has a catalog; restore replaces it only with "
+                             "--force (it is kept as catalog.db.before-restore-<time>)"
+                             % store_dir, errno=errno.EEXIST, code="CatalogExists")
+        temp = catalog_path + ".restore"
+        snapshots.fetch(keys, name, target, temp)
+        if present:
+            aside = catalog_path + ".before-restore-" + time.strftime("%Y%m%dT%H%M%S")
+            for ext in present:
+                os.rename(catalog_path + ext, aside + ext)
+        os.rename(temp, catalog_path)
+        durable.fsync_dir(store_dir)
+        log.warning("restored the catalog of %s from snapshot %s in %s", store_dir, name,
+                    target.root)
+        return name, aside
+    finally:
+        for leftover in (os.path.join(store_dir, CATALOG_NAME + ".restore"),):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        # the restored catalog is complete; a store left unclean before stays so (its
+        # local blobs and read cache are checked at the next open)
+        if not unclean:
+            os.ftruncate(lock_fd, 0)
+        os.close(lock_fd)
 
 
 def _file_size(path):
@@ -317,7 +414,20 @@ def build(store):
                           write_buffer=cfg.write_buffer)
     fs = FileSystem(store.catalog, objects, appid=cfg.appid, region=cfg.region,
                     regions=cfg.regions, fsync_on_close=cfg.fsync_on_close)
+    targets = store.s3_targets
+    if targets:
+        snap = cfg.snapshots
+        objects.collector.snapshots = Snapshotter(
+            store.catalog, store.keys, targets, objects.limiter, interval=snap.interval,
+            on_fsync=snap.on_fsync, keep=snap.keep)
     return objects, fs
+
+
+def build_lease_keeper(store, objects):
+    """The service that renews the store's lease in its S3 stores (None without any)."""
+    if store.lease_holder is None:
+        return None
+    return lease.LeaseKeeper(store.s3_targets, store.lease_holder, objects.limiter)
 
 
 def ensure_buckets(fs, config):
@@ -430,6 +540,8 @@ class DaemonStatus:
             "buckets_total": len(rows),
             "replication": (self.fs.replication.status()
                             if getattr(self.fs, "replication", None) else None),
+            "catalog_snapshots": (objects.collector.snapshots.status()
+                                  if objects.collector.snapshots is not None else None),
             "open_files": len(self.fs.handles),
             "dirty_bytes": buffered + sealed,
             "uncommitted": {"objects": changed, "buffered_bytes": buffered,
@@ -748,7 +860,7 @@ def _unwrap_group(exc):
     return None
 
 
-def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
+def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_lease=False):
     """Mount ``config`` and serve until unmounted or signalled. Blocks.
 
     ``ready`` is called once the mount is live, and the API listens when it is
@@ -768,7 +880,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
     # 5 ms for a worker to yield: one FUSE request per switch interval (measured:
     # ~100 MB/s sequential writes). A short interval keeps request latency low.
     sys.setswitchinterval(0.0002)
-    store = open_store(config, create=True, purpose="mounted at %s" % mountpoint)
+    store = open_store(config, create=True, purpose="mounted at %s" % mountpoint,
+                       break_lease=break_lease)
     try:
         objects, fs = build(store)
         ensure_buckets(fs, config)
@@ -781,6 +894,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         inventory = build_inventory(store, objects, fs, notifier,
                                     rows_per_file=config.inventory.rows_per_file)
         replication = build_replication(store, objects, fs, notifier)
+        services = [s for s in (inventory, replication, build_lease_keeper(store, objects))
+                    if s is not None]
         control = (build_control_app(config, store, objects, fs, notifier), config)
         console = ((build_console(config, store, objects, fs, notifier), config.console)
                    if config.console.enabled else None)
@@ -805,7 +920,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs"):
         try:
             try:
                 trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
-                         [inventory, replication], control, console)
+                         services, control, console)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -904,12 +1019,13 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         nursery.cancel_scope.cancel()
 
 
-def run_serve(config, *, ready=None):
+def run_serve(config, *, ready=None, break_lease=False):
     """Serve the XML API of ``config``'s store without mounting it. Blocks until
     SIGINT/SIGTERM, then finishes the requests in progress and commits everything.
     Raises CosfsError for any setup problem (nothing served)."""
     sys.setswitchinterval(0.0002)
-    store = open_store(config, create=True, purpose="served by the API (pid %d)" % os.getpid())
+    store = open_store(config, create=True, purpose="served by the API (pid %d)" % os.getpid(),
+                       break_lease=break_lease)
     try:
         objects, fs = build(store)
         ensure_buckets(fs, config)
@@ -925,7 +1041,9 @@ def run_serve(config, *, ready=None):
         try:
             console = ((build_console(config, store, objects, fs), config.console)
                        if config.console.enabled else None)
-            trio.run(_serve_api, objects, app, config.api, ready, [inventory, replication],
+            services = [s for s in (inventory, replication, build_lease_keeper(store, objects))
+                        if s is not None]
+            trio.run(_serve_api, objects, app, config.api, ready, services,
                      (build_control_app(config, store, objects, fs), config), console)
         except BaseExceptionGroup as exc:
             inner = _unwrap_group(exc)

@@ -153,6 +153,8 @@ class ObjectStore:
         """Start background work (garbage collection) in ``nursery``."""
         self._nursery = nursery
         nursery.start_soon(self.collector.run)
+        if self.collector.snapshots is not None:
+            nursery.start_soon(self.collector.snapshots.run)
 
     # -- states ----------------------------------------------------------
     def region_of(self, inode):
@@ -631,6 +633,9 @@ class ObjectStore:
                 await self.collector.sync_stores_settled(st)
             self._record(st, crypt, durable)
         self.collector.poke()
+        snaps = self.collector.snapshots
+        if durable and snaps is not None and snaps.on_fsync:
+            await snaps.covering()  # the loss of the machine too (cosfs.snapshots)
 
     async def _flush_all(self, st):
         while st.dirty or st.flushing:
@@ -754,15 +759,29 @@ class ObjectStore:
         """Commit every object with changes (unmount, SIGTERM, syncfs)."""
         for ino in list(self.states):
             try:
-                await self.commit(ino, durable=durable)
+                # made durable together below: one catalog sync (and snapshot) for all
+                await self.commit(ino)
             except CosfsError as exc:
                 log.error("could not commit inode %d: %s", ino, exc)
         if durable:
-            await self.sync_catalog()
+            await self.collector.sync_catalog()
+            snaps = self.collector.snapshots
+            if snaps is not None:
+                try:
+                    await snaps.covering()
+                except CosfsError as exc:
+                    log.error("could not store a catalog snapshot: %s", exc)
 
-    async def sync_catalog(self):
-        """Everything committed so far survives a machine crash after this returns."""
+    async def sync_catalog(self, snapshot=None):
+        """Everything committed so far survives a machine crash after this returns.
+
+        With regions on S3 stores, also the loss of the machine: a catalog snapshot
+        taken after this call is in the stores when it returns, if ``snapshot`` is
+        true or (None) the config asks for a snapshot at every fsync."""
         await self.collector.sync_catalog()
+        snaps = self.collector.snapshots
+        if snaps is not None and (snaps.on_fsync if snapshot is None else snapshot):
+            await snaps.covering()
 
     async def collect_garbage(self):
         """Delete released blobs now (see :class:`cosfs.collector.Collector`)."""

@@ -73,6 +73,11 @@ _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestT
                     "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
                     "OperationAborted", "503", "500", "502", "504"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+#: the folder (below the prefix) of the store's own objects: never a blob name
+META_DIR = ".cosfs/"
+#: store objects above this size are uploaded in parts of this size
+META_PART = 16 * 1024 * 1024
+_ABSENT = object()
 
 
 class S3Credentials:
@@ -301,7 +306,7 @@ class S3Store:
         self.prefix = settings.prefix
         self.root = "%s/%s/%s" % (settings.endpoint.rstrip("/"), settings.bucket, settings.prefix)
         self._room = LocalStore(local_root)
-        for noisy in ("botocore", "boto3", "urllib3"):
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
             # their DEBUG output (tracebacks of every retried request) would drown ours
             if logging.getLogger(noisy).level == logging.NOTSET:
                 logging.getLogger(noisy).setLevel(logging.INFO)
@@ -538,6 +543,93 @@ class S3Store:
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
+
+    # -- the store's own objects beside the blobs (catalog snapshots, the lease) ----
+    def _meta_key(self, name):
+        return self.prefix + META_DIR + name
+
+    def put_meta(self, name, data):
+        """Store a small object ``<prefix>.cosfs/<name>`` (replacing it). StoreError."""
+        body = bytes(data)
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        self._call("put", name, self._client.put_object, Key=self._meta_key(name), Body=body,
+                   ContentMD5=md5, ContentType="application/octet-stream")
+
+    def get_meta(self, name):
+        """The bytes of ``<prefix>.cosfs/<name>``, or None when there is no such object."""
+        def get(**kw):
+            return self._client.get_object(**kw)["Body"].read()
+        found = self._call("get", name, get, absent=_ABSENT, Key=self._meta_key(name))
+        return None if found is _ABSENT else found
+
+    def upload_meta(self, name, path):
+        """Upload the file ``path`` as ``<prefix>.cosfs/<name>``; returns once the service
+        stored all of it. Files above ``META_PART`` bytes go as a multipart upload, one part
+        in memory at a time (each part retried on its own). StoreError."""
+        key = self._meta_key(name)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            if size <= META_PART:
+                self.put_meta(name, f.read())
+                return
+            upload = self._call("upload", name, self._client.create_multipart_upload,
+                                Key=key)["UploadId"]
+            try:
+                parts = []
+                number = 1
+                while True:
+                    body = f.read(META_PART)
+                    if not body:
+                        break
+                    md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+                    etag = self._call("upload", name, self._client.upload_part, Key=key,
+                                      UploadId=upload, PartNumber=number, Body=body,
+                                      ContentMD5=md5)["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+                    number += 1
+                self._call("upload", name, self._client.complete_multipart_upload, Key=key,
+                           UploadId=upload, MultipartUpload={"Parts": parts})
+            except BaseException:
+                try:
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                        UploadId=upload)
+                except Exception as exc:  # the service drops abandoned uploads itself
+                    log.info("could not abort the upload of %s: %s", name, _describe(exc))
+                raise
+
+    def download_meta(self, name, path):
+        """Download ``<prefix>.cosfs/<name>`` into the file ``path`` (streamed: memory stays
+        flat). StoreError (EIO when it is missing)."""
+        def download(**kw):
+            body = self._client.get_object(**kw)["Body"]
+            with open(path, "wb") as f:
+                while True:
+                    block = body.read(1 << 20)
+                    if not block:
+                        return
+                    f.write(block)
+        self._call("get", name, download, Key=self._meta_key(name))
+
+    def list_meta(self, sub_prefix=""):
+        """[(name, size, last modified datetime)] of ``<prefix>.cosfs/<sub_prefix>*``,
+        in key order."""
+        out = []
+        token = None
+        start = len(self.prefix + META_DIR)
+        while True:
+            kw = {"Prefix": self._meta_key(sub_prefix)}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self._call("list", kw["Prefix"], self._client.list_objects_v2, **kw)
+            for obj in page.get("Contents", ()):
+                out.append((obj["Key"][start:], obj["Size"], obj.get("LastModified")))
+            if not page.get("IsTruncated"):
+                return out
+            token = page.get("NextContinuationToken")
+
+    def delete_meta(self, name):
+        """Remove ``<prefix>.cosfs/<name>``; a missing object is not an error."""
+        self._call("delete", name, self._client.delete_object, Key=self._meta_key(name))
 
     def sync_all(self):
         """Nothing to do: every ``put`` returned only once the service stored the blob."""

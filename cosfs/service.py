@@ -357,6 +357,12 @@ def format_status(st) -> str:
         lines.append(("replication", "%d queued, %d replicated, %d failed since start%s" % (
             repl.get("queued", 0), repl.get("replicated", 0), repl.get("failed", 0),
             "; last failure: %s" % repl["last_error"] if repl.get("last_error") else "")))
+    snap = st.get("catalog_snapshots")
+    if snap:
+        lines.append(("catalog snapshot", "%s%s" % (
+            "%s, %s ago" % (snap["last"], human_duration(snap.get("age_seconds") or 0))
+            if snap.get("last") else "none yet",
+            "; %d failed since start" % snap["failures"] if snap.get("failures") else "")))
     last = errors.get("last")
     if last:
         lines.append(("last error", "%s: %s (%d error(s) since start)" % (

@@ -34,6 +34,8 @@ LAYERS = [
     ["store"],
     ["s3store"],
     ["catalog"],
+    # what lets an S3 store outlive its machine: sealed catalog snapshots, the lease
+    ["snapshots", "lease"],
     # which version a change of a key makes, what replicates (bookkeeping in the catalog)
     ["versions"],
     # The data path's parts: blob I/O helpers, then the read path and the collector.
