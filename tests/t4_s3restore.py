@@ -227,3 +227,30 @@ def test_a_closed_file_reaches_the_next_interval_snapshot(seaweedfs, tmp_path):
         assert get(os.path.join(second.enc, "closed")) == b"c" * 5000
     finally:
         second.stop()
+
+
+def test_a_tampered_snapshot_is_refused_and_nothing_replaced(first, seaweedfs, tmp_path):
+    first.start()
+    put(os.path.join(first.enc, "a"), b"a" * 3000)
+    first.stop()
+    bucket = bucket_of(first.config)
+    newest = snapshot_keys(seaweedfs, bucket)[-1]
+    client = seaweedfs.client()
+    body = bytearray(client.get_object(Bucket=bucket, Key=newest)["Body"].read())
+    body[-20] ^= 0x40
+    client.put_object(Bucket=bucket, Key=newest, Body=bytes(body))
+    catalog = os.path.join(first.store, "catalog.db")
+    before = get(catalog)
+    res = first.cli("restore", "--config", first.config, "--force", check=False)
+    assert res.returncode != 0
+    line = res.stderr.strip()
+    assert "\n" not in line and "failed authentication" in line, line
+    assert get(catalog) == before and not [n for n in os.listdir(first.store)
+                                           if "restore" in n]
+    # an older snapshot, named, is still there to restore
+    older = newest.rsplit("/", 1)[1]
+    names = [k.rsplit("/", 1)[1] for k in snapshot_keys(seaweedfs, bucket)]
+    assert older in names and len(names) >= 2
+    out = first.cli("restore", "--config", first.config, "--force", "--snapshot",
+                    names[-2]).stdout
+    assert names[-2] in out
