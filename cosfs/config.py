@@ -658,7 +658,9 @@ class S3StoreSettings:
     ``credentials`` a 0600 file (checked when the store is opened);
     ``signing_region`` the region name for SigV4 (None: ``us-east-1``);
     times in seconds; ``cache`` the read cache folder, ``cache_size`` its limit
-    in bytes (0: no cache); ``max_connections`` the connection pool's size.
+    in bytes (0: no cache); ``max_connections`` the connection pool's size;
+    ``write_back`` stages blobs in ``staging`` (at most ``staging_size`` bytes) and
+    uploads them with ``upload_threads`` threads.
     """
 
     endpoint: str
@@ -673,11 +675,15 @@ class S3StoreSettings:
     retry_time: float = 60.0
     cache_size: int = 1 * GiB
     max_connections: int = 16
+    write_back: bool = False
+    staging: "Path | None" = None
+    staging_size: int = 1 * GiB
+    upload_threads: int = 4
 
 
 S3_KEYS = ("type", "endpoint", "bucket", "prefix", "credentials", "signing_region", "verify_tls",
            "connect_timeout", "read_timeout", "retry_time", "cache", "cache_size",
-           "max_connections")
+           "max_connections", "write_back", "staging", "staging_size", "upload_threads")
 _S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
@@ -731,6 +737,19 @@ def _stores(ctx, data, base_dir, store, regions):
         verify = item.get("verify_tls", True)
         if not isinstance(verify, bool):
             ctx.fail(path + ("verify_tls",), f"expected true or false, found {_describe(verify)}")
+        write_back = item.get("write_back", False)
+        if not isinstance(write_back, bool):
+            ctx.fail(path + ("write_back",), f"expected true or false, "
+                                             f"found {_describe(write_back)}")
+        staging = _path(ctx, item, path + ("staging",), base_dir) or store / "staging" / region
+        for other, what in ((store / "blobs", "the store's blobs"), (cache, "the read cache")):
+            if _nested(staging, other) or _nested(other, staging):
+                ctx.fail(path + ("staging",), f"expected a folder apart from {what} ({other}), "
+                                              f"found {staging}")
+        threads = item.get("upload_threads", S3StoreSettings.upload_threads)
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+            ctx.fail(path + ("upload_threads",), f"expected a whole number from 1 to 64, "
+                                                 f"found {_describe(threads)}")
         d = S3StoreSettings
         out.append((region, S3StoreSettings(
             endpoint=endpoint.rstrip("/"), bucket=bucket, prefix=prefix,
@@ -739,7 +758,9 @@ def _stores(ctx, data, base_dir, store, regions):
             read_timeout=_seconds(ctx, item, path + ("read_timeout",), d.read_timeout),
             retry_time=_seconds(ctx, item, path + ("retry_time",), d.retry_time),
             cache=cache, cache_size=_size(ctx, item, path + ("cache_size",), d.cache_size),
-            max_connections=connections)))
+            max_connections=connections, write_back=write_back, staging=staging,
+            staging_size=_size(ctx, item, path + ("staging_size",), d.staging_size),
+            upload_threads=threads)))
     return tuple(sorted(out))
 
 

@@ -634,8 +634,8 @@ class ObjectStore:
             self._record(st, crypt, durable)
         self.collector.poke()
         snaps = self.collector.snapshots
-        if durable and snaps is not None and snaps.on_fsync:
-            await snaps.covering()  # the loss of the machine too (cosfs.snapshots)
+        if durable and snaps is not None:
+            await snaps.after_fsync()  # the loss of the machine too (cosfs.snapshots)
 
     async def _flush_all(self, st):
         while st.dirty or st.flushing:
@@ -772,16 +772,15 @@ class ObjectStore:
                 except CosfsError as exc:
                     log.error("could not store a catalog snapshot: %s", exc)
 
-    async def sync_catalog(self, snapshot=None):
+    async def sync_catalog(self):
         """Everything committed so far survives a machine crash after this returns.
 
-        With regions on S3 stores, also the loss of the machine: a catalog snapshot
-        taken after this call is in the stores when it returns, if ``snapshot`` is
-        true or (None) the config asks for a snapshot at every fsync."""
+        With regions on S3 stores, also the loss of the machine (when the config asks
+        for a snapshot at every fsync): see :meth:`cosfs.snapshots.Snapshotter.after_fsync`."""
         await self.collector.sync_catalog()
         snaps = self.collector.snapshots
-        if snaps is not None and (snaps.on_fsync if snapshot is None else snapshot):
-            await snaps.covering()
+        if snaps is not None:
+            await snaps.after_fsync()
 
     async def collect_garbage(self):
         """Delete released blobs now (see :class:`cosfs.collector.Collector`)."""

@@ -9,11 +9,18 @@ encrypted object (chunks are sealed before they reach it).
 
 Contract:
 
-* **Write-through.** ``put`` returns only once the service acknowledged the
-  object (with a Content-MD5 the service checks), so the catalog, which
-  commits after ``put`` returned, never references a blob the service does
-  not hold; ``sync_all`` has nothing left to do. A blob is the object
-  ``<prefix><32 hex digits>`` in the configured bucket.
+* **Write-through** (the default). ``put`` returns only once the service
+  acknowledged the object (with a Content-MD5 the service checks), so the
+  catalog, which commits after ``put`` returned, never references a blob the
+  service does not hold; ``sync_all`` has nothing left to do. A blob is the
+  object ``<prefix><32 hex digits>`` in the configured bucket.
+* **Write-back** (``write_back``). ``put`` stages the blob as a local file of
+  an :class:`UploadQueue` and returns; background threads upload the queue.
+  ``sync_all`` makes the staged files durable locally (the queue survives a
+  crash and is resumed by ``create``), and :meth:`S3Store.wait_uploaded` is
+  what an fsync waits for besides.
+* **Store objects** (``put_meta``... ``<prefix>.cosfs/<name>``): catalog
+  snapshots and the lease, never taken for blobs.
 * **Retries.** Timeouts, dropped or refused connections, HTTP 500/502/503/504
   and the throttling codes (``SlowDown``...) are retried with exponential
   backoff and full jitter for up to ``retry_time`` seconds; then the call
@@ -56,6 +63,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from .durable import fsync_dir as durable_dir_sync
 from .errors import StoreError
 from .store import LocalStore
 
@@ -290,6 +298,285 @@ class BlobCache:
             self._unlink(self._path(blob))
 
 
+class UploadQueue:
+    """Write-back staging: blobs kept as local files until background threads uploaded them.
+
+    The folder is the durable queue: a file ``<32 hex>`` is a blob not yet known to be on
+    the service (``<hex>.part`` is one being written, discarded at the next start). So a
+    kill of the daemon loses nothing that ``stage`` returned, and :meth:`sync` (fdatasync
+    of the staged files, then the folder) makes them survive a power cut; a restart
+    (:meth:`start`) queues every staged file again. A file is deleted only after the
+    service acknowledged its upload. Uploads that fail (after the store's own retries)
+    are retried, with a pause, until they succeed or the blob is deleted; nothing is
+    ever dropped.
+
+    ``upload(blob, data)`` and ``remove(blob)`` talk to the service (they raise
+    StoreError); ``limit`` bounds the staged bytes: :meth:`stage` waits for room up to
+    ``wait`` seconds, then fails with EIO. Thread-safe.
+    """
+
+    def __init__(self, root, limit, upload, remove, *, threads=4, wait=60.0, pause=1.0):
+        self.root = os.fspath(root)
+        self.limit = limit
+        self.used = 0
+        self.failures = 0
+        self.last_error = None
+        self._upload = upload
+        self._remove = remove
+        self._threads_wanted = threads
+        self._wait = wait
+        self._pause = pause
+        self._cond = threading.Condition()
+        self._staged = {}  # blob id -> (seq, size)
+        self._unsynced = set()
+        self._pending = collections.deque()
+        self._uploading = set()
+        self._cancelled = set()  # deleted while its upload ran: delete the uploaded copy
+        self._seq = 0
+        self._done = 0  # uploads finished
+        self._threads = []
+        self._closed = False
+        os.makedirs(os.path.dirname(self.root), mode=0o700, exist_ok=True)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+
+    def _path(self, blob):
+        return os.path.join(self.root, blob.hex())
+
+    # -- the queue ---------------------------------------------------------------
+    def start(self):
+        """Queue what an earlier run left staged (oldest first) and start the uploaders."""
+        found = []
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            if name.endswith(".part"):
+                BlobCache._unlink(path)
+                continue
+            try:
+                blob = bytes.fromhex(name) if len(name) == 32 else None
+                st = os.stat(path)
+            except (ValueError, OSError):
+                continue
+            if blob is not None:
+                found.append((st.st_mtime_ns, blob, st.st_size))
+        with self._cond:
+            for _, blob, size in sorted(found):
+                if blob not in self._staged:
+                    self._seq += 1
+                    self._staged[blob] = (self._seq, size)
+                    self.used += size
+                    self._pending.append(blob)
+            while len(self._threads) < self._threads_wanted:
+                t = threading.Thread(target=self._worker, name="cosfs-upload", daemon=True)
+                t.start()
+                self._threads.append(t)
+            self._cond.notify_all()
+        if found:
+            log.info("S3 upload queue %s: %d blob(s) left staged by an earlier run queued again",
+                     self.root, len(found))
+
+    def close(self, timeout=5.0):
+        """Stop the uploaders (what is still staged stays for the next start)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    def stage(self, blob, data):
+        """Keep ``data`` as blob ``blob`` and queue its upload (see the class doc)."""
+        size = len(data)
+        deadline = time.monotonic() + self._wait
+        with self._cond:
+            while self.used and self.used + size > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreError("S3 upload queue %s is full (%d bytes wait for upload%s)"
+                                     % (self.root, self.used, "; last upload error: %s"
+                                        % self.last_error if self.last_error else ""),
+                                     errno=errno.EIO)
+                self._cond.wait(left)
+        path = self._path(blob)
+        part = path + ".part"
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.rename(part, path)
+        except OSError as exc:
+            BlobCache._unlink(part)
+            raise StoreError("S3 upload queue %s: cannot stage blob %s: %s"
+                             % (self.root, blob.hex(), exc.strerror), errno=exc.errno) from None
+        with self._cond:
+            self._seq += 1
+            self._staged[blob] = (self._seq, size)
+            self._unsynced.add(blob)
+            self.used += size
+            self._pending.append(blob)
+            self._cond.notify_all()
+
+    def __contains__(self, blob):
+        with self._cond:
+            return blob in self._staged
+
+    @property
+    def count(self):
+        with self._cond:
+            return len(self._staged)
+
+    @property
+    def unsynced_count(self):
+        with self._cond:
+            return len(self._unsynced)
+
+    def size(self, blob):
+        with self._cond:
+            entry = self._staged.get(blob)
+        return None if entry is None else entry[1]
+
+    def read(self, blob, offset=0, length=None):
+        """Bytes of a staged blob, or None when it is not (or no longer) staged."""
+        if blob not in self:
+            return None
+        try:
+            fd = os.open(self._path(blob), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # uploaded meanwhile: the service has it
+        try:
+            if length is None:
+                length = os.fstat(fd).st_size - offset
+            return os.pread(fd, max(0, length), offset)
+        finally:
+            os.close(fd)
+
+    def discard(self, blob):
+        """Forget a deleted blob: its file goes; an upload in progress is undone after it.
+        True when the blob was staged (then the service holds no copy to delete now)."""
+        with self._cond:
+            entry = self._staged.pop(blob, None)
+            if entry is None:
+                return False
+            self.used -= entry[1]
+            self._unsynced.discard(blob)
+            if blob in self._uploading:
+                self._cancelled.add(blob)
+            self._cond.notify_all()
+        BlobCache._unlink(self._path(blob))
+        return True
+
+    def sync(self):
+        """Make every staged blob durable on the local disk (fdatasync, then the folder)."""
+        with self._cond:
+            blobs = list(self._unsynced)
+        if not blobs:
+            return
+        for blob in blobs:
+            try:
+                fd = os.open(self._path(blob), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # uploaded (or deleted) meanwhile
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        durable_dir_sync(self.root)
+        with self._cond:
+            self._unsynced.difference_update(blobs)
+
+    def sync_everything(self):
+        """After an unclean stop: every staged file made durable; returns how many."""
+        names = [n for n in os.listdir(self.root) if len(n) == 32]
+        for name in names:
+            try:
+                fd = os.open(os.path.join(self.root, name), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        durable_dir_sync(self.root)
+        return len(names)
+
+    def wait_uploaded(self, timeout=None):
+        """Return once every blob staged before this call is on the service. StoreError
+        (EIO) when that takes longer than ``timeout`` seconds (the service is failing)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            mark = self._seq
+            done = self._done
+            while any(seq <= mark for seq, _ in self._staged.values()):
+                if deadline is not None and self._done != done:
+                    # the queue moves: a long backlog is not a failing service
+                    done, deadline = self._done, time.monotonic() + timeout
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    waiting = sum(1 for seq, _ in self._staged.values() if seq <= mark)
+                    raise StoreError("S3 upload queue %s: %d blob(s) not uploaded within "
+                                     "%.0f s%s" % (self.root, waiting, timeout,
+                                                   "; last upload error: %s" % self.last_error
+                                                   if self.last_error else ""),
+                                     errno=errno.EIO)
+                self._cond.wait(left)
+
+    def _worker(self):
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                blob = self._pending.popleft()
+                if blob not in self._staged:
+                    continue
+                self._uploading.add(blob)
+            try:
+                data = self.read(blob)
+                if data is not None:
+                    self._upload(blob, data)
+            except StoreError as exc:
+                with self._cond:
+                    self._uploading.discard(blob)
+                    self.failures += 1
+                    self.last_error = str(exc)
+                    if blob in self._staged:
+                        self._pending.append(blob)
+                    self._cancelled.discard(blob)
+                time.sleep(self._pause)
+                continue
+            except Exception:
+                log.exception("S3 upload queue %s: upload of %s failed", self.root, blob.hex())
+                with self._cond:
+                    self._uploading.discard(blob)
+                    if blob in self._staged:
+                        self._pending.append(blob)
+                time.sleep(self._pause)
+                continue
+            with self._cond:
+                self._uploading.discard(blob)
+                cancelled = blob in self._cancelled
+                self._cancelled.discard(blob)
+                entry = self._staged.pop(blob, None)
+                if entry is not None:
+                    self.used -= entry[1]
+                    self._unsynced.discard(blob)
+                self.last_error = None
+                self._done += 1
+                self._cond.notify_all()
+            if entry is not None:
+                BlobCache._unlink(self._path(blob))
+            if cancelled:
+                try:
+                    self._remove(blob)
+                except StoreError as exc:
+                    log.warning("S3 upload queue %s: a deleted blob was uploaded and could not "
+                                "be removed (fsck will): %s", self.root, exc)
+
+
 class S3Store:
     """Blobs as objects ``<prefix><hex>`` in one bucket of an S3-compatible service.
 
@@ -327,6 +614,11 @@ class S3Store:
         self.cache = None
         if settings.cache_size > 0:
             self.cache = BlobCache(settings.cache, settings.cache_size, drop=drop_cache)
+        self.staging = None
+        if settings.write_back:
+            self.staging = UploadQueue(settings.staging, settings.staging_size, self._put_remote,
+                                       self._delete_remote, threads=settings.upload_threads,
+                                       wait=settings.retry_time)
 
     # -- the LocalStore properties the composition root and the tests use ----
     @property
@@ -339,7 +631,7 @@ class S3Store:
 
     @property
     def unsynced_count(self):
-        return 0
+        return 0 if self.staging is None else self.staging.unsynced_count
 
     def uncached(self):
         """This store without its read cache (same client): what ``cosfs fsck`` checks is
@@ -400,7 +692,13 @@ class S3Store:
     # -- setup -------------------------------------------------------------------
     def create(self):
         """Check that the bucket is reachable with these credentials (creating it when the
-        service says it does not exist). StoreError with one line naming the endpoint."""
+        service says it does not exist); with write-back, queue what an earlier run left
+        staged and start the uploaders. StoreError with one line naming the endpoint."""
+        self._check_bucket()
+        if self.staging is not None:
+            self.staging.start()
+
+    def _check_bucket(self):
         try:
             if self._call("access check", self.bucket, self._client.head_bucket, absent=False):
                 return
@@ -413,7 +711,10 @@ class S3Store:
         self._call("bucket creation", self.bucket, self._client.create_bucket)
 
     def close(self):
-        """Nothing to release: the connection pool is reused if the store is used again."""
+        """Stop the uploaders of write-back (staged blobs stay queued for the next start);
+        the connection pool is reused if the store is used again."""
+        if self.staging is not None:
+            self.staging.close()
 
     def check_room(self, size, what="packed chunk"):
         """StoreError(ENOSPC) unless ``size`` more bytes fit beside the catalog (LocalStore's rule)."""
@@ -426,7 +727,14 @@ class S3Store:
 
     # -- blob operations (block: run in a worker thread) -----------------------
     def put(self, blob_id, data):
-        """Upload a new blob; returns once the service stored it. Raises StoreError."""
+        """Store a new blob: uploaded before this returns (write-through), or with
+        write-back staged locally and queued for upload. Raises StoreError."""
+        if self.staging is not None:
+            self.staging.stage(blob_id, data)
+            return
+        self._put_remote(blob_id, data)
+
+    def _put_remote(self, blob_id, data):
         body = bytes(data)
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         self._call("put", blob_id, self._client.put_object, Key=self._key(blob_id), Body=body,
@@ -441,7 +749,12 @@ class S3Store:
         return data
 
     def get(self, blob_id):
-        """Whole blob (from the read cache when it is there). StoreError (EIO if missing)."""
+        """Whole blob (staged, or from the read cache when it is there). StoreError (EIO
+        if missing)."""
+        if self.staging is not None:
+            data = self.staging.read(blob_id)
+            if data is not None:
+                return data
         if self.cache is not None:
             data = self.cache.read(blob_id)
             if data is not None:
@@ -456,6 +769,10 @@ class S3Store:
         """
         if length <= 0:
             return b""
+        if self.staging is not None:
+            data = self.staging.read(blob_id, offset, length)
+            if data is not None:
+                return data
         if self.cache is not None:
             data = self.cache.read(blob_id, offset, length)
             if data is not None:
@@ -474,6 +791,10 @@ class S3Store:
 
     def size(self, blob_id):
         """Length of a stored blob; StoreError (EIO) when it is missing."""
+        if self.staging is not None:
+            size = self.staging.size(blob_id)
+            if size is not None:
+                return size
         if self.cache is not None:
             size = self.cache.size(blob_id)
             if size is not None:
@@ -487,6 +808,11 @@ class S3Store:
 
     def delete(self, blob_id):
         """Remove a blob; a missing blob is not an error."""
+        if self.staging is not None and self.staging.discard(blob_id):
+            return
+        self._delete_remote(blob_id)
+
+    def _delete_remote(self, blob_id):
         if self._sizes:
             self._sizes.pop(blob_id, None)
         if self.cache is not None:
@@ -502,6 +828,10 @@ class S3Store:
         """
         blobs = list(blobs)
         done = []
+        if self.staging is not None:
+            staged = {b for b in blobs if self.staging.discard(b)}
+            done = list(staged)
+            blobs = [b for b in blobs if b not in staged]
         for start in range(0, len(blobs), DELETE_BATCH):
             batch = blobs[start:start + DELETE_BATCH]
             if self.cache is not None:
@@ -523,7 +853,21 @@ class S3Store:
         return done
 
     def list(self):
-        """Yield every blob id under the prefix (for fsck)."""
+        """Yield every blob id under the prefix, and every staged one (for fsck)."""
+        seen = set()
+        if self.staging is not None:
+            for name in os.listdir(self.staging.root):
+                if len(name) == 32:
+                    try:
+                        seen.add(bytes.fromhex(name))
+                    except ValueError:
+                        continue
+            yield from seen
+        for blob in self._list_remote():
+            if blob not in seen:
+                yield blob
+
+    def _list_remote(self):
         token = None
         while True:
             kw = {"Prefix": self.prefix}
@@ -632,8 +976,17 @@ class S3Store:
         self._call("delete", name, self._client.delete_object, Key=self._meta_key(name))
 
     def sync_all(self):
-        """Nothing to do: every ``put`` returned only once the service stored the blob."""
+        """Write-through: nothing to do (every ``put`` returned once the service stored the
+        blob). Write-back: the staged blobs are made durable on the local disk."""
+        if self.staging is not None:
+            self.staging.sync()
 
     def sync_everything(self):
-        """Nothing to make durable after a crash (write-through); returns 0."""
-        return 0
+        """After a crash: with write-back, every staged blob made durable; returns how many."""
+        return 0 if self.staging is None else self.staging.sync_everything()
+
+    def wait_uploaded(self):
+        """Return once every blob stored before this call is on the service (write-back
+        waits for its queue, at most ``retry_time``: then StoreError EIO)."""
+        if self.staging is not None:
+            self.staging.wait_uploaded(self.settings.retry_time)

@@ -204,6 +204,11 @@ def take(catalog_path, keys, targets, keep=3):
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".snapshot-", suffix=".db") as plain, \
             tempfile.NamedTemporaryFile(dir=folder, prefix=".snapshot-", suffix=".sealed") as out:
         garbage = copy_catalog(catalog_path, plain.name)
+        # with write-back, blobs the copy names may still wait in a local queue: the
+        # snapshot goes up only after them (everything staged before the copy was made)
+        for target in targets:
+            if hasattr(target, "wait_uploaded"):
+                target.wait_uploaded()
         with open(plain.name, "rb") as src:
             seal(keys, name, src, out)
         out.flush()
@@ -319,6 +324,20 @@ class Snapshotter:
                     log.exception("catalog snapshot failed; the next fsync or interval tries "
                                   "again")
             first = False
+
+    async def after_fsync(self):
+        """What an fsync waits for besides the local catalog sync: a covering snapshot
+        (``on_fsync``), else only the upload of blobs that write-back still queues."""
+        if self.on_fsync:
+            await self.covering()
+        else:
+            await self.uploaded()
+
+    async def uploaded(self):
+        """Return once every blob stored before this call is on the service."""
+        for target in self.targets:
+            if getattr(target, "staging", None) is not None:
+                await trio.to_thread.run_sync(target.wait_uploaded, limiter=self.limiter)
 
     async def covering(self):
         """Return once a snapshot that started after this call was uploaded (at once when

@@ -49,7 +49,9 @@ def test_s3_defaults_and_mixed_regions(tmp_path):
     assert cfg.store_of("ap-guangzhou") is None
     assert s3 == S3StoreSettings(endpoint="http://127.0.0.1:8333", bucket="cosfs-chunks",
                                  credentials=tmp_path / "s3.credentials",
-                                 cache=tmp_path / "data" / "cache" / "ap-beijing")
+                                 cache=tmp_path / "data" / "cache" / "ap-beijing",
+                                 staging=tmp_path / "data" / "staging" / "ap-beijing")
+    assert not s3.write_back and s3.staging_size == 1 * GiB and s3.upload_threads == 4
     assert s3.verify_tls and s3.retry_time == 60 and s3.cache_size == 1 * GiB
     assert s3.prefix == "" and s3.signing_region is None and s3.max_connections == 16
 
@@ -71,6 +73,10 @@ def test_s3_all_keys(tmp_path):
             cache: /var/cache/cosfs
             cache_size: 64MiB
             max_connections: 32
+            write_back: true
+            staging: /var/spool/cosfs
+            staging_size: 256MiB
+            upload_threads: 8
         """).store_of("ap-guangzhou")
     assert (s3.endpoint, s3.bucket, s3.prefix, s3.signing_region) == \
         ("https://s3.example.com", "my.chunks-1", "prod/gz/", "eu-west-1")
@@ -79,6 +85,8 @@ def test_s3_all_keys(tmp_path):
     assert (s3.connect_timeout, s3.read_timeout, s3.retry_time) == (2.0, 10.5, 120.0)
     assert s3.cache == Path("/var/cache/cosfs") and s3.cache_size == 64 * MiB
     assert s3.max_connections == 32
+    assert s3.write_back and s3.staging == Path("/var/spool/cosfs")
+    assert (s3.staging_size, s3.upload_threads) == (256 * MiB, 8)
 
 
 @pytest.mark.parametrize("item,expected", [
@@ -93,6 +101,10 @@ def test_s3_all_keys(tmp_path):
     ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, max_connections: 0}", "from 1 to 256"),
     ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, cache: data/blobs/x}", "expected a folder outside"),
     ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, buckett: x}", "unknown key (did you mean 'bucket'?)"),
+    ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, write_back: 1}", "write_back: expected true or false"),
+    ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, staging: data/blobs}", "staging: expected a folder apart from the store's blobs"),
+    ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, staging: data/cache/ap-beijing/x}", "apart from the read cache"),
+    ("{type: s3, endpoint: 'http://x', bucket: b-1, credentials: c, upload_threads: 0}", "upload_threads: expected a whole number from 1 to 64"),
     ("{type: nfs}", "stores.ap-beijing.type: expected local or s3"),
     ("{type: local, endpoint: 'http://x'}", "stores.ap-beijing.endpoint: unknown key"),
     ("s3", "expected a mapping with type"),

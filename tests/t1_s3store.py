@@ -244,3 +244,76 @@ def test_unreachable_service_is_eio(tmp_path):
     with pytest.raises(StoreError) as exc:
         store.put(bid(1), b"x")
     assert exc.value.errno == errno.EIO and "127.0.0.1" in str(exc.value)
+
+
+# -- write-back: a local upload queue ------------------------------------------------
+
+def remote_keys(server, store):
+    client = server.client()
+    return {o["Key"] for o in client.list_objects_v2(Bucket=store.bucket,
+                                                     Prefix=store.prefix).get("Contents", ())}
+
+
+def test_write_back_stages_then_uploads(seaweedfs, tmp_path, proxy):
+    store = make(seaweedfs, tmp_path, endpoint=proxy.endpoint, write_back=True,
+                 staging=tmp_path / "staging", cache_size=0, retry_time=1.0)
+    try:
+        proxy.fail(10 ** 6)  # the service is down: puts still return at once
+        data = {bid(i): os.urandom(1000 + i) for i in range(5)}
+        for b, d in data.items():
+            store.put(b, d)
+        assert all(store.get(b) == d for b, d in data.items())
+        assert store.get_range(bid(2), 10, 20) == data[bid(2)][10:30]
+        assert store.size(bid(3)) == len(data[bid(3)])
+        assert store.unsynced_count == 5
+        store.sync_all()  # durable on the local disk, not yet on the service
+        assert store.unsynced_count == 0
+        store.delete(bid(4))  # deleted while queued: never uploaded
+        with pytest.raises(StoreError) as exc:
+            store.wait_uploaded()  # fsync waits for the upload: the service keeps failing
+        assert exc.value.errno == errno.EIO and "not uploaded" in str(exc.value)
+        proxy.fail(0)
+        assert set(store.list()) == {bid(i) for i in range(4)}  # staged or uploaded
+        store.wait_uploaded()
+        assert remote_keys(seaweedfs, store) == {"p/" + bid(i).hex() for i in range(4)}
+        assert os.listdir(tmp_path / "staging") == []
+        assert all(store.get(bid(i)) == data[bid(i)] for i in range(4))
+    finally:
+        store.close()
+
+
+def test_write_back_queue_survives_a_restart(seaweedfs, tmp_path, proxy):
+    kw = dict(endpoint=proxy.endpoint, write_back=True, staging=tmp_path / "staging",
+              cache_size=0, retry_time=1.0)
+    store = make(seaweedfs, tmp_path, **kw)
+    proxy.fail(10 ** 6)
+    store.put(bid(1), b"queued before the crash")
+    store.sync_all()
+    store.close()  # the daemon dies: the staged file is the queue
+    (tmp_path / "staging" / (bid(9).hex() + ".part")).write_bytes(b"torn")
+    proxy.fail(0)
+    again = make(seaweedfs, tmp_path, bucket=store.bucket, **kw)
+    try:
+        again.wait_uploaded()
+        assert remote_keys(seaweedfs, again) == {"p/" + bid(1).hex()}
+        assert os.listdir(tmp_path / "staging") == []  # the torn .part went too
+        assert again.get(bid(1)) == b"queued before the crash"
+    finally:
+        again.close()
+
+
+def test_write_back_staging_is_bounded(seaweedfs, tmp_path, proxy):
+    store = make(seaweedfs, tmp_path, endpoint=proxy.endpoint, write_back=True,
+                 staging=tmp_path / "staging", staging_size=3000, cache_size=0, retry_time=1.0)
+    try:
+        proxy.fail(10 ** 6)
+        store.put(bid(1), b"a" * 2000)
+        with pytest.raises(StoreError) as exc:
+            store.put(bid(2), b"b" * 2000)  # waits retry_time for room, then EIO
+        assert exc.value.errno == errno.EIO and "full" in str(exc.value)
+        proxy.fail(0)
+        store.put(bid(2), b"b" * 2000)  # room as soon as the first one is uploaded
+        store.wait_uploaded()
+        assert store.get(bid(2)) == b"b" * 2000
+    finally:
+        store.close()

@@ -29,11 +29,12 @@ pytestmark = pytest.mark.timeout(180)
 CHUNK = 64 * 1024
 
 
-@pytest.fixture
-def config_path(seaweedfs, tmp_path):
+@pytest.fixture(params=["write-through", "write-back"])
+def config_path(seaweedfs, tmp_path, request):
     folder = str(tmp_path / "fs")
+    extra = {"write_back": "true"} if request.param == "write-back" else {}
     return write_config(folder, chunk_size="64KiB", write_buffer="256KiB",
-                        extra=s3_store_yaml(seaweedfs, folder, cache_size="1MiB"))
+                        extra=s3_store_yaml(seaweedfs, folder, cache_size="1MiB", **extra))
 
 
 def bucket_of(config_path):

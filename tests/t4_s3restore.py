@@ -7,6 +7,7 @@ needs them.
 store folder, so a second folder on this host is, to the lease, a second machine.
 """
 
+import errno
 import json
 import os
 import re
@@ -254,3 +255,52 @@ def test_a_tampered_snapshot_is_refused_and_nothing_replaced(first, seaweedfs, t
     out = first.cli("restore", "--config", first.config, "--force", "--snapshot",
                     names[-2]).stdout
     assert names[-2] in out
+
+
+def test_write_back_queue_survives_a_kill_while_the_service_is_down(seaweedfs, tmp_path):
+    """With write-back, close() returns while the service fails; a kill -9 then loses
+    nothing: the next mount uploads the staged blobs, and fsync waits for them."""
+    from seaweed import FaultProxy
+    proxy = FaultProxy(seaweedfs.endpoint).start()
+    try:
+        folder = str(tmp_path / "machine1")
+        path = write_config(folder, chunk_size="64KiB", write_buffer="256KiB",
+                            extra=s3_store_yaml(seaweedfs, folder, endpoint=proxy.endpoint,
+                                                write_back="true", retry_time=2, cache_size=0)
+                            + "snapshots:\n  interval: 3600\n  on_fsync: false\n")
+        m = Mount(path).start()
+        bucket = bucket_of(path)
+        m.expect_log(r"S3 store|catalog snapshot|upload")
+        proxy.fail(10 ** 6)
+        files = {os.path.join(m.enc, "f%d" % i): os.urandom(2 * CHUNK + 20000)
+                 for i in range(3)}
+        started = time.monotonic()
+        for p, data in files.items():
+            put(p, data)  # closed: staged locally, the service is down
+        assert time.monotonic() - started < 2
+        assert sorted(os.listdir(os.path.join(m.store, "staging", "ap-guangzhou")))
+        fd = os.open(next(iter(files)), os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as exc:
+                os.fsync(fd)  # waits for the upload, which keeps failing
+            assert exc.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        m.kill9()
+        assert not s3_objects(seaweedfs, bucket)
+        proxy.fail(0)
+        m.start()
+        try:
+            for p, data in files.items():
+                assert get(p) == data
+            fd = os.open(next(iter(files)), os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the queue is on the service now
+            finally:
+                os.close(fd)
+            assert len(s3_objects(seaweedfs, bucket)) == 3 * 3
+            assert os.listdir(os.path.join(m.store, "staging", "ap-guangzhou")) == []
+        finally:
+            m.stop()
+    finally:
+        proxy.stop()

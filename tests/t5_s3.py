@@ -42,15 +42,19 @@ class S3CrashRunner(CrashRunner):
 
     what = "crash test on S3"
     server = None
+    write_back = False
 
     def make_config(self, folder, chunk_size, write_buffer):
+        extra = {"write_back": "true"} if self.write_back else {}
         return write_config(folder, chunk_size=chunk_size, write_buffer=write_buffer,
-                            extra=s3_store_yaml(self.server, folder, cache_size="4MiB"))
+                            extra=s3_store_yaml(self.server, folder, cache_size="4MiB", **extra))
 
 
-@pytest.mark.parametrize("mix,seed", [("writes", 111), ("reencrypt", 313)])
-def test_crash_on_s3(seaweedfs, tmp_path, monkeypatch, mix, seed):
+@pytest.mark.parametrize("mix,seed,write_back", [("writes", 111, False), ("reencrypt", 313, False),
+                                                 ("writes", 222, True)])
+def test_crash_on_s3(seaweedfs, tmp_path, monkeypatch, mix, seed, write_back):
     monkeypatch.setattr(S3CrashRunner, "server", seaweedfs)
+    monkeypatch.setattr(S3CrashRunner, "write_back", write_back)
     run_rounds(str(tmp_path / "fs"), seed, mix, 3, runner_class=S3CrashRunner, max_delay=1.5)
 
 
