@@ -349,6 +349,16 @@ def test_cos_presigned_url(ip):
     assert auth.authenticate(STORE, "GET", u.path, u.query + "&extra=1", headers)
 
 
+def test_cos_signature_lifetime_is_capped_at_seven_days():
+    client, _ = cos(ip=False)
+    host = "%s.cos.%s.myqcloud.com" % (BUCKET, REGION)
+    week = client.get_auth(Method="GET", Bucket=BUCKET, Key="/k", Expired=7 * 86400)
+    assert auth.authenticate(STORE, "GET", "/k", "", [("Host", host), ("Authorization", week)])
+    longer = client.get_auth(Method="GET", Bucket=BUCKET, Key="/k", Expired=8 * 86400)
+    refused(AccessDenied, "AccessDenied", auth.authenticate, STORE, "GET", "/k", "",
+            [("Host", host), ("Authorization", longer)])
+
+
 def test_cos_get_auth_as_header():
     client, _ = cos(ip=False)
     authz = client.get_auth(Method="DELETE", Bucket=BUCKET, Key="/a/b", Expired=60)

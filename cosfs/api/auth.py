@@ -324,6 +324,11 @@ def _cos(credentials, method, raw_path, pairs, htext, fields, now, scheme):
             raise AccessDenied("Request has expired")
         if start > now + MAX_SKEW:
             raise AccessDenied("the request signature is not valid yet")
+        if end - start > MAX_PRESIGN_EXPIRES + MAX_SKEW:
+            # a leaked signature must not stay usable for years: the same cap as SigV4's
+            # pre-signed URLs (SDKs start the window a little early: the skew allowance)
+            raise AccessDenied("the request signature is valid for more than %d days "
+                               "(q-sign-time, q-key-time)" % (MAX_PRESIGN_EXPIRES // 86400))
     _require_signed(htext, header_names)
     return Authenticated(cred, scheme, None, None, {n: [v] for n, v in htext.items()})
 
