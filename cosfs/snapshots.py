@@ -31,6 +31,7 @@ consistent read of committed transactions), in a worker thread; the trio
 thread only counts changes and wakes the worker.
 """
 
+import errno
 import hashlib
 import logging
 import os
@@ -198,6 +199,15 @@ def targets_of(stores):
 def take(catalog_path, keys, targets, keep=3):
     """Copy, seal and upload one snapshot to every target; prune older ones beyond
     ``keep``. Blocks. Returns (name, garbage blob set). StoreError if an upload fails."""
+    try:
+        return _take(catalog_path, keys, targets, keep)
+    except (OSError, sqlite3.Error) as exc:
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
+        raise CosfsError("cannot make a catalog snapshot: %s" % exc,
+                         errno=errno.ENOSPC if full else errno.EIO) from None
+
+
+def _take(catalog_path, keys, targets, keep):
     folder = os.path.dirname(os.path.abspath(catalog_path))
     name = new_name()
     started = time.monotonic()
@@ -342,14 +352,14 @@ class Snapshotter:
     async def covering(self):
         """Return once a snapshot that started after this call was uploaded (at once when
         nothing changed since the last one started). Raises StoreError if it failed."""
-        if not self.changed() and not self._running:
+        while True:
+            if self._running:
+                # it may have started before our commit: wait, then look again
+                await self._done.wait()
+                continue
+            if self.changed():
+                await self._snapshot()
             return
-        # a snapshot already running may have started before our commit: wait for it
-        while self._running:
-            await self._done.wait()
-        if not self.changed():
-            return
-        await self._snapshot()
 
     async def _snapshot(self):
         while self._running:  # one at a time; the next one covers every waiter
