@@ -764,15 +764,22 @@ def _stores(ctx, data, base_dir, store, regions):
     return tuple(sorted(out))
 
 
+def _section(ctx, data, name, keys, what):
+    """The mapping under top-level key ``name`` (None when absent), its keys checked."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        ctx.fail((name,), f"expected a mapping of {what}, found {_describe(value)}")
+    _check_keys(ctx, value, keys, (name,))
+    return value
+
+
 def _inventory(ctx, data):
     """The ``inventory:`` section (how reports are split into data files)."""
-    value = data.get("inventory")
+    value = _section(ctx, data, "inventory", ("rows_per_file",), "inventory settings")
     if value is None:
         return InventorySettings()
-    if not isinstance(value, dict):
-        ctx.fail(("inventory",), f"expected a mapping of inventory settings, "
-                                 f"found {_describe(value)}")
-    _check_keys(ctx, value, ("rows_per_file",), ("inventory",))
     rows = value.get("rows_per_file", InventorySettings.rows_per_file)
     if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= 1_000_000:
         ctx.fail(("inventory", "rows_per_file"), f"expected a whole number from 1 to 1000000, "
@@ -782,13 +789,10 @@ def _inventory(ctx, data):
 
 def _snapshots(ctx, data):
     """The ``snapshots:`` section (catalog snapshots into the S3 stores)."""
-    value = data.get("snapshots")
+    value = _section(ctx, data, "snapshots", ("interval", "on_fsync", "keep"),
+                     "snapshot settings")
     if value is None:
         return SnapshotSettings()
-    if not isinstance(value, dict):
-        ctx.fail(("snapshots",), f"expected a mapping of snapshot settings, "
-                                 f"found {_describe(value)}")
-    _check_keys(ctx, value, ("interval", "on_fsync", "keep"), ("snapshots",))
     d = SnapshotSettings()
     interval = value.get("interval", d.interval)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or \
@@ -807,12 +811,9 @@ def _snapshots(ctx, data):
 
 def _origin(ctx, data):
     """The ``origin:`` section (time limits and retries of origin pull)."""
-    value = data.get("origin")
+    value = _section(ctx, data, "origin", ORIGIN_KEYS, "origin pull settings")
     if value is None:
         return OriginSettings()
-    if not isinstance(value, dict):
-        ctx.fail(("origin",), f"expected a mapping of origin pull settings, found {_describe(value)}")
-    _check_keys(ctx, value, ORIGIN_KEYS, ("origin",))
     d = OriginSettings()
     retries = value.get("retries", d.retries)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:

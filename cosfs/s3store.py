@@ -735,15 +735,23 @@ class S3Store:
         self._put_remote(blob_id, data)
 
     def _put_remote(self, blob_id, data):
+        self._put_object(blob_id, self._key(blob_id), data)
+
+    def _put_object(self, name, key, data):
+        """PUT ``data`` as ``key`` with a Content-MD5 the service checks (retried)."""
         body = bytes(data)
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
-        self._call("put", blob_id, self._client.put_object, Key=self._key(blob_id), Body=body,
+        self._call("put", name, self._client.put_object, Key=key, Body=body,
                    ContentMD5=md5, ContentType="application/octet-stream")
 
-    def _fetch(self, blob_id):
+    def _get_object(self, name, key, absent=None):
+        """The whole object ``key`` (``absent`` when it does not exist, if given)."""
         def get(**kw):
             return self._client.get_object(**kw)["Body"].read()
-        data = self._call("get", blob_id, get, Key=self._key(blob_id))
+        return self._call("get", name, get, absent=absent, Key=key)
+
+    def _fetch(self, blob_id):
+        data = self._get_object(blob_id, self._key(blob_id))
         if self.cache is not None:
             self.cache.add(blob_id, data)
         return data
@@ -894,16 +902,11 @@ class S3Store:
 
     def put_meta(self, name, data):
         """Store a small object ``<prefix>.cosfs/<name>`` (replacing it). StoreError."""
-        body = bytes(data)
-        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
-        self._call("put", name, self._client.put_object, Key=self._meta_key(name), Body=body,
-                   ContentMD5=md5, ContentType="application/octet-stream")
+        self._put_object(name, self._meta_key(name), data)
 
     def get_meta(self, name):
         """The bytes of ``<prefix>.cosfs/<name>``, or None when there is no such object."""
-        def get(**kw):
-            return self._client.get_object(**kw)["Body"].read()
-        found = self._call("get", name, get, absent=_ABSENT, Key=self._meta_key(name))
+        found = self._get_object(name, self._meta_key(name), absent=_ABSENT)
         return None if found is _ABSENT else found
 
     def upload_meta(self, name, path):
