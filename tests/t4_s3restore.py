@@ -86,6 +86,16 @@ def age_lease(server, bucket, seconds):
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode())
 
 
+def take_over(tmp_path, lost, server):
+    """The second machine after ``lost`` was lost: restore the newest snapshot, let the
+    lost machine's lease go stale, mount with --break-lease. Returns the started Mount."""
+    path = second_machine(tmp_path, lost)
+    second = Mount(path)
+    second.cli("restore", "--config", path)
+    age_lease(server, bucket_of(lost.config), 1000)
+    return second.start("--break-lease")
+
+
 def snapshot_keys(server, bucket):
     return sorted(k for k in s3_objects(server, bucket, meta=True) if "/snapshots/" in k)
 
@@ -186,11 +196,7 @@ def test_released_blobs_stay_until_a_snapshot_no_longer_needs_them(first, seawee
     time.sleep(3)  # several collection passes: the newest snapshot still needs the blobs
     assert blobs <= set(s3_objects(seaweedfs, bucket))
     first.kill9()
-    path = second_machine(tmp_path, first)
-    second = Mount(path)
-    second.cli("restore", "--config", path)
-    age_lease(seaweedfs, bucket, 1000)
-    second.start("--break-lease")
+    second = take_over(tmp_path, first, seaweedfs)
     try:
         assert get(os.path.join(second.enc, "doomed")) == data
         os.unlink(os.path.join(second.enc, "doomed"))
@@ -219,11 +225,7 @@ def test_a_closed_file_reaches_the_next_interval_snapshot(seaweedfs, tmp_path):
             time.sleep(0.2)
     finally:
         m.kill9()
-    path2 = second_machine(tmp_path, m)
-    second = Mount(path2)
-    second.cli("restore", "--config", path2)
-    age_lease(seaweedfs, bucket, 1000)
-    second.start("--break-lease")
+    second = take_over(tmp_path, m, seaweedfs)
     try:
         assert get(os.path.join(second.enc, "closed")) == b"c" * 5000
     finally:
