@@ -742,7 +742,9 @@ def _stores(ctx, data, base_dir, store, regions):
             ctx.fail(path + ("write_back",), f"expected true or false, "
                                              f"found {_describe(write_back)}")
         staging = _path(ctx, item, path + ("staging",), base_dir) or store / "staging" / region
-        for other, what in ((store / "blobs", "the store's blobs"), (cache, "the read cache")):
+        others = [(store / "blobs", "the store's blobs"), (cache, "the read cache")]
+        others += [(o.staging, "the upload queue of %s" % r) for r, o in out]
+        for other, what in others:
             if _nested(staging, other) or _nested(other, staging):
                 ctx.fail(path + ("staging",), f"expected a folder apart from {what} ({other}), "
                                               f"found {staging}")

@@ -92,6 +92,18 @@ def run(store, *, repair=True, verify=False, progress=None):
     garbage = cat.garbage(limit=10 ** 9)
     garbage_blobs = {b for b, _ in garbage} | released
     rep.garbage = len(garbage_blobs)
+    targets = snapshots.targets_of(store.stores)
+    if repair and (garbage or targets):
+        # the releases (some made just above, for unlinked inodes) must be durable
+        # before their blobs go: open_store made every blob durable if the store
+        # was left unclean, so the catalog may be synced now
+        cat.sync()
+    if repair and targets:
+        # before anything goes from an S3 store, the newest snapshot must be this
+        # catalog: an older one may still name released blobs, and a newer one (copied
+        # from commits that a power cut then undid) may name blobs that are orphans here
+        snapshots.take(cat.path, store.keys, targets, store.config.snapshots.keep,
+                       flush=snapshots.s3_stores_of(store.stores))
     for region, st in stores.items():
         for blob in st.list():
             if blob in referenced:
@@ -102,16 +114,6 @@ def run(store, *, repair=True, verify=False, progress=None):
             if repair:
                 st.delete(blob)  # never referenced: losing the deletion to a crash is harmless
     if repair:
-        if garbage:
-            # the releases (some made just above, for unlinked inodes) must be durable
-            # before their blobs go: open_store made every blob durable if the store
-            # was left unclean, so the catalog may be synced now
-            cat.sync()
-            targets = snapshots.targets_of(store.stores)
-            if targets:
-                # a restore of the newest snapshot must find every blob it names: take
-                # one that no longer does before the released blobs go
-                snapshots.take(cat.path, store.keys, targets, store.config.snapshots.keep)
         for blob, region in garbage:
             s = stores.get(region)
             if s is not None:

@@ -5,9 +5,10 @@ writing blobs and collecting garbage under one prefix would destroy each
 other's data. So whoever opens a store with S3 regions (a mount, ``cosfs
 serve``, a command on an unmounted store) writes a lease object
 ``<prefix>.cosfs/lease`` into each S3 store: a small JSON document naming the
-holder (host name and store folder), its pid, and when it was taken and last
-renewed. A running daemon renews it every ``RENEW`` seconds and deletes it at a
-clean stop.
+holder (host name, store folder and a random id kept in the store folder, so
+that a cloned machine or a restored catalog is another holder), its pid, and
+when it was taken and last renewed. A :class:`Keeper` thread renews it every
+``RENEW`` seconds while the store is open, and it is deleted at a clean close.
 
 Contract of :func:`acquire`: a lease of another holder refuses the open with
 :class:`LeaseHeld` (EBUSY), one line naming the holder and the lease's age.
@@ -15,9 +16,15 @@ With ``break_stale`` a lease not renewed for ``STALE`` seconds is taken over
 (logged); a fresher one is never broken, because its holder is probably still
 running. The same holder (a restart after a crash) takes its own lease back
 without a flag. Ages use the clocks of both machines: keep them in sync (NTP).
-Taking a lease is read, write, read back: two machines starting within the
-same moment are told apart by the read back, not excluded by the service
-(S3 has no compare-and-swap that every service implements).
+Taking and renewing a lease is read, write, read back: two machines starting
+within the same moment are told apart by the read back, not excluded by the
+service (S3 has no compare-and-swap that every service implements).
+
+**Fencing.** A holder that finds its lease taken by another, or that could not
+renew it for ``FENCE_AFTER`` seconds (less than ``STALE``: before anyone may
+break it), stops changing the store: the keeper calls ``fence(reason)`` on each
+S3 store, which then refuses uploads and deletions with EIO (reads go on), until
+a renewal of its own lease succeeds again (``fence(None)``).
 """
 
 import errno
@@ -25,9 +32,8 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
-
-import trio
 
 from .errors import CosfsError
 
@@ -38,6 +44,10 @@ NAME = "lease"
 RENEW = 30.0
 #: a lease not renewed for this long may be broken with ``--break-lease``
 STALE = 120.0
+#: a holder that could not renew for this long stops changing the store
+FENCE_AFTER = 90.0
+#: the file in the store folder that holds this store's random holder id
+ID_FILE = ".lease-id"
 
 
 class LeaseHeld(CosfsError):
@@ -48,8 +58,33 @@ class LeaseHeld(CosfsError):
 
 
 def holder_of(store_dir):
-    """This machine's holder id for the store folder ``store_dir``."""
-    return "%s:%s" % (socket.gethostname(), os.path.realpath(os.fspath(store_dir)))
+    """This machine's holder id for the store folder ``store_dir``: host name, folder and
+    a random id kept in ``<store>/.lease-id`` (made on first use, 0600)."""
+    store_dir = os.path.realpath(os.fspath(store_dir))
+    path = os.path.join(store_dir, ID_FILE)
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except FileNotFoundError:
+        token = ""
+    if len(token) != 16:
+        token = os.urandom(8).hex()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, token.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return "%s:%s#%s" % (socket.gethostname(), store_dir, token)
+
+
+def forget_holder(store_dir):
+    """Make the next open of ``store_dir`` a new holder (after a restore: the catalog is
+    not the one the old id's lease was taken for)."""
+    try:
+        os.unlink(os.path.join(os.fspath(store_dir), ID_FILE))
+    except FileNotFoundError:
+        pass
 
 
 def _document(holder, acquired, now):
@@ -109,16 +144,18 @@ def acquire(targets, holder, *, break_stale=False):
 
 
 def renew(targets, holder):
-    """Renew our lease; logs an error (and leaves it) if another holder took it."""
+    """Renew our lease in every store: read, write, read back. Returns None, or the
+    description of another holder that took it (then it is left to them)."""
     now = time.time()
     for target in targets:
         doc = read(target)
         if doc is not None and doc["holder"] != holder:
-            log.error("the lease of S3 store %s/%s/%s was taken by %s: another machine uses "
-                      "this store; stop this one", target.endpoint, target.bucket,
-                      target.prefix, describe(doc, now))
-            continue
+            return describe(doc, now)
         target.put_meta(NAME, _document(holder, doc.get("acquired", now) if doc else now, now))
+        back = read(target)
+        if back is not None and back["holder"] != holder:
+            return describe(back, now)
+    return None
 
 
 def release(targets, holder):
@@ -133,28 +170,56 @@ def release(targets, holder):
             log.warning("could not release the lease of S3 store %s: %s", target.root, exc)
 
 
-class LeaseKeeper:
-    """A daemon service that renews the lease every ``RENEW`` seconds
-    (``run(task_status)``, ``stop()`` like the other services)."""
+class Keeper:
+    """A thread that renews the lease every ``interval`` seconds until :meth:`stop`, and
+    fences ``stores`` (their ``fence(reason)``) when the lease is lost (module doc)."""
 
-    def __init__(self, targets, holder, limiter=None, interval=RENEW):
+    def __init__(self, targets, holder, stores=(), interval=RENEW, fence_after=FENCE_AFTER):
         self.targets = targets
         self.holder = holder
-        self.limiter = limiter
+        self.stores = list(stores)
         self.interval = interval
-        self._cancel = None
+        self.fence_after = fence_after
+        self.fenced = None
+        self._last_ok = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cosfs-lease", daemon=True)
 
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED):
-        with trio.CancelScope() as self._cancel:
-            task_status.started()
-            while True:
-                await trio.sleep(self.interval)
-                try:
-                    await trio.to_thread.run_sync(renew, self.targets, self.holder,
-                                                  limiter=self.limiter)
-                except CosfsError as exc:
-                    log.warning("could not renew the store lease: %s; will retry", exc)
+    def start(self):
+        self._thread.start()
+        return self
 
     def stop(self):
-        if self._cancel is not None:
-            self._cancel.cancel()
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def _fence(self, reason):
+        if reason != self.fenced:
+            if reason is None:
+                log.warning("the store's lease is renewed again: writes to the S3 stores resume")
+            else:
+                log.error("%s: this machine stops changing the S3 stores (reads go on); "
+                          "unmount it", reason)
+            self.fenced = reason
+            for store in self.stores:
+                store.fence(reason)
+
+    def renew_once(self):
+        try:
+            other = renew(self.targets, self.holder)
+        except CosfsError as exc:
+            log.warning("could not renew the store lease: %s; will retry", exc)
+            if time.monotonic() - self._last_ok > self.fence_after:
+                self._fence("the store lease could not be renewed for %.0f s (another "
+                            "machine may take it over)" % self.fence_after)
+            return
+        if other is not None:
+            self._fence("the store lease was taken over by %s" % other)
+            return
+        self._last_ok = time.monotonic()
+        self._fence(None)
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.renew_once()

@@ -43,6 +43,7 @@ from .keys import KeyStore, parse_version
 from .service import (LOG_FORMAT, JournalFormatter, LastError, ReopeningFileHandler, iso_time,
                       log_destination, reopen_log_files, sd_notify, stderr_is_journal)
 from .snapshots import Snapshotter, targets_of
+from .snapshots import s3_stores_of as s3_stores
 from .store import LocalStore
 from .xattrs import STATUS_XATTR
 
@@ -72,6 +73,8 @@ class Store:
     unclean: bool = False
     #: this machine's lease holder id in the S3 stores (None: no S3 store)
     lease_holder: "str | None" = None
+    #: the thread that renews the lease (and fences the stores when it is lost)
+    lease_keeper: "lease.Keeper | None" = None
 
     @property
     def s3_targets(self):
@@ -80,10 +83,12 @@ class Store:
 
     def close(self):
         try:
-            if self.lease_holder is not None:
-                lease.release(self.s3_targets, self.lease_holder)
+            if self.lease_keeper is not None:
+                self.lease_keeper.stop()
             for region_store in self.stores.values():
                 region_store.close()
+            if self.lease_holder is not None:
+                lease.release(self.s3_targets, self.lease_holder)
             self.catalog.close()
             # an empty lock file tells the next opener that everything was closed cleanly
             os.ftruncate(self.lock_fd, 0)
@@ -135,13 +140,14 @@ def open_store(config, *, create, purpose="opened", break_lease=False):
     elif not os.path.isdir(store_dir):
         raise CosfsError("no store at %s" % store_dir, errno=errno.ENOENT, code="NoSuchStore")
     lock_fd, unclean = _lock(store_dir, purpose)
-    holder = None
+    holder = keeper = None
+    stores = {}
     try:
+        _sweep_leftovers(store_dir)
         catalog_path = os.path.join(store_dir, CATALOG_NAME)
         new_catalog = not os.path.exists(catalog_path)
         # gaps are checked against the catalog's retired versions in _check_keys
         keys = KeyStore.open(config.keys, create=create and new_catalog, allow_gaps=True)
-        stores = {}
         for region in config.regions:
             s3 = config.store_of(region)
             if s3 is not None:
@@ -154,9 +160,13 @@ def open_store(config, *, create, purpose="opened", break_lease=False):
                 s.create()
             stores[region] = s
         targets = targets_of(stores)
+        keeper = None
         if targets:
             holder = lease.holder_of(store_dir)
             lease.acquire(targets, holder, break_stale=break_lease)
+            keeper = lease.Keeper(targets, holder, s3_stores(stores)).start()
+            for s in s3_stores(stores):
+                s.start()  # write-back: resume the upload queue, now that the lease is ours
         if unclean:
             # before the catalog is opened: opening may upgrade its format, which syncs it
             started, count = time.monotonic(), _sync_blobs(stores)
@@ -171,8 +181,12 @@ def open_store(config, *, create, purpose="opened", break_lease=False):
             catalog.sync()
             log.info("the store was not closed cleanly: made %d blob(s) and the catalog durable "
                      "in %.1f s", count, time.monotonic() - started)
-        return Store(config, catalog, stores, keys, lock_fd, unclean, holder)
+        return Store(config, catalog, stores, keys, lock_fd, unclean, holder, keeper)
     except BaseException:
+        if keeper is not None:
+            keeper.stop()
+        for s in s3_stores(stores):
+            s.close()
         if holder is not None:
             lease.release(targets_of(stores), holder)
         os.close(lock_fd)
@@ -267,6 +281,17 @@ def restore_catalog(config, *, name=None, force=False):
         if not unclean:
             os.ftruncate(lock_fd, 0)
         os.close(lock_fd)
+
+
+def _sweep_leftovers(store_dir):
+    """Remove what a killed snapshot or restore left in the store folder (plaintext copies
+    of the catalog); the store's lock is held."""
+    for name in os.listdir(store_dir):
+        if name.startswith((".snapshot-", ".restore-")) or name == CATALOG_NAME + ".restore":
+            try:
+                os.unlink(os.path.join(store_dir, name))
+            except OSError as exc:
+                log.warning("could not remove %s from %s: %s", name, store_dir, exc.strerror)
 
 
 def _file_size(path):
@@ -419,15 +444,11 @@ def build(store):
         snap = cfg.snapshots
         objects.collector.snapshots = Snapshotter(
             store.catalog, store.keys, targets, objects.limiter, interval=snap.interval,
-            on_fsync=snap.on_fsync, keep=snap.keep)
+            on_fsync=snap.on_fsync, keep=snap.keep, flush=s3_stores(store.stores))
     return objects, fs
 
 
-def build_lease_keeper(store, objects):
-    """The service that renews the store's lease in its S3 stores (None without any)."""
-    if store.lease_holder is None:
-        return None
-    return lease.LeaseKeeper(store.s3_targets, store.lease_holder, objects.limiter)
+
 
 
 def ensure_buckets(fs, config):
@@ -894,8 +915,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         inventory = build_inventory(store, objects, fs, notifier,
                                     rows_per_file=config.inventory.rows_per_file)
         replication = build_replication(store, objects, fs, notifier)
-        services = [s for s in (inventory, replication, build_lease_keeper(store, objects))
-                    if s is not None]
+        services = [inventory, replication]
         control = (build_control_app(config, store, objects, fs, notifier), config)
         console = ((build_console(config, store, objects, fs, notifier), config.console)
                    if config.console.enabled else None)
@@ -1041,8 +1061,7 @@ def run_serve(config, *, ready=None, break_lease=False):
         try:
             console = ((build_console(config, store, objects, fs), config.console)
                        if config.console.enabled else None)
-            services = [s for s in (inventory, replication, build_lease_keeper(store, objects))
-                        if s is not None]
+            services = [inventory, replication]
             trio.run(_serve_api, objects, app, config.api, ready, services,
                      (build_control_app(config, store, objects, fs), config), console)
         except BaseExceptionGroup as exc:

@@ -86,6 +86,9 @@ META_DIR = ".cosfs/"
 #: store objects above this size are uploaded in parts of this size
 META_PART = 16 * 1024 * 1024
 _ABSENT = object()
+#: the operations that change the store (refused while fenced), and the lease's name
+_CHANGES = {"put", "delete", "upload", "bucket creation"}
+_LEASE = "lease"
 
 
 class S3Credentials:
@@ -508,14 +511,17 @@ class UploadQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             mark = self._seq
-            done = self._done
-            while any(seq <= mark for seq, _ in self._staged.values()):
-                if deadline is not None and self._done != done:
-                    # the queue moves: a long backlog is not a failing service
-                    done, deadline = self._done, time.monotonic() + timeout
+            before = None
+            while True:
+                waiting = sum(1 for seq, _ in self._staged.values() if seq <= mark)
+                if not waiting:
+                    return
+                if deadline is not None and before is not None and waiting < before:
+                    # our part of the queue moves: a long backlog is not a failing service
+                    deadline = time.monotonic() + timeout
+                before = waiting
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    waiting = sum(1 for seq, _ in self._staged.values() if seq <= mark)
                     raise StoreError("S3 upload queue %s: %d blob(s) not uploaded within "
                                      "%.0f s%s" % (self.root, waiting, timeout,
                                                    "; last upload error: %s" % self.last_error
@@ -536,6 +542,15 @@ class UploadQueue:
                 self._uploading.add(blob)
             try:
                 data = self.read(blob)
+                if data is None and blob in self:
+                    # the file went while the blob is queued: nothing left to upload
+                    log.error("S3 upload queue %s: the staged file of blob %s is gone; the "
+                              "blob is lost (cosfs fsck names the objects)", self.root,
+                              blob.hex())
+                    with self._cond:
+                        self._uploading.discard(blob)
+                    self.discard(blob)
+                    continue
                 if data is not None:
                     self._upload(blob, data)
             except StoreError as exc:
@@ -611,6 +626,8 @@ class S3Store:
             aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key,
             aws_session_token=creds.session_token, verify=settings.verify_tls, config=config)
         self._sizes = None  # blob id -> size seen by list() (uncached copies only)
+        # why this machine must not change the store (cosfs.lease); shared with uncached()
+        self._fencing = {"reason": None}
         self.cache = None
         if settings.cache_size > 0:
             self.cache = BlobCache(settings.cache, settings.cache_size, drop=drop_cache)
@@ -643,6 +660,11 @@ class S3Store:
         other._sizes = {}
         return other
 
+    def fence(self, reason):
+        """Refuse every upload and deletion (EIO naming ``reason``) until ``fence(None)``:
+        the store's lease was lost (:mod:`cosfs.lease`). Reads go on."""
+        self._fencing["reason"] = reason
+
     def _key(self, blob):
         return self.prefix + blob.hex()
 
@@ -652,9 +674,14 @@ class S3Store:
 
         With ``absent`` (not None), a 404 answer returns ``absent`` instead of failing.
         """
+        name = blob.hex() if isinstance(blob, bytes) else blob
+        fenced = self._fencing["reason"]
+        if fenced is not None and what in _CHANGES and name != _LEASE:
+            raise StoreError("S3 store %s: %s of %s refused: %s" % (self.root, what, name,
+                                                                  fenced),
+                             errno=errno.EIO)
         deadline = time.monotonic() + self.settings.retry_time
         attempt = 0
-        name = blob.hex() if isinstance(blob, bytes) else blob
         while True:
             try:
                 return fn(Bucket=self.bucket, **kwargs)
@@ -692,13 +719,7 @@ class S3Store:
     # -- setup -------------------------------------------------------------------
     def create(self):
         """Check that the bucket is reachable with these credentials (creating it when the
-        service says it does not exist); with write-back, queue what an earlier run left
-        staged and start the uploaders. StoreError with one line naming the endpoint."""
-        self._check_bucket()
-        if self.staging is not None:
-            self.staging.start()
-
-    def _check_bucket(self):
+        service says it does not exist). StoreError with one line naming the endpoint."""
         try:
             if self._call("access check", self.bucket, self._client.head_bucket, absent=False):
                 return
@@ -709,6 +730,12 @@ class S3Store:
                                 self.settings.credentials), errno=exc.errno) from None
         log.info("S3 store %s: creating bucket %s", self.endpoint, self.bucket)
         self._call("bucket creation", self.bucket, self._client.create_bucket)
+
+    def start(self):
+        """With write-back, queue what an earlier run left staged and start the uploaders
+        (after the store's lease is taken: nothing is uploaded before)."""
+        if self.staging is not None:
+            self.staging.start()
 
     def close(self):
         """Stop the uploaders of write-back (staged blobs stay queued for the next start);

@@ -35,6 +35,7 @@ import errno
 import hashlib
 import logging
 import os
+import pathlib
 import sqlite3
 import struct
 import tempfile
@@ -66,12 +67,18 @@ def new_name(now_ns=None):
                                       os.urandom(4).hex())
 
 
+def taken_ns(name):
+    """Nanoseconds since the epoch in ``name`` (0 if it is not a snapshot name)."""
+    try:
+        return int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
 def taken_at(name):
     """Seconds since the epoch at which ``name`` was taken (None if it is not a snapshot)."""
-    try:
-        return int(name.split("-")[1]) / 1e9
-    except (IndexError, ValueError):
-        return None
+    ns = taken_ns(name)
+    return ns / 1e9 if ns else None
 
 
 # -- the sealed format (pure) -------------------------------------------------------
@@ -165,10 +172,14 @@ def unseal(keys, name, src, dst):
 
 # -- copies of the catalog ---------------------------------------------------------
 
+def _read_only_uri(path):
+    return pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+
+
 def copy_catalog(catalog_path, dst_path):
     """A consistent copy of the committed catalog at ``dst_path``; returns the set of
     blobs it lists as garbage (released, referenced by none of its chunks)."""
-    src = sqlite3.connect("file:%s?mode=ro" % catalog_path, uri=True, isolation_level=None)
+    src = sqlite3.connect(_read_only_uri(catalog_path), uri=True, isolation_level=None)
     try:
         src.execute("PRAGMA busy_timeout=5000")
         dst = sqlite3.connect(dst_path, isolation_level=None)
@@ -196,29 +207,39 @@ def targets_of(stores):
     return list(seen.values())
 
 
-def take(catalog_path, keys, targets, keep=3):
+def s3_stores_of(stores):
+    """Every S3 store among ``stores`` (region -> store): each has its own upload queue."""
+    return [stores[r] for r in sorted(stores) if hasattr(stores[r], "upload_meta")]
+
+
+def take(catalog_path, keys, targets, keep=3, flush=None):
     """Copy, seal and upload one snapshot to every target; prune older ones beyond
-    ``keep``. Blocks. Returns (name, garbage blob set). StoreError if an upload fails."""
+    ``keep``. ``flush``: the stores whose write-back queues must be on the service
+    before the snapshot goes up (default: ``targets``). Blocks. Returns (name, garbage
+    blob set). StoreError if an upload fails."""
     try:
-        return _take(catalog_path, keys, targets, keep)
+        return _take(catalog_path, keys, targets, keep, targets if flush is None else flush)
     except (OSError, sqlite3.Error) as exc:
         full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
         raise CosfsError("cannot make a catalog snapshot: %s" % exc,
                          errno=errno.ENOSPC if full else errno.EIO) from None
 
 
-def _take(catalog_path, keys, targets, keep):
+def _take(catalog_path, keys, targets, keep, flush):
     folder = os.path.dirname(os.path.abspath(catalog_path))
-    name = new_name()
+    # later than every snapshot there, whatever this machine's clock says: the newest by
+    # name is what restore takes, and what the garbage rule protects
+    newest = max([taken_ns(n) for n, _, _ in list_snapshots(targets)] + [0])
+    name = new_name(max(time.time_ns(), newest + 1))
     started = time.monotonic()
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".snapshot-", suffix=".db") as plain, \
             tempfile.NamedTemporaryFile(dir=folder, prefix=".snapshot-", suffix=".sealed") as out:
         garbage = copy_catalog(catalog_path, plain.name)
         # with write-back, blobs the copy names may still wait in a local queue: the
         # snapshot goes up only after them (everything staged before the copy was made)
-        for target in targets:
-            if hasattr(target, "wait_uploaded"):
-                target.wait_uploaded()
+        for store in flush:
+            if hasattr(store, "wait_uploaded"):
+                store.wait_uploaded()
         with open(plain.name, "rb") as src:
             seal(keys, name, src, out)
         out.flush()
@@ -256,11 +277,12 @@ def fetch(keys, name, target, dst_path):
     folder = os.path.dirname(os.path.abspath(dst_path))
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".restore-", suffix=".sealed") as sealed:
         target.download_meta(SUB_PREFIX + name, sealed.name)
-        with open(sealed.name, "rb") as src, open(dst_path, "wb") as dst:
+        fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(sealed.name, "rb") as src, open(fd, "wb") as dst:
             unseal(keys, name, src, dst)
             dst.flush()
             os.fsync(dst.fileno())
-    db = sqlite3.connect("file:%s?mode=ro" % dst_path, uri=True)
+    db = sqlite3.connect(_read_only_uri(dst_path), uri=True)
     try:
         result = db.execute("PRAGMA integrity_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
@@ -279,11 +301,16 @@ class Snapshotter:
     worker threads' capacity limiter.
     """
 
-    def __init__(self, catalog, keys, targets, limiter, *, interval=30.0, on_fsync=True, keep=3):
+    def __init__(self, catalog, keys, targets, limiter, *, interval=30.0, on_fsync=True, keep=3,
+                 flush=None):
         self.catalog = catalog
         self.keys = keys
         self.targets = targets
+        #: every S3 store with an upload queue to wait for (default: the targets)
+        self.flush = list(targets if flush is None else flush)
         self.limiter = limiter
+        # waits for upload queues take no worker slot of the data path
+        self._wait_limiter = trio.CapacityLimiter(64)
         self.interval = interval
         self.on_fsync = on_fsync
         self.keep = keep
@@ -345,9 +372,9 @@ class Snapshotter:
 
     async def uploaded(self):
         """Return once every blob stored before this call is on the service."""
-        for target in self.targets:
-            if getattr(target, "staging", None) is not None:
-                await trio.to_thread.run_sync(target.wait_uploaded, limiter=self.limiter)
+        for store in self.flush:
+            if getattr(store, "staging", None) is not None:
+                await trio.to_thread.run_sync(store.wait_uploaded, limiter=self._wait_limiter)
 
     async def covering(self):
         """Return once a snapshot that started after this call was uploaded (at once when
@@ -368,8 +395,8 @@ class Snapshotter:
         self._changes = self.catalog.db.total_changes
         try:
             name, garbage = await trio.to_thread.run_sync(
-                take, self.catalog.path, self.keys, self.targets, self.keep,
-                limiter=self.limiter)
+                take, self.catalog.path, self.keys, self.targets, self.keep, self.flush,
+                limiter=self._wait_limiter)
         except BaseException:
             self.failures += 1
             self._changes = None  # try again next time

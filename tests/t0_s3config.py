@@ -114,6 +114,17 @@ def test_s3_errors(tmp_path, item, expected):
     assert expected in message, message
 
 
+def test_two_regions_cannot_share_an_upload_queue(tmp_path):
+    message = load_error(tmp_path, """\
+        stores:
+          ap-beijing: {type: s3, endpoint: 'http://x', bucket: b-1, credentials: c,
+                       staging: q}
+          ap-guangzhou: {type: s3, endpoint: 'http://x', bucket: b-2, credentials: c,
+                         staging: q/sub}
+        """)
+    assert "staging: expected a folder apart from the upload queue of ap-beijing" in message
+
+
 def test_store_of_an_unknown_region(tmp_path):
     message = load_error(tmp_path, "stores:\n  ap-chengdu: {type: local}\n")
     assert "stores.ap-chengdu: expected one of the configured regions" in message

@@ -211,11 +211,62 @@ def test_another_holder_is_refused_and_a_stale_lease_broken_only_with_the_flag(c
         lease.acquire([s3], "host-b:/store", break_stale=True)
     assert "breaking the stale lease" in caplog.text
     assert json.loads(s3.objects["lease"])["holder"] == "host-b:/store"
-    # the old holder's renewal does not take it back: it says so
-    with caplog.at_level(logging.ERROR):
-        lease.renew([s3], "host-a:/store")
-    assert "was taken by host-b" in caplog.text
+    # the old holder's renewal does not take it back: it says who has it
+    assert lease.renew([s3], "host-a:/store").startswith("host-b:/store")
     assert json.loads(s3.objects["lease"])["holder"] == "host-b:/store"
+
+
+class Fenced:
+    def __init__(self):
+        self.reason = None
+
+    def fence(self, reason):
+        self.reason = reason
+
+
+def test_the_keeper_fences_the_stores_when_the_lease_is_lost(caplog):
+    s3, store = FakeS3(), Fenced()
+    lease.acquire([s3], "host-a:/store")
+    keeper = lease.Keeper([s3], "host-a:/store", [store], fence_after=0.2)
+    keeper.renew_once()
+    assert store.reason is None
+    # another machine broke the lease: stop changing the store
+    doc = json.loads(s3.objects["lease"])
+    doc["holder"] = "host-b:/store"
+    s3.objects["lease"] = json.dumps(doc).encode()
+    with caplog.at_level(logging.ERROR):
+        keeper.renew_once()
+    assert "taken over by host-b" in store.reason and "stops changing" in caplog.text
+    keeper.renew_once()  # and stays so: the other holder's lease is left alone
+    assert json.loads(s3.objects["lease"])["holder"] == "host-b:/store"
+    assert store.reason is not None
+
+
+def test_the_keeper_fences_when_it_cannot_renew_for_too_long(monkeypatch):
+    s3, store = FakeS3(), Fenced()
+    lease.acquire([s3], "host-a:/store")
+    keeper = lease.Keeper([s3], "host-a:/store", [store], fence_after=0.2)
+
+    def down(name, data):
+        raise errors.StoreError("S3 store http://s3/b/p/: put of lease failed: timeout")
+    monkeypatch.setattr(s3, "put_meta", down)
+    keeper.renew_once()
+    assert store.reason is None  # one failure is not yet a danger
+    time.sleep(0.3)
+    keeper.renew_once()
+    assert "could not be renewed" in store.reason
+    monkeypatch.undo()
+    keeper.renew_once()  # renewed again: writes resume
+    assert store.reason is None
+
+
+def test_holder_ids_are_per_store_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = lease.holder_of(tmp_path / "a")
+    assert lease.holder_of(tmp_path / "a") == a
+    assert oct(os.stat(tmp_path / "a" / ".lease-id").st_mode & 0o777) == "0o600"
+    assert str(tmp_path / "a") in a and lease.holder_of(tmp_path / "b") != a
 
 
 def test_an_unreadable_lease_counts_as_another_holder():

@@ -34,6 +34,7 @@ def make(server, tmp_path, *, endpoint=None, bucket=None, **kw):
                                cache=tmp_path / "cache", prefix="p/", **kw)
     store = S3Store(settings, str(tmp_path))
     store.create()
+    store.start()
     return store
 
 
@@ -317,3 +318,20 @@ def test_write_back_staging_is_bounded(seaweedfs, tmp_path, proxy):
         assert store.get(bid(2)) == b"b" * 2000
     finally:
         store.close()
+
+
+def test_a_fenced_store_refuses_changes_but_reads(store):
+    store.put(bid(1), b"before")
+    store.fence("the store lease was taken over by host-b")
+    for change in (lambda: store.put(bid(2), b"x"), lambda: store.delete(bid(1)),
+                   lambda: store.delete_many([bid(1)]) or store.delete(bid(1)),
+                   lambda: store.put_meta("snapshots/x", b"x")):
+        with pytest.raises(StoreError) as exc:
+            change()
+        assert exc.value.errno == errno.EIO and "taken over by host-b" in str(exc.value)
+    assert store.get(bid(1)) == b"before"
+    assert store.uncached().get(bid(1)) == b"before"
+    store.put_meta("lease", b"{}")  # the lease itself is still written (renewal, release)
+    store.fence(None)
+    store.put(bid(2), b"after")
+    assert store.get(bid(2)) == b"after"
