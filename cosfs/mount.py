@@ -248,9 +248,28 @@ def restore_catalog(config, *, name=None, force=False):
         target = match[0]
     keys = KeyStore.open(config.keys, create=False, allow_gaps=True)
     store_dir = os.fspath(config.store)
-    durable.makedirs(store_dir, 0o700)
-    durable.makedirs(os.path.join(store_dir, "blobs"), 0o700)
+    try:
+        durable.makedirs(store_dir, 0o700)
+        durable.makedirs(os.path.join(store_dir, "blobs"), 0o700)
+    except OSError as exc:
+        raise CosfsError("cannot create store directory %s: %s" % (store_dir, exc.strerror),
+                         errno=exc.errno) from None
     lock_fd, unclean = _lock(store_dir, "being restored")
+    try:
+        return _restore_locked(store_dir, keys, name, target, force)
+    except OSError as exc:
+        raise CosfsError("cannot restore the catalog into %s: %s" % (store_dir, exc.strerror),
+                         errno=exc.errno) from None
+    finally:
+        # the restored catalog is complete; a store left unclean before stays so (its
+        # local blobs and read cache are checked at the next open)
+        if not unclean:
+            os.ftruncate(lock_fd, 0)
+        os.close(lock_fd)
+
+
+def _restore_locked(store_dir, keys, name, target, force):
+    """restore_catalog's part under the store's lock."""
     try:
         catalog_path = os.path.join(store_dir, CATALOG_NAME)
         present = [ext for ext in ("", "-wal", "-shm") if os.path.lexists(catalog_path + ext)]
@@ -271,16 +290,7 @@ def restore_catalog(config, *, name=None, force=False):
                     target.root)
         return name, aside
     finally:
-        for leftover in (os.path.join(store_dir, CATALOG_NAME + ".restore"),):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        # the restored catalog is complete; a store left unclean before stays so (its
-        # local blobs and read cache are checked at the next open)
-        if not unclean:
-            os.ftruncate(lock_fd, 0)
-        os.close(lock_fd)
+        _sweep_leftovers(store_dir)
 
 
 def _sweep_leftovers(store_dir):
