@@ -3,6 +3,9 @@
 # a virtual environment in .venv with cosfs and its test extras installed.
 # Idempotent: packages already present are not fetched again.
 #
+# --test also installs what only the tests drive: headless Chromium and its driver
+# (the console's browser test), rclone and s3fs-fuse (clients of the XML API).
+#
 # --system also links the commands into the system, for /etc/fstab lines and the
 # systemd unit (see "Running it for real" in README.md):
 #   /sbin/mount.fuse.cosfs, /sbin/umount.fuse.cosfs   (mount(8) looks only in /sbin)
@@ -13,15 +16,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 system=0
+test=0
 for arg in "$@"; do
   case "$arg" in
     --system) system=1 ;;
-    *) echo "usage: $0 [--system]" >&2; exit 2 ;;
+    --test) test=1 ;;
+    *) echo "usage: $0 [--system] [--test]" >&2; exit 2 ;;
   esac
 done
 
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr rsync git tar
           sqlite3 procps psmisc)
+if [ "$test" = 1 ]; then
+  packages+=(chromium chromium-driver rclone s3fs)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
