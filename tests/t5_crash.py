@@ -409,8 +409,11 @@ def read_tree(mnt):
             for name in filenames:
                 path = os.path.join(dirpath, name)
                 rel = os.path.relpath(path, mnt)
-                with open(path, "rb") as f:  # an EIO here fails the test with its path
-                    files[rel] = f.read()
+                try:
+                    with open(path, "rb") as f:
+                        files[rel] = f.read()
+                except OSError as exc:  # read(2) errors carry no path: fail with it
+                    raise OSError(exc.errno, exc.strerror, path) from exc
                 try:
                     enc[rel] = os.getxattr(path, SSE).decode()
                 except OSError as exc:
@@ -528,9 +531,21 @@ class CrashRunner:
         return k
 
     def fail(self, what, journal=None):
-        raise AssertionError("%s %s, seed %r, round %d: %s%s" % (
+        raise AssertionError("%s %s, seed %r, round %d: %s%s%s" % (
             self.what, self.mix, self.seed, self.round, what,
-            "" if journal is None else "\njournal %s:\n%s" % (journal, _tail(journal))))
+            "" if journal is None else "\njournal %s:\n%s" % (journal, _tail(journal)),
+            self.logs()))
+
+    def logs(self):
+        """The daemon's log from its first error on, if any: the test's folder (and the log
+        in it) is removed after a failure, and an EIO names its cause only there."""
+        bad = self.mount.unexpected_log_lines()
+        if not bad:
+            return ""
+        lines = self.mount.log_text().splitlines()
+        first = lines.index(bad[0])  # the first error, with its traceback
+        return "\ndaemon log %s (from its first error):\n%s" % (
+            self.mount.log, "\n".join(lines[first:first + 40]))
 
     def setup(self):
         self.mount.start()

@@ -31,7 +31,7 @@ import pytest
 from conftest import ENC, PLAIN, Mount, get, needs_fuse, put, write_config
 from helpers import tmp_path  # noqa: F401 (tmpfs)
 from powerfs import PowerDisk
-from t5_crash import CrashRunner, MIXES, SIZES, MAX_FILES, run_rounds
+from t5_crash import CrashRunner, MIXES, SIZES, MAX_FILES, _tail, run_rounds
 
 KiB = 1024
 
@@ -84,6 +84,11 @@ class PowerCutRunner(CrashRunner):
     def first_allowed(self, steps, k):
         durable = [i for i in range(k) if steps[i]["op"] in DURABLE_OPS]
         return durable[-1] + 1 if durable else 0
+
+    def logs(self):
+        text = self.disk.log_text().strip()
+        return super().logs() + ("\npowerfs log %s:\n%s" % (self.disk.log, _tail(self.disk.log))
+                                 if text else "")
 
     def abort(self):
         super().abort()
