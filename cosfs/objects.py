@@ -375,7 +375,9 @@ class ObjectStore:
                 piece = b"" if ch is None else await self.reader.read(
                     committed[0], committed[1], ino, idx, ch, lo, hi, ahead)
                 if ahead and ch is not None:
-                    for nxt in range(idx + 1, idx + 1 + READ_AHEAD_CHUNKS):
+                    depth = min(getattr(committed[0], "read_ahead", READ_AHEAD_CHUNKS),
+                                self.reader.cache.capacity // (4 * cs))
+                    for nxt in range(idx + 1, idx + 1 + max(READ_AHEAD_CHUNKS, depth)):
                         self._prefetch(st, committed, ino, nxt)
             if len(piece) < hi - lo:
                 piece += bytes(hi - lo - len(piece))
@@ -542,11 +544,11 @@ class ObjectStore:
                 # packed data fills the catalog's disk like a blob: the same reserve applies
                 store.check_room(len(data) + cipher.HEADER_SIZE + cipher.TAG_SIZE)
                 packed = seal(crypt, idx, blob, data)
-            elif len(data) <= INLINE_WRITE_LIMIT:
+            elif len(data) <= INLINE_WRITE_LIMIT and not getattr(store, "remote", False):
                 seal_put(store, crypt, idx, blob, data)
             else:
                 await trio.to_thread.run_sync(seal_put, store, crypt, idx, blob, data,
-                                              limiter=self.limiter)
+                                              limiter=self.reader.limiter_for(store))
         except CosfsError as exc:
             log.error("cannot store chunk %d of inode %d: %s", idx, st.ino, exc)
             raise

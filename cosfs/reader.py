@@ -33,11 +33,30 @@ class ChunkReader:
         self.cache = SegmentCache(cache_size)
         self.headers = SegmentCache(4 * 1024 * 1024)
         self.limiter = limiter
+        self._store_limiters = {}  # id(store) -> its own limiter (remote stores)
         self.reading = {}   # blob -> number of reads under way (kept from collection)
         self.inflight = {}  # blob -> Event of a worker fetch under way (others wait for it)
 
     def in_use(self, blob):
         return blob in self.reading
+
+    def limiter_for(self, store):
+        """The worker slots for I/O with ``store``: a store whose calls mostly wait on the
+        network (``parallel`` > 0, an S3 store) gets as many of its own; a local one
+        shares the data path's (cores + 1)."""
+        parallel = getattr(store, "parallel", 0)
+        if not parallel:
+            return self.limiter
+        lim = self._store_limiters.get(id(store))
+        if lim is None:
+            lim = self._store_limiters[id(store)] = trio.CapacityLimiter(parallel)
+        return lim
+
+    @staticmethod
+    def inline_ok(store, ch):
+        """Whether a small fetch may run on the trio thread: never one that waits on the
+        network (a remote store's blob; a packed chunk is in its catalog row)."""
+        return ch.data is not None or not getattr(store, "remote", False)
 
     @contextlib.contextmanager
     def holding(self, blob):
@@ -98,12 +117,12 @@ class ChunkReader:
         with self.holding(ch.blob):
             try:
                 args = (store, crypt, idx, ch, first, last, header)
-                if (last - first + 1) * SEG <= INLINE_READ_LIMIT:
+                if (last - first + 1) * SEG <= INLINE_READ_LIMIT and self.inline_ok(store, ch):
                     header, plain = fetch(*args)
                 else:
                     ev = self.inflight[ch.blob] = trio.Event()
-                    header, plain = await trio.to_thread.run_sync(fetch, *args,
-                                                                  limiter=self.limiter)
+                    header, plain = await trio.to_thread.run_sync(
+                        fetch, *args, limiter=self.limiter_for(store))
             except CosfsError as exc:
                 if isinstance(exc, IntegrityError):
                     metrics.authentication_failed()
