@@ -833,7 +833,10 @@ class Bench:
 
     def tree(self, t):
         dest = os.path.join(t.path, "tree")
-        os.makedirs(dest)
+        # a peer whose rm -rf returned before its listing caught up (rclone's directory
+        # cache) may still show the previous round's folder
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest, exist_ok=True)
         dt = self.step("untar", t, ["tar", "-xf", self.args.tarball, "-C", dest])
         if self.args.scale:
             per = dt / self.args.tree_count * 1000
