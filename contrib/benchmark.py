@@ -699,14 +699,22 @@ class Rclone(FuseDaemon):
             return json.load(resp)
 
     def settle(self, timeout=3600):
+        """Until rclone reports no upload queued or running twice in a row, 1.5 s apart:
+        a file closed a moment ago is not counted until its write-back delay (1 s) ran."""
         deadline = time.monotonic() + timeout
+        idle_since = None
         while True:
             disk = self.vfs_stats().get("diskCache", {})
             if disk.get("erroredFiles"):
                 raise RuntimeError("rclone: %s files failed to upload; see %s"
                                    % (disk["erroredFiles"], self.logfile))
             if not disk.get("uploadsInProgress") and not disk.get("uploadsQueued"):
-                return
+                if idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= 1.5:
+                    return
+            else:
+                idle_since = None
             if time.monotonic() > deadline:
                 raise RuntimeError("rclone still uploading after %d s" % timeout)
             time.sleep(0.05)
