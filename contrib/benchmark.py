@@ -426,7 +426,8 @@ class Target:
 
     def settle(self):
         """Wait until what was written is where the target's guarantee puts it (on the
-        S3 service for an S3 target); part of a workload's time."""
+        S3 service for an S3 target); part of a workload's time. May return the
+        ``time.perf_counter()`` at which it was there (default: when this returns)."""
 
     def cache_dirs(self):
         """Folders of the target's local disk cache (none: no such cache)."""
@@ -699,8 +700,9 @@ class Rclone(FuseDaemon):
             return json.load(resp)
 
     def settle(self, timeout=3600):
-        """Until rclone reports no upload queued or running twice in a row, 1.5 s apart:
-        a file closed a moment ago is not counted until its write-back delay (1 s) ran."""
+        """Until rclone reports no upload queued or running for 1.5 s: a file closed a
+        moment ago is not counted until its write-back delay (1 s) ran. Returns when that
+        idle stretch began (the wait that confirms it is not the workload's time)."""
         deadline = time.monotonic() + timeout
         idle_since = None
         while True:
@@ -711,8 +713,9 @@ class Rclone(FuseDaemon):
             if not disk.get("uploadsInProgress") and not disk.get("uploadsQueued"):
                 if idle_since is None:
                     idle_since = time.monotonic()
+                    idle_at = time.perf_counter()
                 elif time.monotonic() - idle_since >= 1.5:
-                    return
+                    return idle_at
             else:
                 idle_since = None
             if time.monotonic() > deadline:
@@ -798,8 +801,8 @@ class Bench:
         c0 = cpu_seconds(t.pid)
         t0 = time.perf_counter()
         timed(cmd)
-        t.settle()
-        dt = time.perf_counter() - t0
+        done = t.settle() or time.perf_counter()
+        dt = done - t0
         c1 = cpu_seconds(t.pid)
         return dt, (None if c0 is None or c1 is None else c1 - c0)
 
