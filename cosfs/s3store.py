@@ -601,13 +601,12 @@ class S3Store:
     unclean shutdown). Nothing touches the network before :meth:`create`.
 
     For the data path: ``remote`` (its calls wait on the network: never on the trio
-    thread), ``parallel`` (worker slots of its own, the connection pool's size) and
-    ``read_ahead`` (chunks a sequential reader fetches ahead: latency, not bandwidth,
-    bounds one request).
+    thread). More worker slots or a deeper read-ahead for it were measured and made
+    cold sequential reads slower (every fetch holds the GIL for botocore's request
+    handling and the decryption; more threads only contend for it).
     """
 
     remote = True
-    read_ahead = 8
 
     def __init__(self, settings, local_root, *, drop_cache=False):
         self.settings = settings
@@ -634,7 +633,6 @@ class S3Store:
             aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key,
             aws_session_token=creds.session_token, verify=settings.verify_tls, config=config)
         self._sizes = None  # blob id -> size seen by list() (uncached copies only)
-        self.parallel = settings.max_connections
         # why this machine must not change the store (cosfs.lease); shared with uncached()
         self._fencing = {"reason": None}
         self.cache = None
