@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -45,6 +44,7 @@ import pytest
 
 from conftest import (APPID, ENC, PLAIN, Mount, cosfs_cmd, fuse_available, get, is_mounted, put,
                       write_config)
+from t4_api import free_port, wait_port
 
 pytestmark = [pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
               pytest.mark.timeout(120)]
@@ -61,25 +61,6 @@ api:
   enabled: true
   listen: 127.0.0.1:{port}
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the daemon exited before the API answered")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("the API did not listen on %d within %ss" % (port, timeout))
 
 
 class Api:

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from conftest import ENC, PLAIN, fuse_available, mounted, write_config
+from t4_api import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -44,12 +45,6 @@ ORIGIN_DOC = ("<OriginConfiguration>\n<OriginRule>\n<RulePriority>1</RulePriorit
               "origin.example.com</HostName></HostInfo></OriginInfo>\n</OriginRule>\n"
               "</OriginConfiguration>")
 WAIT = 20
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, timeout=30):

@@ -25,6 +25,7 @@ import urllib.parse
 import pytest
 
 from conftest import APPID, ENC, PLAIN, Mount, cosfs_cmd, fuse_available, put, write_config
+from t4_api import free_port
 
 pytestmark = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
@@ -37,13 +38,6 @@ api:
   enabled: true
   listen: 127.0.0.1:{port}
 """
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
