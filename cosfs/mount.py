@@ -116,6 +116,17 @@ def _lock(store_dir, purpose):
     return fd, bool(previous.strip())
 
 
+def _make_store_dir(store_dir):
+    """The store folder and its blobs/ (0700, durable); CosfsError naming the folder."""
+    try:
+        durable.makedirs(store_dir, 0o700)
+        # makedirs gives intermediate directories the umask's mode: make blobs/ here
+        durable.makedirs(os.path.join(store_dir, "blobs"), 0o700)
+    except OSError as exc:
+        raise CosfsError("cannot create store directory %s: %s" % (store_dir, exc.strerror),
+                         errno=exc.errno) from None
+
+
 def region_dir(config, region):
     return os.path.join(config.store, "blobs", region)
 
@@ -130,13 +141,7 @@ def open_store(config, *, create, purpose="opened", break_lease=False):
     """
     store_dir = os.fspath(config.store)
     if create:
-        try:
-            durable.makedirs(store_dir, 0o700)
-            # makedirs gives intermediate directories the umask's mode: make blobs/ here
-            durable.makedirs(os.path.join(store_dir, "blobs"), 0o700)
-        except OSError as exc:
-            raise CosfsError("cannot create store directory %s: %s" % (store_dir, exc.strerror),
-                             errno=exc.errno) from None
+        _make_store_dir(store_dir)
     elif not os.path.isdir(store_dir):
         raise CosfsError("no store at %s" % store_dir, errno=errno.ENOENT, code="NoSuchStore")
     lock_fd, unclean = _lock(store_dir, purpose)
@@ -248,12 +253,7 @@ def restore_catalog(config, *, name=None, force=False):
         target = match[0]
     keys = KeyStore.open(config.keys, create=False, allow_gaps=True)
     store_dir = os.fspath(config.store)
-    try:
-        durable.makedirs(store_dir, 0o700)
-        durable.makedirs(os.path.join(store_dir, "blobs"), 0o700)
-    except OSError as exc:
-        raise CosfsError("cannot create store directory %s: %s" % (store_dir, exc.strerror),
-                         errno=exc.errno) from None
+    _make_store_dir(store_dir)
     lock_fd, unclean = _lock(store_dir, "being restored")
     try:
         return _restore_locked(store_dir, keys, name, target, force)

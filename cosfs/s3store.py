@@ -184,6 +184,19 @@ def _describe(exc):
     return "%s: %s" % (type(exc).__name__, exc)
 
 
+def _write_aside(part, path, data):
+    """Write ``data`` to the new file ``part`` (0600), then rename it to ``path``: a file
+    under ``path`` is complete (not synced: callers sync what must survive a power cut)."""
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.rename(part, path)
+
+
 class BlobCache:
     """Whole blobs as files in a folder, least recently used out beyond ``limit`` bytes.
 
@@ -267,14 +280,7 @@ class BlobCache:
             self._seq += 1
             part = "%s.%d.part" % (self._path(blob), self._seq)
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.rename(part, self._path(blob))
+            _write_aside(part, self._path(blob), data)
         except OSError as exc:
             self._unlink(part)
             log.debug("read cache %s: cannot keep blob %s: %s", self.root, blob.hex(), exc)
@@ -402,14 +408,7 @@ class UploadQueue:
         path = self._path(blob)
         part = path + ".part"
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.rename(part, path)
+            _write_aside(part, path, data)
         except OSError as exc:
             BlobCache._unlink(part)
             raise StoreError("S3 upload queue %s: cannot stage blob %s: %s"
