@@ -600,9 +600,9 @@ class S3Store:
     unclean shutdown). Nothing touches the network before :meth:`create`.
 
     For the data path: ``remote`` (its calls wait on the network: never on the trio
-    thread). More worker slots or a deeper read-ahead for it were measured and made
-    cold sequential reads slower (every fetch holds the GIL for botocore's request
-    handling and the decryption; more threads only contend for it).
+    thread). More worker slots or a deeper read-ahead for it were measured and did not
+    make cold sequential reads faster, only costlier in CPU (every fetch holds the GIL for
+    botocore's request handling and the decryption; more threads only contend for it).
     """
 
     remote = True
