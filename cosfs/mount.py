@@ -676,17 +676,7 @@ def _metrics_state(store, objects, fs, keyspace) -> dict:
 async def _start_console(nursery, app, console, stop):
     """Serve the console in ``nursery`` until ``stop``; returns an Event set once stopped."""
     from .console import server
-    done = trio.Event()
-
-    async def run(task_status=trio.TASK_STATUS_IGNORED):
-        try:
-            await server.serve(app, console, shutdown_trigger=stop.wait, task_status=task_status)
-        finally:
-            done.set()
-
-    urls = await nursery.start(run)
-    log.warning("cosfs serves the web console at %s (pid %d)", ", ".join(urls), os.getpid())
-    return done
+    return await _start_server(nursery, server.serve, app, console, stop, "the web console")
 
 
 async def _start_control(nursery, app, config, stop):
@@ -984,16 +974,22 @@ def _raise_read_ahead(mountpoint):
 async def _start_api(nursery, app, api, stop):
     """Start the API server in ``nursery``; returns an Event set once it has stopped."""
     from .api import server
+    return await _start_server(nursery, server.serve, app, api, stop, "the COS XML API")
+
+
+async def _start_server(nursery, serve, app, settings, stop, what):
+    """Run ``serve(app, settings, ...)`` in ``nursery`` until ``stop``, log where ``what``
+    is served; returns an Event set once the server stopped."""
     done = trio.Event()
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):
         try:
-            await server.serve(app, api, shutdown_trigger=stop.wait, task_status=task_status)
+            await serve(app, settings, shutdown_trigger=stop.wait, task_status=task_status)
         finally:
             done.set()
 
     urls = await nursery.start(run)
-    log.warning("cosfs serves the COS XML API at %s (pid %d)", ", ".join(urls), os.getpid())
+    log.warning("cosfs serves %s at %s (pid %d)", what, ", ".join(urls), os.getpid())
     return done
 
 
