@@ -313,7 +313,11 @@ def test_write_back_staging_is_bounded(seaweedfs, tmp_path, proxy):
             store.put(bid(2), b"b" * 2000)  # waits retry_time for room, then EIO
         assert exc.value.errno == errno.EIO and "full" in str(exc.value)
         proxy.fail(0)
-        store.put(bid(2), b"b" * 2000)  # room as soon as the first one is uploaded
+        deadline = time.monotonic() + 20  # the uploader pauses after a failure, then retries
+        while store.staging.count:
+            assert time.monotonic() < deadline, "the queued blob was never uploaded"
+            time.sleep(0.05)
+        store.put(bid(2), b"b" * 2000)  # room once the first one is uploaded
         store.wait_uploaded()
         assert store.get(bid(2)) == b"b" * 2000
     finally:
