@@ -643,11 +643,13 @@ class Catalog:
 
     def usage_by_encryption(self):
         """[(bucket inode, stored encryption label or None, objects, bytes)] of the linked
-        regular files of every bucket (current objects; noncurrent versions have no name).
+        regular files of every bucket (current objects; noncurrent versions have no name,
+        parts of multipart uploads are not objects).
         One full scan of the inode table."""
         return self.db.execute(
             "SELECT bucket, enc, count(*), coalesce(sum(size), 0) FROM inodes "
             "WHERE bucket != 0 AND nlink > 0 AND (mode & 61440) = 32768 "
+            "AND id NOT IN (SELECT inode FROM upload_parts) "
             "GROUP BY bucket, enc").fetchall()
 
     # -- dentries --------------------------------------------------------
@@ -1057,6 +1059,27 @@ class Catalog:
             sql += " LIMIT ?"
             args.append(limit)
         return list(self.db.execute(sql, args))
+
+    def upload_identity(self, upload_id) -> Optional[int]:
+        """The inode that holds an upload's sealing identity (its row numbered 0), or
+        None for an upload initiated before uploads had one."""
+        row = self.db.execute("SELECT inode FROM upload_parts WHERE upload=? AND number=0",
+                              (upload_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def largest_part(self, upload_id) -> int:
+        """The size of the largest part uploaded so far (0 without parts)."""
+        row = self.db.execute("SELECT max(size) FROM upload_parts WHERE upload=? AND number>0",
+                              (upload_id,)).fetchone()
+        return row[0] or 0
+
+    def link_chunks(self, src, dst):
+        """Give inode ``dst`` the chunk rows of inode ``src`` at the same indexes (inside a
+        transaction; ``dst`` has none there). Both share the blobs, which go to garbage
+        only when neither references them; the caller makes sure both share a sealing
+        identity (object id and data key), or the chunks will not open as ``dst``'s."""
+        self.db.execute("INSERT INTO chunks SELECT ?, idx, blob, length, data FROM chunks"
+                        " WHERE inode=?", (dst, src))
 
     def set_upload_part(self, upload_id, number, ino, etag, size, mtime_ns):
         """Record a part; returns the inode of the part it replaces, or None."""

@@ -73,6 +73,7 @@ import dataclasses
 import errno
 import hashlib
 import heapq
+import hmac
 import itertools
 import json
 import logging
@@ -395,15 +396,17 @@ class ObjectReader:
 class _Draft:
     """A new nameless object being written (nlink 0: a crash leaves it to be purged)."""
 
-    def __init__(self, ks, bucket_ino, request, spec):
+    def __init__(self, ks, bucket_ino, request, spec, identity=None, offset=0):
         self.ks = ks
         cat = ks.catalog
+        object_id, crypt = identity if identity is not None else (os.urandom(16), None)
         with cat.transaction():
             inode = cat.new_inode(mode=stat.S_IFREG | 0o644, uid=ks.uid, gid=ks.gid, nlink=0,
-                                  bucket=bucket_ino, object_id=os.urandom(16),
+                                  bucket=bucket_ino, object_id=object_id,
                                   enc_request=request)
         self.ino = inode.id
-        self.size = 0
+        self.offset = offset  # where write_all puts its first byte
+        self.size = 0  # bytes written by write_all
         self.md5 = hashlib.md5()
         self.kept = False
         ks.objects.opened(self.ino)
@@ -411,7 +414,7 @@ class _Draft:
             # committed even when empty, so that its encryption is recorded (like create)
             ks.objects.state(self.ino).modified = True
             if spec is not _RESOLVE:
-                ks.objects.begin_with(self.ino, spec)
+                ks.objects.begin_with(self.ino, spec, crypt)
         except BaseException:  # e.g. no data key: the nameless inode must not stay held
             self.discard()
             raise
@@ -421,11 +424,12 @@ class _Draft:
             await trio.to_thread.run_sync(self.md5.update, data, limiter=self.ks.objects.limiter)
         else:
             self.md5.update(data)
-        await self.ks.objects.write(self.ino, self.size, data)
+        await self.ks.objects.write(self.ino, self.offset + self.size, data)
         self.size += len(data)
 
     async def write_all(self, pieces):
-        """Append an async iterator of bytes, in whole chunks where possible."""
+        """Append an async iterator of bytes (from ``offset`` on), in whole chunks where
+        possible."""
         cs = self.ks.objects.chunk_size
         buf = bytearray()
         async for piece in pieces:
@@ -633,8 +637,8 @@ class KeySpace:
         self.fs.purge_if_unused(ino)
 
     @asynccontextmanager
-    async def _draft(self, bucket_ino, request, spec=_RESOLVE):
-        draft = _Draft(self, bucket_ino, request, spec)
+    async def _draft(self, bucket_ino, request, spec=_RESOLVE, identity=None, offset=0):
+        draft = _Draft(self, bucket_ino, request, spec, identity, offset)
         try:
             yield draft
         except BaseException:
@@ -646,9 +650,11 @@ class KeySpace:
             draft.discard()
 
     def _publish(self, bucket_ino, segments, draft, xattrs, etag, finish_upload=None, *,
-                 replica=False, replica_vid=None):
+                 replica=False, replica_vid=None, link=()):
         """Give the committed draft its key, replacing what is there: one transaction, no
-        await. ``finish_upload``: also remove that multipart upload. ``replica``: the
+        await. ``finish_upload``: also remove that multipart upload; ``link``: inodes
+        whose chunks the draft takes over in the same transaction (parts sealed under
+        the draft's identity, see :meth:`_assembly`). ``replica``: the
         draft is a replica of source version ``replica_vid`` (None: ``null``;
         cosfs.services.replication). Returns the Inode."""
         cat = self.catalog
@@ -659,6 +665,8 @@ class KeySpace:
         with cat.transaction():
             if cat.bucket_by_inode(bucket_ino) is None:
                 raise NoSuchBucket("the bucket was removed while the object was written")
+            for src in link:
+                cat.link_chunks(src, draft.ino)
             parent = self._make_dirs(bucket_ino, segments[:-1], t)
             name = segments[-1]
             fields = dict(nlink=1, etag=etag, mtime_ns=t, ctime_ns=t)
@@ -1556,8 +1564,19 @@ class KeySpace:
         t = now_ns()
         upload_id = "%016x%s" % (t, os.urandom(8).hex())  # sorts by initiation time
         doc = json.dumps({"meta": meta or {}, "headers": headers or {}}).encode()
-        with self.catalog.transaction():
-            self.catalog.add_upload(upload_id, bino, key.encode("utf-8"), t, request, label, doc)
+        # The identity the parts are sealed under, which the object takes at Complete
+        # (see _store_part): an empty inode recorded as the upload's part 0.
+        object_id = os.urandom(16)
+        crypt = self.objects.new_crypt(label, object_id)
+        cat = self.catalog
+        with cat.transaction():
+            cat.add_upload(upload_id, bino, key.encode("utf-8"), t, request, label, doc)
+            ident = cat.new_inode(mode=stat.S_IFREG | 0o600, uid=self.uid, gid=self.gid,
+                                  nlink=1, bucket=bino, object_id=object_id,
+                                  enc_request=request, t=t)
+            cat.update_inode(ident.id, enc=label,
+                             wrapped_key=None if crypt is None else crypt.wrapped)
+            cat.set_upload_part(upload_id, 0, ident.id, "", 0, t)
         log.debug("upload %s of %s/%s initiated (%s)", upload_id, bucket, key, label or "plain")
         return upload_id
 
@@ -1565,9 +1584,38 @@ class KeySpace:
         if not isinstance(part_number, int) or not 1 <= part_number <= MAX_PART_NUMBER:
             raise InvalidArgument("part number must be from 1 to %d" % MAX_PART_NUMBER)
 
-    async def _store_part(self, bino, row, part_number, pieces, content_md5=None):
+    def _identity(self, upload_id):
+        """(object id, Crypt or None) that the parts of an upload are sealed under, or
+        None for an upload initiated before uploads had one."""
+        ino = self.catalog.upload_identity(upload_id)
+        if ino is None:
+            return None
+        inode = self.catalog.get_inode(ino)
+        return inode.object_id, self.objects.stored_crypt(inode)
+
+    def _part_offset(self, upload_id, part_number, size_hint):
+        """Where part ``part_number`` is expected to start in the final object: parts are
+        written there (under the upload's identity), so that Complete can link their
+        chunks into the object instead of sealing every byte again.
+
+        Clients cut an object into parts of one size with a shorter last part; the size
+        is the largest part seen so far or this part's declared length. A wrong guess
+        (the short last part arriving first, parts of mixed sizes) costs only speed:
+        Complete seals such a part again at its real place. Offsets that are not a
+        multiple of the chunk size are never linked: those parts start at 0."""
+        size = max(size_hint or 0, self.catalog.largest_part(upload_id))
+        cs = self.objects.chunk_size
+        if size <= 0 or size % cs:
+            return 0
+        return (part_number - 1) * size
+
+    async def _store_part(self, bino, row, part_number, pieces, content_md5=None,
+                          size_hint=None):
         upload_id = row[0]
-        async with self._draft(bino, None, _spec_of(row[5])) as draft:
+        identity = self._identity(upload_id)
+        offset = 0 if identity is None else self._part_offset(upload_id, part_number,
+                                                               size_hint)
+        async with self._draft(bino, None, _spec_of(row[5]), identity, offset) as draft:
             await draft.write_all(pieces)
             digest = draft.md5.digest()
             if content_md5 is not None and digest != content_md5:
@@ -1589,13 +1637,18 @@ class KeySpace:
         return PartCopy(digest.hex(), t)
 
     async def upload_part(self, bucket, key, upload_id, part_number, body, *,
-                          content_md5=None) -> str:
+                          content_md5=None, size=None) -> str:
         """Store a part (sealed with the upload's encryption); a part uploaded again
-        replaces the earlier one. Returns its ETag (MD5 hex)."""
+        replaces the earlier one. ``size``: the part's announced length, when ``body``
+        is a stream (a hint for where the part goes, see :meth:`_part_offset`).
+        Returns its ETag (MD5 hex)."""
         self._check_part_number(part_number)
         _check_digest(content_md5)
         bino, row = self._upload(bucket, key, upload_id)
-        part = await self._store_part(bino, row, part_number, _pieces(body), content_md5)
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            size = len(body)
+        part = await self._store_part(bino, row, part_number, _pieces(body), content_md5,
+                                      size)
         return part.etag
 
     async def upload_part_copy(self, bucket, key, upload_id, part_number, src_bucket, src_key,
@@ -1612,7 +1665,8 @@ class KeySpace:
             if not 0 <= start <= end <= size or (start == end and rng is not None):
                 raise InvalidRange("range %d-%d is not within the %d bytes of the source"
                                    % (start, end - 1, size))
-            return await self._store_part(bino, row, part_number, reader.pieces(start, end))
+            return await self._store_part(bino, row, part_number, reader.pieces(start, end),
+                                          size_hint=end - start)
         finally:
             await reader.aclose()
 
@@ -1635,7 +1689,7 @@ class KeySpace:
         if not parts:
             raise MalformedXML("a multipart upload completes with at least one part")
         stored = {n: (ino, etag, size) for n, ino, etag, size, _ in
-                  self.catalog.upload_parts(upload_id)}
+                  self.catalog.upload_parts(upload_id)}  # numbers from 1: 0 is no part
         chosen = []
         for number, etag in parts:
             if chosen and number <= chosen[-1][0]:
@@ -1659,32 +1713,77 @@ class KeySpace:
             for c in chosen:
                 self._hold(c[1])
                 held.append(c[1])
-            async with self._draft(bino, row[4], _spec_of(row[5])) as draft:
-                await draft.write_all(self._part_pieces([c[1] for c in chosen]))
+            identity = self._identity(upload_id)
+            plan = None if identity is None else self._assembly(chosen, identity)
+            if plan is None:
+                # seal every byte again under a new identity, part after part
+                linked = []
+                draft_cm = self._draft(bino, row[4], _spec_of(row[5]))
+                sealed_again = [(c[1], c[3], None) for c in chosen]
+            else:
+                linked, sealed_again, total = plan
+                draft_cm = self._draft(bino, row[4], _spec_of(row[5]), identity)
+            async with draft_cm as draft:
+                for ino, size, offset in sealed_again:
+                    if offset is not None:
+                        draft.offset, draft.size = offset, 0
+                    await draft.write_all(self._part_pieces(ino, size))
+                if plan is not None:
+                    await self.objects.truncate(draft.ino, total)  # the linked parts' room
                 await draft.commit()
                 if self.catalog.get_upload(upload_id) is None:
                     raise NoSuchUpload("upload %s was completed or aborted meanwhile" % upload_id)
                 inode = self._publish(bino, segments, draft, xattrs, etag,
-                                      finish_upload=upload_id)
+                                      finish_upload=upload_id, link=linked)
         finally:
             for ino in held:
                 self._unhold(ino)
         await self._durable()
-        log.debug("upload %s completed as %s/%s (%d parts, %d bytes)", upload_id, bucket, key,
-                  len(chosen), inode.size)
+        log.debug("upload %s completed as %s/%s (%d parts, %d linked, %d bytes)", upload_id,
+                  bucket, key, len(chosen), len(linked), inode.size)
         return self._info(inode, key, etag)
 
-    async def _part_pieces(self, inos):
+    def _assembly(self, chosen, identity):
+        """How the parts ``chosen`` [(number, inode, etag, size)] become one object under
+        the upload's ``identity`` without sealing them again: (parts whose chunks are
+        linked as they are, [(part, size, offset)] sealed again at their offset, total
+        size); None when the parts cannot share the identity's chunk grid (parts of
+        different sizes, or a size that is not a multiple of the chunk size).
+
+        A part is linked when it was written at its final offset (see
+        :meth:`_part_offset`) under the same object id and data key."""
         cs = self.objects.chunk_size
-        for ino in inos:
-            size = self.catalog.get_inode(ino).size
-            pos = 0
-            while pos < size:
-                data = await self.objects.read(ino, pos, min(cs, size - pos))
-                if not data:
-                    raise CosfsError("a part of the upload ended early (inode %d)" % ino)
-                yield data
-                pos += len(data)
+        first = chosen[0][3]
+        if len(chosen) > 1 and (first == 0 or first % cs):
+            return None
+        if any(c[3] != first for c in chosen[:-1]):
+            return None
+        object_id, crypt = identity
+        linked, again = [], []
+        for i, (_number, ino, _etag, size) in enumerate(chosen):
+            offset = i * first
+            inode = self.catalog.get_inode(ino)
+            same = inode.object_id == object_id and inode.size - size == offset
+            if same and crypt is not None:
+                theirs = self.objects.stored_crypt(inode) if inode.enc == crypt.label else None
+                same = theirs is not None and hmac.compare_digest(theirs.key, crypt.key)
+            elif same:
+                same = inode.enc is None
+            (linked.append(ino) if same else again.append((ino, size, offset)))
+        return linked, again, (len(chosen) - 1) * first + chosen[-1][3]
+
+    async def _part_pieces(self, ino, size):
+        """The ``size`` bytes of a part: it ends where its inode ends (it may have been
+        written at its offset in the final object, see :meth:`_part_offset`)."""
+        cs = self.objects.chunk_size
+        end = self.catalog.get_inode(ino).size
+        pos = end - size
+        while pos < end:
+            data = await self.objects.read(ino, pos, min(cs - pos % cs, end - pos))
+            if not data:
+                raise CosfsError("a part of the upload ended early (inode %d)" % ino)
+            yield data
+            pos += len(data)
 
     async def abort_upload(self, bucket, key, upload_id):
         self._upload(bucket, key, upload_id)

@@ -328,12 +328,27 @@ class ObjectStore:
         st.session = (crypt, rewrite)
         return st.session
 
-    def begin_with(self, ino, spec):
+    def begin_with(self, ino, spec, crypt=None):
         """Open the write session of a new, empty object with encryption ``spec`` (None:
         plain) instead of asking the resolver: the encryption a multipart upload chose
-        when it was initiated. Call before the first write; the session lasts until the
-        next commit."""
-        self._begin(self.state(ino), force_spec=True, spec=spec)
+        when it was initiated. With ``crypt`` (see :meth:`new_crypt`), the object is
+        sealed under that data key and identity instead of a fresh one: the parts of an
+        upload share the identity of the object they become, so that their chunks can
+        be linked into it as they are. Call before the first write; the session lasts
+        until the next commit."""
+        st = self.state(ino)
+        if crypt is None:
+            self._begin(st, force_spec=True, spec=spec)
+        else:
+            if crypt.label != stored_label(spec):
+                raise ValueError("the data key is for %s, the upload for %s"
+                                 % (crypt.label, stored_label(spec)))
+            st.session = (crypt, False)
+
+    def new_crypt(self, label, object_id) -> Optional[Crypt]:
+        """A fresh data key (wrapped) for encryption label ``label`` and ``object_id``,
+        or None when ``label`` is None (plain)."""
+        return None if label is None else self._new_crypt(label, object_id)
 
     # -- reading ----------------------------------------------------------
     async def read(self, ino, offset, size) -> bytes:

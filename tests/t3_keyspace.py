@@ -352,7 +352,7 @@ async def test_a_put_whose_encryption_cannot_start_leaves_nothing(tmp_path, monk
         upload = await ks.create_upload(PLAIN, "big", sse="AES256")
         inodes = env.catalog.inode_count()
 
-        def broken(ino, spec):
+        def broken(ino, spec, crypt=None):
             raise CosfsError("no data key", code="KeyUnavailable")
         monkeypatch.setattr(env.objects, "begin_with", broken)
         with pytest.raises(CosfsError):
@@ -835,6 +835,106 @@ async def test_multipart_parts_are_sealed_and_survive_a_restart(tmp_path):
         assert not store_holds(env, b"MULTIPART-PLAINTEXT-MULTIPART")
 
 
+def chunk_blobs(env, ino):
+    """Blob ids of the chunks of ``ino`` that live in the store (not packed)."""
+    return {ch.blob for ch in env.catalog.chunks(ino) if not ch.packed}
+
+
+async def verify_object(env, ino):
+    """Every chunk of ``ino`` opens under the object's own identity (what fsck --verify
+    checks): read each chunk through a data path with no cache."""
+    from cosfs.objects import ObjectStore
+    fresh = ObjectStore(env.catalog, env.store.stores, env.store.keys,
+                        chunk_size=env.objects.chunk_size, cache_size=0, write_buffer=0)
+    size = env.catalog.get_inode(ino).size
+    return await fresh.read(ino, 0, size + 1)
+
+
+@trio_test
+async def test_complete_links_parts_written_at_their_place(tmp_path):
+    """Parts of one size (a multiple of the chunk size) are sealed at their offset in the
+    final object under the upload's identity, so Complete links their chunks instead of
+    sealing every byte again; a short last part that arrived first, when the part size
+    was not known yet, is sealed again at its real place. Either way the object reads
+    back whole, opens under its own identity, and nothing of the parts is left."""
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        for bucket in (ENC, PLAIN):
+            uid = await ks.create_upload(bucket, "linked")
+            parts = [part_bytes(n) for n in range(1, 5)] + [b"the short last part"]
+            order = [5, 3, 1, 4, 2]  # the short last part first: it lands at offset 0
+            etags = {}
+            for n in order:
+                etags[n] = await ks.upload_part(bucket, "linked", uid, n,
+                                                body_of(parts[n - 1]), size=len(parts[n - 1]))
+            etags[3] = await ks.upload_part(bucket, "linked", uid, 3, parts[2])  # again
+            before = env.catalog.referenced_blobs()
+            info = await ks.complete_upload(bucket, "linked", uid, sorted(etags.items()))
+            ino = ino_of(env, bucket, "linked")
+            whole = b"".join(parts)
+            assert info.size == len(whole) and await get(ks, bucket, "linked") == whole
+            assert await verify_object(env, ino) == whole
+            blobs = chunk_blobs(env, ino)
+            per_part = MIN_PART_SIZE // env.objects.chunk_size
+            # the four whole parts' chunks are linked; the last part's one is packed again
+            assert len(blobs & before) == 4 * per_part and not blobs - before
+            assert env.catalog.unlinked_inodes() == []
+            assert env.catalog.upload_parts(uid) == [] and env.catalog.get_upload(uid) is None
+            assert (await ks.head_object(bucket, "linked")).sse == \
+                ("AES256" if bucket == ENC else None)
+            if bucket == ENC:
+                enc_blobs = blobs
+        await env.objects.commit_all()
+        await env.drain_gc()
+        assert await get(ks, ENC, "linked") == whole
+        # deleting the object releases the linked blobs
+        held = env.blobs()
+        await ks.delete_object(ENC, "linked")
+        await env.objects.commit_all()
+        await env.drain_gc()
+        assert enc_blobs <= held and not enc_blobs & env.blobs()
+
+
+@trio_test
+async def test_complete_of_parts_that_cannot_be_linked(tmp_path):
+    """Parts of mixed sizes, sizes that are not a multiple of the chunk size, parts
+    numbered with gaps, and an upload without an announced size: the object is whole."""
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        cs = env.objects.chunk_size
+        cases = {
+            "mixed": [(1, part_bytes(1, MIN_PART_SIZE + cs)), (2, part_bytes(2)),
+                      (3, b"end")],
+            "odd": [(1, part_bytes(3, MIN_PART_SIZE + 1)), (2, part_bytes(4, MIN_PART_SIZE + 1)),
+                    (3, b"tail")],
+            "gaps": [(2, part_bytes(5)), (5, part_bytes(6)), (9, b"last")],
+            "one": [(7, b"a single part")],
+        }
+        for key, parts in cases.items():
+            uid = await ks.create_upload(ENC, key)
+            listed = []
+            for n, data in reversed(parts):
+                listed.append((n, await ks.upload_part(ENC, key, uid, n, body_of(data))))
+            await ks.complete_upload(ENC, key, uid, sorted(listed))
+            whole = b"".join(d for _, d in parts)
+            assert await get(ks, ENC, key) == whole, key
+            assert await verify_object(env, ino_of(env, ENC, key)) == whole, key
+        assert env.catalog.unlinked_inodes() == []
+
+
+@trio_test
+async def test_uploads_in_progress_are_not_counted_as_objects(tmp_path):
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        uid = await ks.create_upload(PLAIN, "k")
+        for n in (1, 2, 3):
+            await ks.upload_part(PLAIN, "k", uid, n, part_bytes(n))
+        assert ks.usage()[PLAIN] == {}
+        await ks.complete_upload(PLAIN, "k", uid, [(p.number, p.etag) for p in
+                                                   ks.list_parts(PLAIN, "k", uid).parts])
+        assert ks.usage()[PLAIN] == {None: (1, 3 * MIN_PART_SIZE)}
+
+
 @trio_test
 async def test_uploads_of_a_removed_bucket_are_dropped(tmp_path):
     async with fs_env(tmp_path) as env:
@@ -846,7 +946,8 @@ async def test_uploads_of_a_removed_bucket_are_dropped(tmp_path):
         await env.fs.rmdir(ROOT_INODE, ("tmp-" + APPID).encode())  # rmdir on the mount
         ks = ks_of(env)
         assert env.catalog.get_upload(uid) is None
-        assert env.catalog.inode_count() == inodes - 2  # the bucket and the part
+        # the bucket, the part and the inode holding the upload's sealing identity
+        assert env.catalog.inode_count() == inodes - 3
 
 
 @trio_test

@@ -734,7 +734,8 @@ class ApiApp:
     async def upload_part(self, req, resp):
         part = await self.ks.upload_part(req.bucket, req.key, req.params["uploadId"],
                                          self._part_number(req), req.body(),
-                                         content_md5=hdr.content_md5(req.headers))
+                                         content_md5=hdr.content_md5(req.headers),
+                                         size=hdr.content_size(req.headers))
         etag = part if isinstance(part, str) else part.etag
         await resp.whole(200, headers=[("etag", xmlout.quote_etag(etag))])
 

@@ -103,6 +103,23 @@ def content_md5(headers):
     return digest
 
 
+def content_size(headers):
+    """The announced length of the content, aws-chunked framing removed, or None when
+    the request does not say (only a hint: the body decides)."""
+    for name in ("x-amz-decoded-content-length", "content-length"):
+        value = headers.get(name)
+        if value is not None:
+            if name == "content-length" and "aws-chunked" in \
+                    headers.get("content-encoding", "").lower():
+                return None
+            try:
+                size = int(value)
+            except ValueError:
+                return None
+            return size if size >= 0 else None
+    return None
+
+
 def object_headers(info, *, amz=False):
     """Response headers ``[(name, value)]`` describing object ``info``."""
     out = [("etag", xmlout.quote_etag(info.etag)),
