@@ -112,6 +112,10 @@ def api(tmp_path_factory):
     m.expect_log(r"the client went away|failed after the answer started")
     bad = m.unexpected_log_lines()
     assert not bad, "unexpected errors in the daemon log:\n" + "\n".join(bad[:20])
+    # every chunk of every object the API wrote opens under its object's identity,
+    # those of completed multipart uploads (linked from their parts) included
+    res = m.cli("fsck", "--config", config, "--verify", "--dry-run")
+    assert "DAMAGED" not in res.stdout + res.stderr, res.stdout + res.stderr
 
 
 def s3_code(exc_info):

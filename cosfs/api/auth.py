@@ -65,6 +65,8 @@ appears in an exception or a log line. Pure computation; no trio.
 """
 
 import calendar
+import datetime
+import functools
 import hashlib
 import hmac
 import logging
@@ -339,7 +341,10 @@ def _parse_amz_date(text, error):
     if not m:
         raise error("the date must look like 20250131T120000Z")
     try:
-        return calendar.timegm(time.strptime(text, "%Y%m%dT%H%M%SZ"))
+        fields = (int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]),
+                  int(text[11:13]), int(text[13:15]))
+        datetime.datetime(*fields)  # a date that exists (ValueError otherwise)
+        return calendar.timegm(fields)
     except ValueError:
         raise error("the date %s does not exist" % text[:20]) from None
 
@@ -361,7 +366,11 @@ def _scope(credential_text, amz_date, error):
     return secret_id, "/".join(parts[1:])
 
 
+@functools.lru_cache(maxsize=64)
 def _signing_key(secret_key, scope):
+    """The SigV4 signing key of a secret for a scope (date/region/service/aws4_request);
+    kept for the scopes in use (one a day per credential and region), as the secrets
+    themselves are kept in memory."""
     date, region, service, terminal = scope.split("/")
     key = ("AWS4" + secret_key).encode()
     for part in (date, region, service, terminal):
