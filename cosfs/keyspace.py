@@ -444,8 +444,8 @@ class _Draft:
         if buf:
             await self._write(bytes(buf))
 
-    async def commit(self):
-        await self.ks.objects.commit(self.ino)
+    async def commit(self, then=None):
+        await self.ks.objects.commit(self.ino, then=then)
 
     def discard(self):
         inode = self.ks.catalog.get_inode(self.ino)
@@ -657,6 +657,15 @@ class KeySpace:
         the draft's identity, see :meth:`_assembly`). ``replica``: the
         draft is a replica of source version ``replica_vid`` (None: ``null``;
         cosfs.services.replication). Returns the Inode."""
+        return self._published(draft, self._name_rows(
+            bucket_ino, segments, draft, xattrs, etag, finish_upload, replica=replica,
+            replica_vid=replica_vid, link=link))
+
+    def _name_rows(self, bucket_ino, segments, draft, xattrs, etag, finish_upload=None, *,
+                   replica=False, replica_vid=None, link=()):
+        """The catalog rows of :meth:`_publish` (its transaction, or a part of the one
+        around it: see :meth:`_commit_and_publish`); returns what :meth:`_published`
+        needs afterwards."""
         cat = self.catalog
         vs = self.objects.versions
         t = now_ns()
@@ -702,14 +711,27 @@ class KeySpace:
                 parts = cat.delete_upload(finish_upload)
                 for ino in parts:
                     cat.update_inode(ino, nlink=0)
+        return parent, name, old, parts
+
+    def _published(self, draft, rows):
+        """After the transaction that named ``draft``: the kernel is told, and what it
+        replaced is purged once unused. Returns the Inode."""
+        parent, name, old, parts = rows
         draft.kept = True
-        vs.flush()
+        self.objects.versions.flush()
         self._changed(parent, name)  # a replaced entry, or a cached "no such name"
         if old is not None:
             self.fs.purge_if_unused(old.id)
         for ino in parts:
             self.fs.purge_if_unused(ino)
-        return cat.get_inode(draft.ino)
+        return self.catalog.get_inode(draft.ino)
+
+    async def _commit_and_publish(self, draft, bucket_ino, segments, xattrs, etag):
+        """Commit the draft and give it its key in one transaction. Returns the Inode."""
+        rows = []
+        await draft.commit(then=lambda: rows.append(self._name_rows(
+            bucket_ino, segments, draft, xattrs, etag)))
+        return self._published(draft, rows[0])
 
     # -- buckets ----------------------------------------------------------------------
     def list_buckets(self) -> List[BucketInfo]:
@@ -1067,10 +1089,14 @@ class KeySpace:
             digest = draft.md5.digest()
             if content_md5 is not None and digest != content_md5:
                 raise BadDigest("the Content-MD5 you specified did not match what we received")
-            await draft.commit()
-            if writer is WriterKind.ORIGIN_PULL and self._find(bino, segments)[1] is not None:
-                return await self.head_object(bucket, key)  # written meanwhile: it wins
-            inode = self._publish(bino, segments, draft, xattrs, digest.hex())
+            if writer is WriterKind.ORIGIN_PULL:
+                await draft.commit()
+                if self._find(bino, segments)[1] is not None:
+                    return await self.head_object(bucket, key)  # written meanwhile: it wins
+                inode = self._publish(bino, segments, draft, xattrs, digest.hex())
+            else:
+                inode = await self._commit_and_publish(draft, bino, segments, xattrs,
+                                                       digest.hex())
         await self._durable()
         log.debug("put %s/%s: %d bytes, %s", bucket, key, inode.size, inode.enc or "plain")
         return self._info(inode, key, inode.etag)
@@ -1495,8 +1521,8 @@ class KeySpace:
         try:
             async with self._draft(dbino, request) as draft:
                 await draft.write_all(reader.pieces())
-                await draft.commit()
-                inode = self._publish(dbino, segments, draft, xattrs, draft.md5.hexdigest())
+                inode = await self._commit_and_publish(draft, dbino, segments, xattrs,
+                                                       draft.md5.hexdigest())
         finally:
             await reader.aclose()
         await self._durable()

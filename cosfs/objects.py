@@ -623,14 +623,21 @@ class ObjectStore:
             self._maybe_drop(st)
 
     # -- commit -----------------------------------------------------------
-    async def commit(self, ino, durable=False):
+    async def commit(self, ino, durable=False, then=None):
         """Make the object's changes visible in the catalog (and durable if asked).
 
         Raises StoreError/CosfsError if data could not be stored; the previous
         committed version stays intact and the changes stay buffered for a retry.
+        ``then``: a callable (no awaits) run inside the commit's transaction, after
+        the object's rows are written; if it raises, nothing of the commit is written
+        and the changes stay buffered (the key-level core names a new object this way:
+        one transaction for its content and its name).
         """
         st = self.states.get(ino)
         if st is None:
+            if then is not None:
+                with self.catalog.transaction():
+                    then()
             if durable:
                 await self.sync_catalog()
             return
@@ -639,6 +646,9 @@ class ObjectStore:
                 err, st.error = st.error, None
                 log.warning("retrying storage of inode %d after: %s", ino, err)
             if not st.modified and not st.pending and not st.dirty:
+                if then is not None:
+                    with self.catalog.transaction():
+                        then()
                 if durable:
                     await self.sync_catalog()
                 return
@@ -648,7 +658,7 @@ class ObjectStore:
                 await self._rewrite_rest(st, crypt)
             if durable:
                 await self.collector.sync_stores_settled(st)
-            self._record(st, crypt, durable)
+            self._record(st, crypt, durable, then=then)
         self.collector.poke()
         snaps = self.collector.snapshots
         if durable and snaps is not None:
@@ -688,10 +698,11 @@ class ObjectStore:
                                                            limiter=self.limiter)
             st.pending[ch.idx] = Chunk(ch.idx, blob, length, packed)
 
-    def _record(self, st, crypt, durable, **extra):
+    def _record(self, st, crypt, durable, then=None, **extra):
         """The one catalog transaction that publishes a new version (no awaits).
 
-        ``extra`` inode fields are written in the same transaction.
+        ``extra`` inode fields are written in the same transaction; ``then`` is
+        called last inside it (see :meth:`commit`).
         """
         cat = self.catalog
         fields = dict(st.attrs)
@@ -715,6 +726,8 @@ class ObjectStore:
             cat.update_inode(st.ino, **fields)
             for i, key in enumerate(keys):
                 vs.stamp(st.ino, before.bucket, key, new=not st.version_made and i == 0)
+            if then is not None:
+                then()
         if keys:
             st.version_made = True  # one write session, one version
             vs.flush()
