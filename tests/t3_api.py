@@ -455,3 +455,13 @@ def test_requests_are_counted_by_operation_and_status():
     call(app, "GET", "/%s/x" % PLAIN, anonymous=True)
     assert (count("put_object", 200), count("get_object", 404), count("none", 403)) == \
         tuple(n + 1 for n in before)
+
+
+def test_hypercorn_reads_large_pieces():
+    """The socket read size is set through a hypercorn module value (it has no setting):
+    an upgrade of hypercorn that drops it must be noticed here, not in a benchmark."""
+    from hypercorn.trio import tcp_server
+
+    from cosfs.api import server
+    server._tune_hypercorn()
+    assert tcp_server.MAX_RECV == server.RECV_SIZE
