@@ -896,6 +896,35 @@ async def test_complete_links_parts_written_at_their_place(tmp_path):
 
 
 @trio_test
+async def test_a_failed_complete_leaves_the_parts_whole(tmp_path, monkeypatch):
+    """The links and the name are one transaction: when it fails, the object is not
+    there, every part still reads back, and Complete can be sent again."""
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        parts = [part_bytes(n) for n in (1, 2)] + [b"end"]
+        uid = await ks.create_upload(ENC, "k")
+        listed = [(n, await ks.upload_part(ENC, "k", uid, n, p))
+                  for n, p in enumerate(parts, 1)]
+        real = env.catalog.delete_upload
+
+        def broken(upload_id):
+            real(upload_id)
+            raise CosfsError("the catalog is full", code="InternalError")
+        monkeypatch.setattr(env.catalog, "delete_upload", broken)
+        await fails("InternalError", ks.complete_upload(ENC, "k", uid, listed))
+        monkeypatch.setattr(env.catalog, "delete_upload", real)
+        await fails("NoSuchKey", ks.head_object(ENC, "k"))
+        assert [p.size for p in ks.list_parts(ENC, "k", uid).parts] == [len(p) for p in parts]
+        await env.objects.commit_all()
+        await env.drain_gc()
+        info = await ks.complete_upload(ENC, "k", uid, listed)
+        assert info.size == sum(map(len, parts))
+        assert await get(ks, ENC, "k") == b"".join(parts)
+        assert await verify_object(env, ino_of(env, ENC, "k")) == b"".join(parts)
+        assert env.catalog.unlinked_inodes() == []
+
+
+@trio_test
 async def test_complete_of_parts_that_cannot_be_linked(tmp_path):
     """Parts of mixed sizes, sizes that are not a multiple of the chunk size, parts
     numbered with gaps, and an upload without an announced size: the object is whole."""
