@@ -838,6 +838,72 @@ def test_serve_without_fuse_finishes_requests_on_sigterm(tmp_path):
         served.kill()
 
 
+def test_kill_during_complete_leaves_the_upload_or_the_whole_object(tmp_path):
+    """Complete links the parts and names the object in one transaction: a kill -9 at
+    any moment of it leaves either the upload with every part (Complete works again)
+    or the whole object, and every chunk opens under the object's identity."""
+    import threading
+    folder = str(tmp_path / "served")
+    port = free_port()
+    config = write_config(folder, extra=API_SECTION.format(port=port))
+    os.makedirs(os.path.join(folder, "data"), mode=0o700, exist_ok=True)
+    cred = add_credential(config)
+    served = Served(folder, config, port).start()
+    parts = [os.urandom(1 << 20) for _ in range(6)] + [b"and the short last part"]
+    whole = b"".join(parts)
+    outcomes = set()
+    try:
+        for round_, delay in enumerate((0.0, 0.005, 0.01, 0.02, 0.05, 0.2)):
+            s3 = _s3_for(port, cred)
+            key = "killed/%d" % round_
+            uid = s3.create_multipart_upload(Bucket=ENC, Key=key)["UploadId"]
+            listed = [{"PartNumber": n, "ETag": s3.upload_part(
+                Bucket=ENC, Key=key, UploadId=uid, PartNumber=n, Body=p)["ETag"]}
+                for n, p in enumerate(parts, 1)]
+            done = threading.Thread(target=lambda: _quietly(
+                s3.complete_multipart_upload, Bucket=ENC, Key=key, UploadId=uid,
+                MultipartUpload={"Parts": listed}))
+            done.start()
+            time.sleep(delay)
+            served.kill()
+            done.join(30)
+            served = Served(folder, config, port).start()
+            s3 = _s3_for(port, cred)
+            try:
+                got = s3.get_object(Bucket=ENC, Key=key)["Body"].read()
+            except ClientError as exc:
+                assert s3_code_of(exc) == "NoSuchKey"
+                left = s3.list_parts(Bucket=ENC, Key=key, UploadId=uid)["Parts"]
+                assert [p["Size"] for p in left] == [len(p) for p in parts]
+                outcomes.add("upload")
+                s3.complete_multipart_upload(Bucket=ENC, Key=key, UploadId=uid,
+                                             MultipartUpload={"Parts": listed})
+                got = s3.get_object(Bucket=ENC, Key=key)["Body"].read()
+            else:
+                outcomes.add("object")
+                with pytest.raises(ClientError):
+                    s3.list_parts(Bucket=ENC, Key=key, UploadId=uid)
+            assert got == whole, "round %d: the object is not what was uploaded" % round_
+    finally:
+        served.kill()
+    res = subprocess.run(cosfs_cmd("fsck", "--config", config, "--verify", "--dry-run"),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "DAMAGED" not in res.stdout + res.stderr, \
+        res.stdout + res.stderr
+    print("outcomes seen:", sorted(outcomes))
+
+
+def _quietly(fn, **kw):
+    try:
+        fn(**kw)
+    except Exception:  # the daemon was killed under it
+        pass
+
+
+def s3_code_of(exc):
+    return exc.response["Error"]["Code"]
+
+
 # -- versioning and replication ---------------------------------------------------------
 def test_versions_through_boto3(api):
     s3 = api.s3()
