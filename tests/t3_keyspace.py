@@ -952,6 +952,30 @@ async def test_complete_of_parts_that_cannot_be_linked(tmp_path):
 
 
 @trio_test
+async def test_an_upload_initiated_before_parts_shared_an_identity(tmp_path):
+    """An upload from a catalog written before uploads had an identity (no part 0): its
+    parts are sealed each under its own identity and Complete seals them again."""
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        uid = await ks.create_upload(ENC, "old")
+        ident = env.catalog.upload_identity(uid)
+        with env.catalog.transaction():  # as an older cosfs left it
+            env.catalog.db.execute("DELETE FROM upload_parts WHERE number=0")
+            env.catalog.update_inode(ident, nlink=0)
+        env.fs.purge_if_unused(ident)
+        parts = [part_bytes(1), part_bytes(2), b"end"]
+        listed = [(n, await ks.upload_part(ENC, "old", uid, n, p))
+                  for n, p in enumerate(parts, 1)]
+        ids = {env.catalog.get_inode(ino).object_id
+               for _, ino, *_ in env.catalog.upload_parts(uid)}
+        assert len(ids) == 3  # nothing shared
+        await ks.complete_upload(ENC, "old", uid, listed)
+        assert await get(ks, ENC, "old") == b"".join(parts)
+        assert await verify_object(env, ino_of(env, ENC, "old")) == b"".join(parts)
+        assert env.catalog.unlinked_inodes() == []
+
+
+@trio_test
 async def test_uploads_in_progress_are_not_counted_as_objects(tmp_path):
     async with fs_env(tmp_path) as env:
         ks = ks_of(env)
