@@ -38,7 +38,7 @@ from .errors import CosfsError, FsError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Versions an older cosfs wrote that this one upgrades in place at open (see docs/format.md).
 _UPGRADES = {
     # 1 -> 2: chunks may carry their sealed bytes (packed small chunks)
@@ -47,6 +47,11 @@ _UPGRADES = {
     # the blobs of the content they were copied from; the tables are ADDED_TABLES). An
     # older cosfs would free shared blobs, so it must not open such a catalog.
     2: (),
+    # 3 -> 4: the parts of a multipart upload are written at their offset in the final
+    # object (their bytes are the last ``size`` of their inode) and an upload's part 0 is
+    # its sealing identity; an older cosfs would read each part from byte 0 and complete
+    # such an upload with zeros in it, so it must not open such a catalog.
+    3: (),
 }
 #: SQL condition on a chunk row ``c``: no other inode's chunk row references its blob (a
 #: noncurrent version's copy: see Catalog.clone_inode). Only such blobs become garbage.

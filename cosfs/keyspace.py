@@ -103,6 +103,8 @@ MAX_KEYS = 1000
 MAX_PART_NUMBER = 10000
 #: Smallest part but the last one (bytes).
 MIN_PART_SIZE = 1024 * 1024
+#: Largest part COS takes (bytes): larger announced sizes are no guide to where parts go.
+MAX_PART_SIZE = 5 * 1024 ** 3
 #: COS: a user metadata value at most 2 KiB, all user metadata at most 4 KiB.
 META_VALUE_MAX = 2048
 META_TOTAL_MAX = 4096
@@ -642,7 +644,8 @@ class KeySpace:
         try:
             yield draft
         except BaseException:
-            draft.discard()
+            if not draft.kept:  # named already: a failure after that must not delete it
+                draft.discard()
             raise
         if draft.kept:
             self._unhold(draft.ino)
@@ -718,12 +721,18 @@ class KeySpace:
         replaced is purged once unused. Returns the Inode."""
         parent, name, old, parts = rows
         draft.kept = True
-        self.objects.versions.flush()
         self._changed(parent, name)  # a replaced entry, or a cached "no such name"
-        if old is not None:
-            self.fs.purge_if_unused(old.id)
-        for ino in parts:
-            self.fs.purge_if_unused(ino)
+        try:
+            self.objects.versions.flush()
+            if old is not None:
+                self.fs.purge_if_unused(old.id)
+            for ino in parts:
+                self.fs.purge_if_unused(ino)
+        except CosfsError as exc:
+            # the object is stored and named: what it replaced has no name any more
+            # and goes at the next purge (at worst the next mount)
+            log.warning("the inodes replaced by a new object stay until the next purge: %s",
+                        exc)
         return self.catalog.get_inode(draft.ino)
 
     async def _commit_and_publish(self, draft, bucket_ino, segments, xattrs, etag):
@@ -1629,9 +1638,11 @@ class KeySpace:
         (the short last part arriving first, parts of mixed sizes) costs only speed:
         Complete seals such a part again at its real place. Offsets that are not a
         multiple of the chunk size are never linked: those parts start at 0."""
+        if size_hint is not None and not 0 <= size_hint <= MAX_PART_SIZE:
+            size_hint = None  # not a part COS would take: no guess from it
         size = max(size_hint or 0, self.catalog.largest_part(upload_id))
         cs = self.objects.chunk_size
-        if size <= 0 or size % cs:
+        if size <= 0 or size % cs or size > MAX_PART_SIZE:
             return 0
         return (part_number - 1) * size
 

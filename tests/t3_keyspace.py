@@ -364,6 +364,41 @@ async def test_a_put_whose_encryption_cannot_start_leaves_nothing(tmp_path, monk
 
 # -- keys and the tree --------------------------------------------------------------------
 @trio_test
+async def test_a_failed_purge_after_the_name_keeps_the_new_object(tmp_path, monkeypatch):
+    """Once a PUT has named its object, a failure to purge what it replaced (a full
+    catalog) must not take the new object with it: the PUT succeeds, the old one goes
+    at the next purge."""
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        await ks.put_object(ENC, "k", b"old")
+        old = ino_of(env, ENC, "k")
+        real = env.objects.forget_object
+
+        def full(inode):
+            monkeypatch.setattr(env.objects, "forget_object", real)
+            raise CosfsError("the catalog is full", code="InternalError")
+        monkeypatch.setattr(env.objects, "forget_object", full)
+        await ks.put_object(ENC, "k", b"new")
+        assert await get(ks, ENC, "k") == b"new"
+        assert old in env.catalog.unlinked_inodes()
+        env.fs.purge_unlinked()
+        assert env.catalog.unlinked_inodes() == []
+        assert await get(ks, ENC, "k") == b"new"
+
+
+@trio_test
+async def test_announced_part_sizes_beyond_cos_limits_are_ignored(tmp_path):
+    async with fs_env(tmp_path) as env:
+        ks = ks_of(env)
+        uid = await ks.create_upload(ENC, "k")
+        parts = [part_bytes(1), b"end"]
+        listed = [(n, await ks.upload_part(ENC, "k", uid, n, body_of(p), size=1 << 62))
+                  for n, p in enumerate(parts, 1)]
+        await ks.complete_upload(ENC, "k", uid, listed)
+        assert await get(ks, ENC, "k") == b"".join(parts)
+
+
+@trio_test
 async def test_keys_the_tree_cannot_hold(tmp_path):
     async with fs_env(tmp_path) as env:
         ks = ks_of(env)

@@ -789,14 +789,19 @@ def _s3_for(port, cred):
                                           retries={"max_attempts": 1}))
 
 
-def test_serve_without_fuse_finishes_requests_on_sigterm(tmp_path):
-    import signal
+def _serve_new_store(tmp_path):
+    """``cosfs serve`` (no FUSE) on a new store: (folder, config, port, credential, Served)."""
     folder = str(tmp_path / "served")
     port = free_port()
     config = write_config(folder, extra=API_SECTION.format(port=port))
     os.makedirs(os.path.join(folder, "data"), mode=0o700, exist_ok=True)
     cred = add_credential(config)
-    served = Served(folder, config, port).start()
+    return folder, config, port, cred, Served(folder, config, port).start()
+
+
+def test_serve_without_fuse_finishes_requests_on_sigterm(tmp_path):
+    import signal
+    folder, config, port, cred, served = _serve_new_store(tmp_path)
     try:
         s3 = _s3_for(port, cred)
         s3.put_object(Bucket=PLAIN, Key="served/small", Body=b"no fuse needed")
@@ -843,12 +848,7 @@ def test_kill_during_complete_leaves_the_upload_or_the_whole_object(tmp_path):
     any moment of it leaves either the upload with every part (Complete works again)
     or the whole object, and every chunk opens under the object's identity."""
     import threading
-    folder = str(tmp_path / "served")
-    port = free_port()
-    config = write_config(folder, extra=API_SECTION.format(port=port))
-    os.makedirs(os.path.join(folder, "data"), mode=0o700, exist_ok=True)
-    cred = add_credential(config)
-    served = Served(folder, config, port).start()
+    folder, config, port, cred, served = _serve_new_store(tmp_path)
     parts = [os.urandom(1 << 20) for _ in range(6)] + [b"and the short last part"]
     whole = b"".join(parts)
     outcomes = set()
