@@ -38,6 +38,7 @@ from .originconf import parse_origin, render_origin
 from .inventoryconf import (MAX_CONFIGS as MAX_INVENTORIES, check_destination, check_id,
                            parse_inventory, render_inventory)
 from .catalog import ROOT_INODE, Inode, now_ns
+from .chunkio import stored_label
 from .errors import (BucketNotEmpty, CosfsError, FsError, InvalidArgument, NotAnObject,
                      NoSuchEncryptionConfiguration)
 from .errors import DuplicateInventoryId, InventoryConfigurationNotFoundError, InventoryFull
@@ -461,8 +462,10 @@ class FileSystem(XattrOps):
         return inode.target
 
     # -- creating entries ---------------------------------------------------
-    def _make(self, parent, name, mode, ctx, *, rdev=0, target=None) -> Inode:
-        """Insert a non-directory entry (one transaction)."""
+    def _make(self, parent, name, mode, ctx, *, rdev=0, target=None, object_id=None,
+              crypt=None) -> Inode:
+        """Insert a non-directory entry (one transaction). ``object_id`` and ``crypt``
+        (a data key made for it): the new object's identity and recorded encryption."""
         pinode = self._dir(parent)
         if parent == ROOT_INODE:
             log.warning("refused to create %r at the mount root: objects must live inside a "
@@ -476,7 +479,9 @@ class FileSystem(XattrOps):
         with self.catalog.transaction():
             inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
                                            rdev=rdev, nlink=1, bucket=pinode.bucket, target=target,
-                                           object_id=os.urandom(16), t=t)
+                                           object_id=object_id or os.urandom(16), t=t)
+            if crypt is not None:
+                self.catalog.update_inode(inode.id, enc=crypt.label, wrapped_key=crypt.wrapped)
             if target is not None:
                 self.catalog.update_inode(inode.id, size=len(target))
             self.catalog.add_dentry(parent, key, inode.id)
@@ -504,17 +509,27 @@ class FileSystem(XattrOps):
         return self._make(parent, name, stat.S_IFLNK | 0o777, ctx, target=target)
 
     async def create(self, parent, name, mode, flags, ctx):
-        """Create and open a regular file. Returns (fh, Inode)."""
-        inode = self._make(parent, name, self._new_mode(mode, ctx, stat.S_IFREG), ctx)
+        """Create and open a regular file. Returns (fh, Inode).
+
+        COS encrypts even an empty upload by the bucket default, so the encryption is
+        decided here and recorded with the new inode, with the data key that its first
+        content is sealed with: a file created and closed unwritten costs one catalog
+        transaction."""
+        pinode = self._dir(parent)
+        spec = crypt = None
+        object_id = os.urandom(16)
+        if parent != ROOT_INODE:
+            spec = self.objects.decide(pinode.bucket)
+            crypt = self.objects.new_crypt(stored_label(spec), object_id)
+        inode = self._make(parent, name, self._new_mode(mode, ctx, stat.S_IFREG), ctx,
+                           object_id=object_id, crypt=crypt)
         fh = self._fh()
         self.handles[fh] = inode.id
         self.objects.opened(inode.id, write=True)
         # the new object's first content is the version stamped at its creation
         self.objects.states[inode.id].version_made = True
-        if self.objects.resolve_for(inode) is not None:
-            # COS encrypts even an empty upload by the bucket default: let the close
-            # commit the new object, written or not, so its encryption is recorded
-            self.objects.state(inode.id).modified = True
+        if crypt is not None:
+            self.objects.begin_with(inode.id, spec, crypt)
         return fh, inode
 
     async def mkdir(self, parent, name, mode, ctx) -> Inode:
