@@ -223,6 +223,10 @@ _INODE_INDEX = {name: i for i, name in enumerate(INODE_COLUMNS)}
 
 #: Inode rows kept in memory (about 200 bytes each); the oldest quarter goes when full.
 INODE_CACHE_SIZE = 65536
+#: Chunk rows kept in memory (about 150 bytes each; packed rows are not kept); the rows of
+#: the oldest quarter of the inodes go when full.
+CHUNK_CACHE_SIZE = 65536
+_MISSING = object()
 
 
 @dataclass
@@ -318,6 +322,10 @@ class Catalog:
         self._depth = 0
         self._inodes = {}  # ino -> row tuple: see get_inode
         self._parents = {}  # ino -> (parent, name): see parent_of
+        self._chunks = {}  # ino -> {idx: Chunk or None}: see chunk
+        self._chunk_rows = 0  # entries in _chunks
+        self._buckets = {}  # inode -> bucket row or None: see bucket_by_inode
+        self._configs = {}  # (bucket inode, kind) -> document or None: see get_bucket_config
         #: (dev, ino) of the WAL and database files when their folder was last fsynced
         self._synced_names = None
         exists = os.path.exists(self.path)
@@ -528,8 +536,7 @@ class Catalog:
             yield
         except BaseException:
             self._depth = 0
-            self._inodes.clear()  # it may hold rows of the rolled-back changes
-            self._parents.clear()
+            self._forget_cached()  # it may hold rows of the rolled-back changes
             self.db.execute("ROLLBACK")
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
@@ -541,8 +548,7 @@ class Catalog:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('last_sync', ?)", (now_ns(),))
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            self._inodes.clear()
-            self._parents.clear()
+            self._forget_cached()
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.DatabaseError:
@@ -554,6 +560,15 @@ class Catalog:
         finally:
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _forget_cached(self):
+        """Empty the write-through caches (after a rollback they may hold undone rows)."""
+        self._inodes.clear()
+        self._parents.clear()
+        self._chunks.clear()
+        self._chunk_rows = 0
+        self._buckets.clear()
+        self._configs.clear()
 
     # -- meta ------------------------------------------------------------
     def get_meta(self, key, default=None):
@@ -620,6 +635,7 @@ class Catalog:
             self.db.execute("DELETE FROM inodes WHERE id=?", (ino,))
             self._inodes.pop(ino, None)
             self._parents.pop(ino, None)
+            self._chunks_changed(ino)
 
     def clone_inode(self, ino, *, nlink=1) -> int:
         """A copy of inode ``ino`` with its chunk rows, xattrs and replication status, and
@@ -631,6 +647,7 @@ class Catalog:
             "INSERT INTO inodes (%s, nlink) SELECT %s, ? FROM inodes WHERE id=?"
             % (", ".join(cols), ", ".join(cols)), (nlink, ino))
         new = cur.lastrowid
+        self._chunks_changed(new)
         self.db.execute("INSERT INTO chunks SELECT ?, idx, blob, length, data FROM chunks"
                         " WHERE inode=?", (new, ino))
         self.db.execute("INSERT INTO xattrs SELECT ?, name, value FROM xattrs WHERE inode=?",
@@ -726,27 +743,67 @@ class Catalog:
             "SELECT idx, blob, length, data FROM chunks WHERE inode=? ORDER BY idx", (ino,))]
 
     def chunk(self, ino, idx) -> Optional[Chunk]:
+        """Chunk ``idx`` of inode ``ino`` (None: a hole or past the end).
+
+        Served from a write-through cache like :meth:`get_inode`: every change to
+        ``chunks`` goes through this class and updates or drops the inode's cached
+        rows; a rolled-back transaction empties it.
+        """
+        rows = self._chunks.get(ino)
+        if rows is not None:
+            ch = rows.get(idx, _MISSING)
+            if ch is not _MISSING:
+                return ch
         row = self.db.execute(
             "SELECT idx, blob, length, data FROM chunks WHERE inode=? AND idx=?",
             (ino, idx)).fetchone()
-        return None if row is None else Chunk(*row)
+        ch = None if row is None else Chunk(*row)
+        self._cache_chunk(ino, idx, ch)
+        return ch
+
+    def _cache_chunk(self, ino, idx, ch):
+        """Remember ``ch`` (None: no row) as chunk ``idx`` of ``ino``. Packed rows are not
+        kept: their sealed bytes would make the cache's memory grow with file sizes."""
+        rows = self._chunks.get(ino)
+        if ch is not None and ch.packed:
+            if rows is not None and rows.pop(idx, _MISSING) is not _MISSING:
+                self._chunk_rows -= 1
+                if not rows:
+                    del self._chunks[ino]
+            return
+        if rows is None or idx not in rows:
+            if self._chunk_rows >= CHUNK_CACHE_SIZE:
+                for old in list(itertools.islice(self._chunks, len(self._chunks) // 4 + 1)):
+                    self._chunk_rows -= len(self._chunks.pop(old))
+                rows = self._chunks.get(ino)
+            if rows is None:
+                rows = self._chunks[ino] = {}
+            self._chunk_rows += 1
+        rows[idx] = ch
+
+    def _chunks_changed(self, ino):
+        """Chunk rows of ``ino`` change: drop what the cache holds of them."""
+        rows = self._chunks.pop(ino, None)
+        if rows is not None:
+            self._chunk_rows -= len(rows)
 
     def set_chunk(self, ino, idx, blob, length, region, data=None):
         """Point chunk ``idx`` at a new blob, or pack its sealed bytes ``data`` into the row.
 
         A stored blob that is replaced goes to garbage; a packed one simply goes.
         """
-        old = self.db.execute("SELECT blob, data IS NULL FROM chunks WHERE inode=? AND idx=?",
-                              (ino, idx)).fetchone()
-        if old is not None and old[1] and old[0] != blob and self.db.execute(
+        old = self.chunk(ino, idx)
+        if old is not None and not old.packed and old.blob != blob and self.db.execute(
                 "SELECT 1 FROM chunks WHERE blob=? AND inode<>? LIMIT 1",
-                (old[0], ino)).fetchone() is None:
-            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old[0], region))
+                (old.blob, ino)).fetchone() is None:
+            self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old.blob, region))
         self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                         (ino, idx, blob, length, data))
+        self._cache_chunk(ino, idx, Chunk(idx, blob, length, data))
 
     def drop_chunks_from(self, ino, first_idx, region):
         """Remove chunks with index >= first_idx (truncate)."""
+        self._chunks_changed(ino)
         self.db.execute(
             "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks c"
             " WHERE inode=? AND idx>=? AND data IS NULL AND " + _UNSHARED,
@@ -944,30 +1001,55 @@ class Catalog:
                                (name,)).fetchone()
 
     def bucket_by_inode(self, ino):
-        return self.db.execute("SELECT inode, name, region FROM buckets WHERE inode=?",
-                               (ino,)).fetchone()
+        """(inode, name, region) of bucket ``ino``, or None; cached (every read asks)."""
+        try:
+            return self._buckets[ino]
+        except KeyError:
+            pass
+        row = self.db.execute("SELECT inode, name, region FROM buckets WHERE inode=?",
+                              (ino,)).fetchone()
+        if len(self._buckets) >= INODE_CACHE_SIZE:
+            self._buckets.clear()
+        self._buckets[ino] = row
+        return row
 
     def bucket_created_ns(self, ino):
         row = self.db.execute("SELECT created_ns FROM buckets WHERE inode=?", (ino,)).fetchone()
         return None if row is None else row[0]
 
     def add_bucket(self, ino, name, region):
+        self._buckets.pop(ino, None)
         self.db.execute("INSERT INTO buckets VALUES (?, ?, ?, ?)", (ino, name, region, now_ns()))
 
     def remove_bucket(self, ino):
+        self._buckets.pop(ino, None)
+        self._configs.clear()
         self.db.execute("DELETE FROM buckets WHERE inode=?", (ino,))
         self.db.execute("DELETE FROM bucket_configs WHERE bucket=?", (ino,))
 
     def get_bucket_config(self, bucket_ino, kind):
+        """Bucket ``bucket_ino``'s document of ``kind``, or None; cached write-through (every
+        write asks for the bucket's default encryption)."""
+        key = (bucket_ino, kind)
+        try:
+            return self._configs[key]
+        except KeyError:
+            pass
         row = self.db.execute("SELECT doc FROM bucket_configs WHERE bucket=? AND kind=?",
-                              (bucket_ino, kind)).fetchone()
-        return None if row is None else row[0]
+                              key).fetchone()
+        doc = None if row is None else row[0]
+        if len(self._configs) >= INODE_CACHE_SIZE:
+            self._configs.clear()
+        self._configs[key] = doc
+        return doc
 
     def set_bucket_config(self, bucket_ino, kind, doc):
+        self._configs.pop((bucket_ino, kind), None)
         self.db.execute("INSERT OR REPLACE INTO bucket_configs VALUES (?, ?, ?)",
                         (bucket_ino, kind, doc))
 
     def delete_bucket_config(self, bucket_ino, kind):
+        self._configs.pop((bucket_ino, kind), None)
         self.db.execute("DELETE FROM bucket_configs WHERE bucket=? AND kind=?", (bucket_ino, kind))
 
     def bucket_configs(self, bucket_ino, prefix, *, after=None, limit=None):
@@ -1083,6 +1165,7 @@ class Catalog:
         transaction; ``dst`` has none there). Both share the blobs, which go to garbage
         only when neither references them; the caller makes sure both share a sealing
         identity (object id and data key), or the chunks will not open as ``dst``'s."""
+        self._chunks_changed(dst)
         self.db.execute("INSERT INTO chunks SELECT ?, idx, blob, length, data FROM chunks"
                         " WHERE inode=?", (dst, src))
 

@@ -452,3 +452,88 @@ def test_a_failed_commit_empties_the_caches(cat, monkeypatch):
     monkeypatch.setattr(cat, "db", real)
     assert not cat._inodes
     assert cat.get_inode(ino).size == 0
+
+
+def _fresh_chunk(cat, ino, idx):
+    row = cat.db.execute("SELECT idx, blob, length, data FROM chunks WHERE inode=? AND idx=?",
+                         (ino, idx)).fetchone()
+    return None if row is None else Chunk(*row)
+
+
+def _fresh_bucket(cat, ino):
+    return cat.db.execute("SELECT inode, name, region FROM buckets WHERE inode=?",
+                          (ino,)).fetchone()
+
+
+def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
+    """Chunk rows, bucket rows and bucket configurations are cached write-through like
+    inode rows: every change through the catalog (and every rollback) keeps what the
+    cache answers equal to the database, also when a deleted inode's number is used
+    again."""
+    import random
+    monkeypatch.setattr(catalog, "CHUNK_CACHE_SIZE", 40)  # eviction happens too
+    rnd = random.Random(11)
+    inos = []
+    for step in range(800):
+        op = rnd.choice(["new", "set", "pack", "drop", "link", "clone", "delete", "bucket",
+                         "unbucket", "conf", "unconf", "fail"])
+        if op == "new" or not inos:
+            inos.append(new_file(cat).id)
+            continue
+        ino = rnd.choice(inos)
+        try:
+            with cat.transaction():
+                if op == "set":
+                    cat.set_chunk(ino, rnd.randrange(6), os.urandom(4), rnd.randrange(1, 99), "r")
+                elif op == "pack":
+                    cat.set_chunk(ino, rnd.randrange(6), os.urandom(4), 3, "r", data=b"abc")
+                elif op == "drop":
+                    cat.drop_chunks_from(ino, rnd.randrange(6), "r")
+                elif op == "link":
+                    dst = cat.new_inode(mode=REG, uid=1, gid=2).id
+                    cat.chunk(dst, 0)  # a miss is cached before the rows arrive
+                    cat.link_chunks(ino, dst)
+                    inos.append(dst)
+                elif op == "clone":
+                    inos.append(cat.clone_inode(ino))
+                elif op == "delete":
+                    # the highest number goes, so the next new inode gets it again
+                    ino = max(inos)
+                    cat.delete_inode(ino, "r")
+                    inos.remove(ino)
+                elif op == "bucket":
+                    if _fresh_bucket(cat, ino) is None:
+                        cat.bucket_by_inode(ino)
+                        cat.add_bucket(ino, "b%d-1250000000" % step, "ap-test")
+                elif op == "unbucket":
+                    cat.remove_bucket(ino)
+                elif op == "conf":
+                    cat.get_bucket_config(ino, "encryption")
+                    cat.set_bucket_config(ino, "encryption", "doc %d" % step)
+                elif op == "unconf":
+                    cat.delete_bucket_config(ino, "encryption")
+                elif op == "fail":
+                    cat.set_bucket_config(ino, "encryption", "lost")
+                    cat.get_bucket_config(ino, "encryption")
+                    cat.set_chunk(ino, 0, b"lost", 1, "r")
+                    cat.chunk(ino, 0)
+                    cat.add_bucket(ino + 10 ** 6, "gone-1250000000", "ap-test")
+                    cat.bucket_by_inode(ino + 10 ** 6)
+                    raise RuntimeError("roll back")
+                for i in rnd.sample(inos, min(3, len(inos))):  # inside the transaction too
+                    for idx in range(6):
+                        assert cat.chunk(i, idx) == _fresh_chunk(cat, i, idx), (step, op)
+        except RuntimeError:
+            pass
+        for i in inos + [ino + 10 ** 6]:
+            for idx in range(6):
+                assert cat.chunk(i, idx) == _fresh_chunk(cat, i, idx), (step, op, i, idx)
+            assert cat.bucket_by_inode(i) == _fresh_bucket(cat, i), (step, op, i)
+            fresh = cat.db.execute("SELECT doc FROM bucket_configs WHERE bucket=? AND kind=?",
+                                   (i, "encryption")).fetchone()
+            assert cat.get_bucket_config(i, "encryption") == (fresh and fresh[0]), (step, op)
+        assert cat._chunk_rows == sum(len(v) for v in cat._chunks.values())
+        assert cat._chunk_rows <= 40 + 6
+        assert not [c for rows in cat._chunks.values() for c in rows.values()
+                    if c is not None and c.packed]  # sealed bytes are not kept in memory
+        assert all(cat._chunks.values())  # no empty entries pile up
