@@ -32,6 +32,8 @@ import stat
 from dataclasses import dataclass
 from typing import Dict
 
+import trio
+
 from . import names
 from .bucketconf import parse_encryption, render_encryption
 from .originconf import parse_origin, render_origin
@@ -45,6 +47,12 @@ from .errors import DuplicateInventoryId, InventoryConfigurationNotFoundError, I
 from .xattrs import XattrOps
 
 log = logging.getLogger(__name__)
+
+#: With a background runner (:meth:`FileSystem.attach`), the nameless objects the kernel
+#: forgets are purged together: one catalog transaction per this many, or after
+#: ``PURGE_DELAY`` seconds, instead of one each (``rm -rf`` of many files).
+PURGE_BATCH = 128
+PURGE_DELAY = 0.2
 
 #: bucket_configs kind of inventory ``<Id>``: ``inventory:<Id>``
 INVENTORY_KIND = "inventory:"
@@ -101,6 +109,33 @@ class FileSystem(XattrOps):
         #: one-off report and returns its job id; ``inventory.changed()`` is called after a
         #: configuration changed. None: no deliveries (configurations are still kept).
         self.inventory = None
+        #: forgotten nameless inodes waiting for a batched purge (see attach)
+        self._queued: Dict[int, None] = {}
+        self._purge_wakeup = None
+
+    def attach(self, nursery):
+        """Purge forgotten nameless objects in batches, in the background of ``nursery``
+        (without it, each is purged when the kernel forgets it). Call
+        :meth:`purge_queued` once the kernel is gone."""
+        self._purge_wakeup = trio.Event()
+        nursery.start_soon(self._purge_loop)
+
+    async def _purge_loop(self):
+        while True:
+            await self._purge_wakeup.wait()
+            await trio.sleep(PURGE_DELAY)  # let more forgets join the batch
+            self._purge_wakeup = trio.Event()
+            try:
+                self.purge_queued()
+            except Exception as exc:  # the mount stays up; the next mount purges them
+                if isinstance(exc, CosfsError) and exc.code == "CatalogFull":
+                    try:
+                        await self.make_room()
+                        continue
+                    except Exception as again:
+                        exc = again
+                log.warning("purge of forgotten nameless objects: %s; their data is deleted "
+                            "at the next mount", exc)
 
     # -- helpers ------------------------------------------------------------
     def _fh(self):
@@ -365,8 +400,9 @@ class FileSystem(XattrOps):
         return inode
 
     def forget(self, items):
-        """Drop kernel references; purge what is left with no name. Every item is forgotten
-        even if a purge fails (the first such error is raised at the end)."""
+        """Drop kernel references; purge what is left with no name, at once or (with
+        :meth:`attach`) in a batch soon. Every item is forgotten even if a purge fails
+        (the first such error is raised at the end)."""
         failed = None
         for ino, n in items:
             left = self.lookups.get(ino, 0) - n
@@ -374,12 +410,40 @@ class FileSystem(XattrOps):
                 self.lookups[ino] = left
                 continue
             self.lookups.pop(ino, None)
+            if self._purge_wakeup is not None:
+                self._queued[ino] = None
+                continue
             try:
                 self._maybe_purge(ino)
             except CosfsError as exc:
                 failed = failed or exc
         if failed is not None:
             raise failed
+        if self._queued:
+            if len(self._queued) >= PURGE_BATCH:
+                self.purge_queued()
+            else:
+                self._purge_wakeup.set()
+
+    def purge_queued(self):
+        """Purge the queued forgotten inodes that are still nameless and unused, in one
+        catalog transaction. If that fails (a full catalog), they stay queued and the
+        error is raised; an inode whose data cannot be placed is skipped and logged (it
+        is purged at the next mount)."""
+        queued, self._queued = self._queued, {}
+        try:
+            inodes = [i for i in map(self._purgeable, queued) if i is not None]
+            try:
+                self.objects.forget_objects(inodes)
+            except FsError:
+                for inode in inodes:  # one of them has no bucket and no blobs we can find
+                    try:
+                        self.objects.forget_objects([inode])
+                    except FsError as exc:
+                        log.warning("inode %d not purged: %s", inode.id, exc)
+        except BaseException:
+            self._queued.update(queued)  # purged ones are skipped when tried again
+            raise
 
     async def make_room(self):
         """The catalog ran out of space: give the WAL's disk space back (a checkpoint) and
@@ -400,20 +464,26 @@ class FileSystem(XattrOps):
         the key-level core, which replaces and removes objects outside FUSE requests)."""
         self._maybe_purge(ino)
 
-    def _maybe_purge(self, ino):
-        """Delete an inode once it has no name, no kernel reference and no open handle."""
+    def _purgeable(self, ino):
+        """The inode row of ``ino`` if it has no name, no kernel reference and no open
+        handle (it may be purged), else None."""
         if ino in self.lookups or ino == ROOT_INODE:
-            return
+            return None
         st = self.objects.states.get(ino)
         # Uncommitted changes (a commit that failed, e.g. ENOSPC) do not keep a nameless,
         # closed object alive: nobody can reach them, and their blobs would hold the space.
         if st is not None and (st.open_count or st.commit_lock.locked()):
-            return
+            return None
         try:
             inode = self.catalog.get_inode(ino)
         except FsError:
-            return
-        if inode.nlink <= 0:
+            return None
+        return inode if inode.nlink <= 0 else None
+
+    def _maybe_purge(self, ino):
+        """Delete an inode once it has no name, no kernel reference and no open handle."""
+        inode = self._purgeable(ino)
+        if inode is not None:
             self.objects.forget_object(inode)
 
     async def getattr(self, ino, ctx=None) -> Inode:
@@ -624,6 +694,8 @@ class FileSystem(XattrOps):
                         "markers (cosfs versions)", name)
             raise BucketNotEmpty("bucket %s still holds object versions"
                                  % name.decode(errors="replace"))
+        if parent == ROOT_INODE:
+            self.purge_queued()  # while their bucket still tells where their data is
         t = now_ns()
         with self.catalog.transaction():
             self.catalog.remove_dentry(parent, key)

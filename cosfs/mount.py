@@ -940,7 +940,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         try:
             try:
                 trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
-                         services, control, console)
+                         services, control, console, fs)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -994,11 +994,13 @@ async def _start_server(nursery, serve, app, settings, stop, what):
 
 
 async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None,
-                 services=(), control=None, console=None):
+                 services=(), control=None, console=None, fs=None):
     """Serve the mount (and the API) until unmounted. ``services``: the daemon's services
     (``run(task_status)``, ``stop()``), started before the mount is reported ready and
     stopped when it is unmounted, before the final commit. ``control``: (application,
-    config) of the control socket (:mod:`cosfs.control`)."""
+    config) of the control socket (:mod:`cosfs.control`). ``fs``: the mount's
+    :class:`~cosfs.filesystem.FileSystem`, whose forgotten nameless objects are purged in
+    batches while it runs."""
     import pyfuse3
 
     stopping = []
@@ -1015,6 +1017,8 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
+        if fs is not None:
+            fs.attach(nursery)
         if notifier is not None:
             notifier.attach(nursery)
         await nursery.start(_on_signals, on_stop)
@@ -1040,6 +1044,12 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         for done in (api_done, control_done, console_done):
             if done is not None:
                 await done.wait()
+        if fs is not None:
+            try:
+                fs.purge_queued()  # before the final durable point (and catalog snapshot)
+            except Exception as exc:
+                log.warning("purge of forgotten nameless objects: %s; their data is deleted "
+                            "at the next mount", exc)
         await objects.commit_all(durable=True)
         await objects.collect_garbage()
         nursery.cancel_scope.cancel()

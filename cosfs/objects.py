@@ -855,21 +855,29 @@ class ObjectStore:
 
     def forget_object(self, inode):
         """Delete an object that has no names left and no users."""
-        st = self.states.get(inode.id)
-        region = self.region_of(inode)
-        # one transaction: if the catalog cannot take it (full), nothing is lost and the
-        # purge can be tried again
+        self.forget_objects([inode])
+
+    def forget_objects(self, inodes):
+        """Delete objects that have no names left and no users, in one catalog transaction:
+        if the catalog cannot take it (full), nothing is lost and the purge can be tried
+        again. Raises FsError (EIO), before changing anything, if the region of one
+        cannot be found."""
+        work = [(inode, self.region_of(inode), self.states.get(inode.id)) for inode in inodes]
+        if not work:
+            return
         with self.catalog.transaction():
+            for inode, region, st in work:
+                if st is not None:
+                    for ch in st.pending.values():
+                        if not ch.packed:
+                            self.catalog.add_garbage(ch.blob, region)
+                self.catalog.delete_inode(inode.id, region)
+        for inode, _, st in work:
             if st is not None:
-                for ch in st.pending.values():
-                    if not ch.packed:
-                        self.catalog.add_garbage(ch.blob, region)
-            self.catalog.delete_inode(inode.id, region)
-        if st is not None:
-            self.states.pop(inode.id, None)
-            # a seal still running finds no buffer and discards its blob itself
-            st.dirty.clear()
-            st.dirty_bytes = 0
-            st.error = None
-            st.pending.clear()
+                self.states.pop(inode.id, None)
+                # a seal still running finds no buffer and discards its blob itself
+                st.dirty.clear()
+                st.dirty_bytes = 0
+                st.error = None
+                st.pending.clear()
         self.collector.poke()

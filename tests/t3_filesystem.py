@@ -10,6 +10,7 @@ import os
 import stat
 
 import pytest
+import trio
 
 from cosfs import names
 from cosfs.catalog import ROOT_INODE
@@ -358,6 +359,92 @@ async def test_purge_unlinked_at_start(tmp_path):
         assert not exists(env, inode.id)
         await env.drain_gc()
         assert env.blobs() == env.catalog.referenced_blobs()
+
+
+@trio_test
+async def test_forgotten_objects_are_purged_in_batches(tmp_path, monkeypatch):
+    """With a background runner, nameless objects the kernel forgets are purged together
+    (one catalog transaction for many), at once when a batch is full and after a short
+    delay otherwise; an object looked up, opened or named again meanwhile is kept, and
+    a purge the catalog refuses keeps them queued."""
+    from cosfs import filesystem
+    monkeypatch.setattr(filesystem, "PURGE_BATCH", 5)
+    monkeypatch.setattr(filesystem, "PURGE_DELAY", 0.05)
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        fs.attach(env.nursery)
+        b = env.bucket(ENC)
+        inos = [await mkfile(fs, b, b"f%d" % i, b"x" * (i * 40000)) for i in range(7)]
+        for i in range(7):
+            await fs.unlink(b, b"f%d" % i)
+        blobs = {ch.blob for i in inos for ch in env.catalog.chunks(i) if not ch.packed}
+        assert blobs and set(env.catalog.unlinked_inodes()) == set(inos)
+        transactions = []
+        real = env.catalog.transaction
+        monkeypatch.setattr(env.catalog, "transaction",
+                            lambda *a, **k: transactions.append(env.catalog._depth) or
+                            real(*a, **k))
+        fs.forget([(i, 1) for i in inos[:3]])
+        assert all(exists(env, i) for i in inos)  # queued, not purged yet
+        fs.forget([(i, 1) for i in inos[3:5]])  # the batch is full: purged at once
+        assert not any(exists(env, i) for i in inos[:5]) and transactions.count(0) == 1
+        fh = await fs.open(inos[5], os.O_RDONLY, CTX)  # the kernel still knows it
+        fs.forget([(inos[5], 1), (inos[6], 1)])
+        await trio.sleep(0.3)
+        assert not exists(env, inos[6]) and exists(env, inos[5])
+        assert transactions.count(0) == 2
+        await fs.release(fh)  # the last user of a nameless object purges it
+        assert not exists(env, inos[5])
+        await env.drain_gc()
+        assert not blobs & env.blobs()
+        assert env.catalog.unlinked_inodes() == []
+
+        # a purge the catalog refuses: nothing is lost, the inodes stay queued
+        ino = await mkfile(fs, b, b"g", b"y" * 50000)
+        await fs.unlink(b, b"g")
+
+        def full(inodes):
+            raise CosfsError("catalog full", code="CatalogFull")
+        monkeypatch.setattr(env.objects, "forget_objects", full)
+        fs.forget([(ino, 1)])
+        with pytest.raises(CosfsError):
+            fs.purge_queued()
+        assert exists(env, ino) and ino in fs._queued
+        monkeypatch.undo()
+        fs.purge_queued()
+        assert not exists(env, ino)
+
+
+@trio_test
+async def test_batched_purges_survive_errors_and_bucket_removal(tmp_path, monkeypatch, caplog):
+    """A purge batch that fails unexpectedly is logged and kept (the mount stays up);
+    removing a bucket first purges the queued objects that were in it, while the
+    bucket still tells where their data is."""
+    import sqlite3
+    from cosfs import filesystem
+    monkeypatch.setattr(filesystem, "PURGE_DELAY", 0.01)
+    async with fs_env(tmp_path) as env:
+        fs = env.fs
+        fs.attach(env.nursery)
+        b = (await fs.mkdir(ROOT_INODE, b"gone-" + APPID.encode(), 0o755, CTX)).id
+        ino = await mkfile(fs, b, b"f", b"z" * 300000)
+        blobs = {ch.blob for ch in env.catalog.chunks(ino)}
+        await fs.unlink(b, b"f")
+
+        def broken(inodes):
+            raise sqlite3.OperationalError("disk I/O error")
+        monkeypatch.setattr(env.objects, "forget_objects", broken)
+        with caplog.at_level(logging.WARNING):
+            fs.forget([(ino, 1)])
+            await trio.sleep(0.2)  # the background batch fails and says so
+        assert "disk I/O error" in caplog.text
+        assert exists(env, ino) and ino in fs._queued
+        monkeypatch.undo()
+        monkeypatch.setattr(filesystem, "PURGE_DELAY", 10)  # only rmdir purges now
+        await fs.rmdir(ROOT_INODE, b"gone-" + APPID.encode())
+        assert not exists(env, ino) and not fs._queued
+        await env.drain_gc()
+        assert not blobs & env.blobs()
 
 
 # -- link / unlink -------------------------------------------------------------------
