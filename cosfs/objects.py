@@ -92,6 +92,7 @@ class ObjectState:
         self.error: Optional[BaseException] = None
         self.commit_lock = trio.Lock()
         self.read_pos = -1  # where the last read ended: detects sequential readers
+        self.write_pos = 0  # where the last write ended: detects sequential writers
         #: this write session already made its version (versioned buckets: further
         #: commits of the session update that version, see cosfs.versions). A session
         #: lasts from the first writable open to the last writable close; a truncate or
@@ -467,6 +468,11 @@ class ObjectStore:
         pos = offset
         end = offset + len(view)
         now = now_ns()
+        # Only a writer that continues where its last write ended gets its completed chunks
+        # sealed at once: a random writer ends a chunk now and then and goes on writing
+        # into it (sealing it then is wasted, and its next write would load it again).
+        sequential = offset == st.write_pos
+        st.write_pos = end
         while pos < end:
             idx, o = divmod(pos, cs)
             n = min(cs - o, end - pos)
@@ -496,7 +502,8 @@ class ObjectStore:
             pos += n
             if pos > st.size:
                 st.size = pos
-            if o + n == cs and self._nursery is not None and idx not in st.flushing:
+            if o + n == cs and sequential and self._nursery is not None \
+                    and idx not in st.flushing:
                 # a sequential writer completed this chunk: seal it in the background
                 self._nursery.start_soon(self._flush_bg, st, idx)
         st.modified = True

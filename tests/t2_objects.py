@@ -286,6 +286,43 @@ async def test_commits_while_writing(tmp_path, bucket):
 
 
 @trio_test
+async def test_only_sequential_writers_get_chunks_sealed_at_once(tmp_path):
+    """A chunk that a write completes is sealed in the background when the writer goes
+    on where its last write ended; a random writer that happens to end a chunk keeps
+    it buffered (it will likely write into it again)."""
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=16 * CS) as env:
+        fh, ino = await env.new_file("f", bucket=ENC)
+        st = env.objects.states[ino]
+        piece = 32 * KiB
+        for off in range(0, 2 * CS, piece):  # sequential: both chunks go to sealing
+            await env.fs.write(fh, off, pattern(piece, off))
+        await env.objects.commit(ino)
+        await env.fs.write(fh, 5 * piece, pattern(piece, 1))  # random, inside chunk 1
+        assert 1 in st.dirty
+        await env.fs.write(fh, CS - piece, pattern(piece, 2))  # random, ends chunk 0
+        await trio.sleep(0.05)
+        assert 0 in st.dirty and not st.flushing and not st.pending
+        await env.fs.write(fh, 0, pattern(piece, 3))  # chunk 0 written again, in memory
+        sealed = []
+        real = env.objects._flush_bg
+
+        async def counting(st_, idx):
+            sealed.append(idx)
+            await real(st_, idx)
+        env.objects._flush_bg = counting
+        await env.fs.write(fh, piece, pattern(CS - piece, 4))  # on from there to the chunk's end
+        await trio.sleep(0.05)
+        assert sealed == [0]
+        await env.fs.release(fh)
+        expect = bytearray(pattern(piece, 3) + pattern(CS - piece, 4))
+        second = bytearray(CS)
+        for off in range(CS, 2 * CS, piece):
+            second[off - CS:off - CS + piece] = pattern(piece, off)
+        second[5 * piece - CS:6 * piece - CS] = pattern(piece, 1)
+        assert await read_all(committed_reader(env), ino) == bytes(expect + second)
+
+
+@trio_test
 async def test_read_during_background_flush(tmp_path):
     async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
         fh, ino = await env.new_file("f", bucket=ENC)
