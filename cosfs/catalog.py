@@ -226,6 +226,8 @@ INODE_CACHE_SIZE = 65536
 #: Chunk rows kept in memory (about 150 bytes each; packed rows are not kept); the rows of
 #: the oldest quarter of the inodes go when full.
 CHUNK_CACHE_SIZE = 65536
+#: Stored lengths (see Catalog.stored_length) kept in memory; all go when full.
+STORED_CACHE_SIZE = 65536
 _MISSING = object()
 
 
@@ -324,6 +326,7 @@ class Catalog:
         self._parents = {}  # ino -> (parent, name): see parent_of
         self._chunks = {}  # ino -> {idx: Chunk or None}: see chunk
         self._chunk_rows = 0  # entries in _chunks
+        self._stored = {}  # ino -> plaintext bytes its chunk rows hold: see stored_length
         self._buckets = {}  # inode -> bucket row or None: see bucket_by_inode
         self._configs = {}  # (bucket inode, kind) -> document or None: see get_bucket_config
         #: (dev, ino) of the WAL and database files when their folder was last fsynced
@@ -567,6 +570,7 @@ class Catalog:
         self._parents.clear()
         self._chunks.clear()
         self._chunk_rows = 0
+        self._stored.clear()
         self._buckets.clear()
         self._configs.clear()
 
@@ -781,8 +785,25 @@ class Catalog:
             self._chunk_rows += 1
         rows[idx] = ch
 
+    def stored_length(self, ino) -> int:
+        """Plaintext bytes held by the chunk rows of ``ino``: its content less the chunks
+        that are holes (never written, or cut off and grown again), which are stored
+        as nothing. What ``st_blocks`` reports for a committed object.
+
+        Cached like the chunk rows (every change to them drops the inode's entry).
+        """
+        n = self._stored.get(ino)
+        if n is None:
+            n = int(self.db.execute("SELECT total(length) FROM chunks WHERE inode=?",
+                                    (ino,)).fetchone()[0])
+            if len(self._stored) >= STORED_CACHE_SIZE:
+                self._stored.clear()
+            self._stored[ino] = n
+        return n
+
     def _chunks_changed(self, ino):
         """Chunk rows of ``ino`` change: drop what the cache holds of them."""
+        self._stored.pop(ino, None)
         rows = self._chunks.pop(ino, None)
         if rows is not None:
             self._chunk_rows -= len(rows)
@@ -799,6 +820,7 @@ class Catalog:
             self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old.blob, region))
         self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                         (ino, idx, blob, length, data))
+        self._stored.pop(ino, None)
         self._cache_chunk(ino, idx, Chunk(idx, blob, length, data))
 
     def drop_chunks_from(self, ino, first_idx, region):

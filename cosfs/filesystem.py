@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import trio
 
@@ -145,6 +145,14 @@ class FileSystem(XattrOps):
 
     def attr(self, ino) -> Inode:
         return self.objects.overlay(self.catalog.get_inode(ino))
+
+    def blocks(self, inode) -> int:
+        """``st_blocks`` of ``inode`` (as :meth:`attr` returned it): 512-byte units of
+        what a regular file really stores (holes count nothing, so ``du`` tells the
+        truth about sparse files); the size for anything else."""
+        if inode.is_reg:
+            return (self.objects.stored_size(inode) + 511) // 512
+        return (inode.size + 511) // 512
 
     def _dir(self, ino) -> Inode:
         inode = self.catalog.get_inode(ino)
@@ -886,15 +894,18 @@ class FileSystem(XattrOps):
     async def write(self, fh, offset, data) -> int:
         return await self.objects.write(self._ino(fh), offset, data)
 
-    async def flush(self, fh):
+    async def flush(self, fh) -> Optional[int]:
         """close(2) of one descriptor: commit so the content survives a daemon kill.
 
         A reader's close commits nothing: it must not report (or wait for) the failure
-        of another writer's changes, as no local file system would."""
+        of another writer's changes, as no local file system would. Returns the inode
+        whose attributes the kernel may hold wrongly now (``st_blocks`` reported as the
+        whole size before the commit showed holes), else None."""
         ino = self._ino(fh)
         if fh in self.readonly:
-            return
+            return None
         await self.objects.commit(ino, durable=self.fsync_on_close)
+        return ino if self.objects.estimate_outdated(ino) else None
 
     async def release(self, fh):
         ino = self.handles.pop(fh, None)

@@ -102,6 +102,9 @@ class ObjectState:
         #: inode fields (mode, uid, gid, atime_ns) set while new data awaited its commit:
         #: they are written by that commit's transaction (see FileSystem.setattr)
         self.attrs: Dict[str, int] = {}
+        #: st_blocks was reported as the whole size while changes awaited a commit (see
+        #: ObjectStore.stored_size): whoever asked may cache that estimate
+        self.blocks_estimated = False
 
     @property
     def busy(self):
@@ -258,6 +261,28 @@ class ObjectStore:
             else:
                 st.attrs[name] = value
         return True
+
+    def stored_size(self, inode) -> int:
+        """Bytes of ``inode``'s content that take room in the store (what ``st_blocks``
+        counts): holes count nothing. An object with uncommitted changes counts its
+        whole size until they are committed, as a local file system counts the blocks
+        it has reserved for delayed writes."""
+        st = self.states.get(inode.id)
+        if not inode.size:
+            return 0
+        if st is not None and st.modified:
+            st.blocks_estimated = True
+            return inode.size
+        return min(inode.size, self.catalog.stored_length(inode.id))
+
+    def estimate_outdated(self, ino) -> bool:
+        """True (once) if :meth:`stored_size` estimated ``ino`` while it had uncommitted
+        changes and they are committed now: a cached ``st_blocks`` may be wrong."""
+        st = self.states.get(ino)
+        if st is None or st.modified or not st.blocks_estimated:
+            return False
+        st.blocks_estimated = False
+        return (self.catalog.stored_length(ino) + 511) // 512 != (st.size + 511) // 512
 
     def size_of(self, ino):
         st = self.states.get(ino)

@@ -465,6 +465,10 @@ def _fresh_bucket(cat, ino):
                           (ino,)).fetchone()
 
 
+def _fresh_stored(cat, ino):
+    return sum(r[0] for r in cat.db.execute("SELECT length FROM chunks WHERE inode=?", (ino,)))
+
+
 def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
     """Chunk rows, bucket rows and bucket configurations are cached write-through like
     inode rows: every change through the catalog (and every rollback) keeps what the
@@ -472,6 +476,7 @@ def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
     again."""
     import random
     monkeypatch.setattr(catalog, "CHUNK_CACHE_SIZE", 40)  # eviction happens too
+    monkeypatch.setattr(catalog, "STORED_CACHE_SIZE", 5)
     rnd = random.Random(11)
     inos = []
     for step in range(800):
@@ -517,17 +522,20 @@ def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
                     cat.get_bucket_config(ino, "encryption")
                     cat.set_chunk(ino, 0, b"lost", 1, "r")
                     cat.chunk(ino, 0)
+                    cat.stored_length(ino)  # cached inside the transaction that rolls back
                     cat.add_bucket(ino + 10 ** 6, "gone-1250000000", "ap-test")
                     cat.bucket_by_inode(ino + 10 ** 6)
                     raise RuntimeError("roll back")
                 for i in rnd.sample(inos, min(3, len(inos))):  # inside the transaction too
                     for idx in range(6):
                         assert cat.chunk(i, idx) == _fresh_chunk(cat, i, idx), (step, op)
+                    assert cat.stored_length(i) == _fresh_stored(cat, i), (step, op)
         except RuntimeError:
             pass
         for i in inos + [ino + 10 ** 6]:
             for idx in range(6):
                 assert cat.chunk(i, idx) == _fresh_chunk(cat, i, idx), (step, op, i, idx)
+            assert cat.stored_length(i) == _fresh_stored(cat, i), (step, op, i)
             assert cat.bucket_by_inode(i) == _fresh_bucket(cat, i), (step, op, i)
             fresh = cat.db.execute("SELECT doc FROM bucket_configs WHERE bucket=? AND kind=?",
                                    (i, "encryption")).fetchone()

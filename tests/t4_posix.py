@@ -785,6 +785,37 @@ def test_huge_sparse_offsets(mount):
         assert f.read() == bytes(3)
 
 
+@pytest.mark.parametrize("bucket", ["plain", "enc"])
+def test_st_blocks_counts_what_is_stored(mount, bucket):
+    """du tells the truth: holes count nothing, written chunks count their bytes, and a
+    file with uncommitted writes counts its whole size until close."""
+    p = os.path.join(getattr(mount, bucket), "sparse.img")
+    subprocess.run(["truncate", "-s", "1G", p], check=True)
+    assert os.stat(p).st_size == 1 << 30 and os.stat(p).st_blocks == 0
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"x" * 4096, 512 << 20)               # the start of one chunk
+        os.pwrite(fd, b"y" * 100, 3 * CHUNK + 10)          # inside another: 110 bytes
+        assert os.fstat(fd).st_blocks == (1 << 30) // 512  # not committed yet: the size
+    finally:
+        os.close(fd)
+    assert os.stat(p).st_blocks == (4096 + 110 + 511) // 512
+    du = subprocess.run(["du", "-B1", p], check=True, capture_output=True, text=True)
+    assert int(du.stdout.split()[0]) == os.stat(p).st_blocks * 512
+    with open(os.path.join(getattr(mount, bucket), "full"), "wb") as f:
+        f.write(b"z" * (2 * CHUNK + 1))
+    assert os.stat(f.name).st_blocks == (2 * CHUNK + 1 + 511) // 512
+    os.truncate(f.name, CHUNK + 1)                            # down: the cut chunks go
+    assert os.stat(f.name).st_blocks == (CHUNK + 1 + 511) // 512
+    os.truncate(f.name, 10 * CHUNK)                           # up: a hole
+    assert os.stat(f.name).st_blocks == (CHUNK + 1 + 511) // 512
+    assert os.stat(mount.plain).st_blocks >= 0
+    mount.restart()
+    assert os.stat(p).st_blocks == (4096 + 110 + 511) // 512
+    assert os.stat(f.name).st_blocks == (CHUNK + 1 + 511) // 512
+    assert get(p)[(512 << 20) - 1:(512 << 20) + 4097] == b"\0" + b"x" * 4096 + b"\0"
+
+
 def test_special_files(mount):
     os.mkfifo(os.path.join(mount.plain, "fifo"))
     os.mknod(os.path.join(mount.plain, "null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))

@@ -109,7 +109,7 @@ class Operations(pyfuse3.Operations):
         e.st_rdev = inode.rdev
         e.st_size = inode.size
         e.st_blksize = self.blksize
-        e.st_blocks = (inode.size + 511) // 512
+        e.st_blocks = self.fs.blocks(inode)
         e.st_atime_ns = inode.atime_ns
         e.st_mtime_ns = inode.mtime_ns
         e.st_ctime_ns = inode.ctime_ns
@@ -216,7 +216,10 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def flush(self, fh):
-        await self.fs.flush(fh)
+        stale = await self.fs.flush(fh)
+        if stale is not None:
+            # attributes only: no page cache is touched, so this cannot wait on us
+            pyfuse3.invalidate_inode(stale, attr_only=True)
 
     @_translate
     async def release(self, fh):
