@@ -925,7 +925,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         ops = _daemon_operations(fs, blksize=min(objects.chunk_size, 1 << 20),
                                  writeback_cache=config.writeback_cache)
         options = set(pyfuse3.default_options)
-        options |= {"fsname=" + fsname, "subtype=cosfs"}
+        # reads never update access times (see README, Times): say so in the mount table
+        options |= {"fsname=" + fsname, "subtype=cosfs", "noatime"}
         options |= set(kernel_options)
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}

@@ -816,6 +816,17 @@ def test_st_blocks_counts_what_is_stored(mount, bucket):
     assert get(p)[(512 << 20) - 1:(512 << 20) + 4097] == b"\0" + b"x" * 4096 + b"\0"
 
 
+def test_reads_leave_access_times_alone(mount):
+    """The mount is noatime, and says so in the mount table."""
+    opts = [line.split()[3] for line in open("/proc/mounts") if line.split()[1] == mount.mnt]
+    assert opts and "noatime" in opts[0].split(","), opts
+    p = os.path.join(mount.enc, "read-me")
+    put(p, b"data")
+    os.utime(p, ns=(10 ** 9, 2 * 10 ** 9))
+    assert get(p) == b"data" and os.listdir(mount.enc)
+    assert os.stat(p).st_atime_ns == 10 ** 9 and os.stat(p).st_mtime_ns == 2 * 10 ** 9
+
+
 def test_special_files(mount):
     os.mkfifo(os.path.join(mount.plain, "fifo"))
     os.mknod(os.path.join(mount.plain, "null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
