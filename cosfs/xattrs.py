@@ -62,6 +62,8 @@ class XattrOps:
     def _namespace_ok(name):
         if not name.startswith(b"user."):
             raise FsError(errno.ENOTSUP, "only the user namespace is supported")
+        if len(name) == 5:
+            raise FsError(errno.EINVAL, "an xattr name needs more than its namespace")
 
     def _is_bucket(self, inode):
         return inode.is_dir and inode.bucket == inode.id
