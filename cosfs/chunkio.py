@@ -89,11 +89,12 @@ def seal_put(store, crypt, idx, blob, data):
     store.put(blob, seal(crypt, idx, blob, data))
 
 
-def read_sealed(store, ch, offset=0, length=None):
+def read_sealed(store, ch, offset=0, length=None, nowait=False):
     """Sealed bytes of a chunk: from its packed row, else from the store's blob.
 
     Without ``length``, everything from ``offset`` on. Like a ranged read of a blob,
-    a range past the end comes back short.
+    a range past the end comes back short. ``nowait`` (with ``length``): None if the
+    read would wait for the disk (see ``LocalStore.get_range``).
     """
     if ch.data is not None:
         end = len(ch.data) if length is None else offset + length
@@ -102,6 +103,8 @@ def read_sealed(store, ch, offset=0, length=None):
         return store.get(ch.blob)
     if length is None:
         length = store.size(ch.blob) - offset
+    if nowait:
+        return store.get_range(ch.blob, offset, length, nowait=True)
     return store.get_range(ch.blob, offset, length)
 
 
@@ -124,30 +127,39 @@ def reseal(store, old, new, ch, length, blob, pack=False):
     return None
 
 
-def fetch(store, crypt, idx, ch, first, last, header):
+def fetch(store, crypt, idx, ch, first, last, header, nowait=False):
     """Read and open segments [first, last] of a chunk; returns (header, plaintext).
 
     ``header`` is the blob's cached header or None (then it is read). Raises
     StoreError for a short blob and IntegrityError for one that fails
-    authentication.
+    authentication. ``nowait``: None if a read would wait for the disk.
     """
     lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
     # a range that reaches the chunk's end asks for one byte more: a blob that was
     # extended (appended to or replaced by a longer one) must fail too
     extra = 1 if hi == ch.length else 0
     if crypt is None:
-        data = read_sealed(store, ch, lo, hi - lo + extra)
+        data = read_sealed(store, ch, lo, hi - lo + extra, nowait)
+        if data is None:
+            return None
         check_length(ch, data, hi - lo)
         return None, data
     seg0, coff, clen = cipher.segment_range(ch.length, lo, hi - lo)
     if header is None and coff == cipher.HEADER_SIZE:
         # the range starts at the first segment, right after the header: one read
-        whole = memoryview(read_sealed(store, ch, 0, coff + clen + extra))
+        whole = read_sealed(store, ch, 0, coff + clen + extra, nowait)
+        if whole is None:
+            return None
+        whole = memoryview(whole)
         header, data = bytes(whole[:coff]), whole[coff:]  # no copy of the segments
     else:
         if header is None:
-            header = read_sealed(store, ch, 0, cipher.HEADER_SIZE)
-        data = read_sealed(store, ch, coff, clen + extra)
+            header = read_sealed(store, ch, 0, cipher.HEADER_SIZE, nowait)
+            if header is None:
+                return None
+        data = read_sealed(store, ch, coff, clen + extra, nowait)
+        if data is None:
+            return None
     # a short blob must fail, not read as a hole (open_range takes what it gets)
     check_length(ch, data, clen)
     plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),

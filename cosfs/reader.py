@@ -7,12 +7,16 @@ LRU keyed by (blob, segment): blobs never change, so the cache is never
 invalidated. A blob being read is marked *in use* so garbage collection does
 not delete it under the reader.
 
-Runs on the trio thread; small fetches are done inline (the thread hop costs
-more than the work), larger ones in a worker thread behind the shared limiter.
+Runs on the trio thread; small fetches are done inline (the thread hop costs more
+than the work), larger ones in a worker thread behind the shared limiter. A small
+fetch that would wait for the disk (``RWF_NOWAIT`` tells) also goes to a worker
+when the store's disk has proved slow (:data:`SLOW_DISK`).
 """
 
 import contextlib
+import functools
 import logging
+import time
 
 import trio
 
@@ -25,6 +29,12 @@ log = logging.getLogger(__name__)
 #: Fetches up to this many plaintext bytes run on the trio thread (S3QL does the same).
 INLINE_READ_LIMIT = 2 * SEG
 
+#: A small read that misses the page cache still runs on the trio thread while such
+#: reads of its store take less than this on average (an SSD: waiting costs less than
+#: a thread hop); above it (a disk that seeks, a network file system) they run in a
+#: worker so that other requests are not held up.
+SLOW_DISK = 0.001
+
 
 class ChunkReader:
     """Read path of the data path; one per mount."""
@@ -36,6 +46,19 @@ class ChunkReader:
         self._store_limiters = {}  # id(store) -> its own limiter (remote stores)
         self.reading = {}   # blob -> number of reads under way (kept from collection)
         self.inflight = {}  # blob -> Event of a worker fetch under way (others wait for it)
+        #: id(store) -> running average of the seconds a small read that missed the page
+        #: cache took: see SLOW_DISK
+        self._cold_latency = {}
+
+    def _timed(self, store, fn, *args):
+        """``fn(*args)``, a small read that had to wait for the disk: its time feeds the
+        store's running average (any thread; a lost update is harmless)."""
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            old = self._cold_latency.get(id(store), 0.0)
+            self._cold_latency[id(store)] = old + (time.perf_counter() - started - old) / 8
 
     def in_use(self, blob):
         return blob in self.reading
@@ -117,12 +140,19 @@ class ChunkReader:
         with self.holding(ch.blob):
             try:
                 args = (store, crypt, idx, ch, first, last, header)
+                got = None
+                cold = False
                 if (last - first + 1) * SEG <= INLINE_READ_LIMIT and self.inline_ok(store, ch):
-                    header, plain = fetch(*args)
-                else:
+                    got = fetch(*args, nowait=True)  # None: it would wait for the disk
+                    cold = got is None
+                    if cold and self._cold_latency.get(id(store), 0.0) < SLOW_DISK:
+                        got = self._timed(store, fetch, *args)
+                if got is None:
                     ev = self.inflight[ch.blob] = trio.Event()
-                    header, plain = await trio.to_thread.run_sync(
-                        fetch, *args, limiter=self.limiter_for(store))
+                    fn = functools.partial(self._timed, store, fetch) if cold else fetch
+                    got = await trio.to_thread.run_sync(
+                        fn, *args, limiter=self.limiter_for(store))
+                header, plain = got
             except CosfsError as exc:
                 if isinstance(exc, IntegrityError):
                     metrics.authentication_failed()

@@ -88,6 +88,7 @@ class LocalStore:
         self._pool = None
         self._sizeless_warned = False
         self._open = collections.OrderedDict()  # blob id -> _OpenBlob, oldest first
+        self._nowait = hasattr(os, "RWF_NOWAIT")  # see get_range
 
     # -- setup -----------------------------------------------------------
     def create(self):
@@ -179,19 +180,47 @@ class LocalStore:
             raise StoreError("cannot read blob %s: %s" % (blob_id.hex(), exc.strerror),
                              errno=exc.errno) from None
 
-    def get_range(self, blob_id: bytes, offset: int, length: int) -> bytes:
+    def get_range(self, blob_id: bytes, offset: int, length: int, nowait=False):
         """``length`` bytes at ``offset``; a short result means the blob is short (caller checks).
 
-        Reads through a cached descriptor (blobs never change once written).
+        Reads through a cached descriptor (blobs never change once written). With
+        ``nowait``, None instead of waiting for the disk when the bytes are not all in
+        the page cache (``RWF_NOWAIT``; the kernel starts reading them meanwhile): the
+        caller on the trio thread then reads in a worker. Where the file system cannot
+        tell, the read simply waits.
         """
         ob = self._acquire(blob_id)
         try:
+            if nowait and self._nowait:
+                data = self._read_nowait(ob.fd, offset, length)
+                if data is not False:
+                    return data
             return os.pread(ob.fd, length, offset)
         except OSError as exc:
             raise StoreError("cannot read blob %s: %s" % (blob_id.hex(), exc.strerror),
                              errno=exc.errno) from None
         finally:
             self._release(ob)
+
+    def _read_nowait(self, fd, offset, length):
+        """The bytes, None if the read would wait, False if the file system cannot say."""
+        buf = bytearray(length)
+        try:
+            n = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            log.info("chunk store %s: no RWF_NOWAIT reads (%s); cold reads wait on the "
+                     "trio thread", self.root, exc.strerror)
+            self._nowait = False
+            return False
+        # short: the end of the blob, or only the first pages were cached
+        if n < length and offset + n < os.fstat(fd).st_size:
+            return None
+        del buf[n:]
+        return buf
 
     def _acquire(self, blob_id):
         with self._lock:

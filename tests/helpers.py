@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import tempfile
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -90,6 +91,8 @@ class FaultyStore:
     "get_range", "delete", "sync_all") raise StoreError with ``err``; ``times``
     limits how many calls fail (None: until ``heal``). ``short_reads = True``
     halves every get/get_range result. ``hide(blob)`` makes a blob look missing.
+    ``cold = True`` makes every ``nowait`` read report that it would wait for the disk;
+    ``delay`` (seconds) slows every other ranged read down, as a disk that seeks.
     Every other attribute is the wrapped store's. Thread-safe like LocalStore.
     """
 
@@ -98,6 +101,8 @@ class FaultyStore:
         self._faults = {}
         self._lock = threading.Lock()
         self.short_reads = False
+        self.cold = False
+        self.delay = 0
         self.hidden = set()
         self.calls = {}
 
@@ -145,9 +150,18 @@ class FaultyStore:
         data = self.inner.get(blob_id)
         return data[:len(data) // 2] if self.short_reads else data
 
-    def get_range(self, blob_id, offset, length):
+    def get_range(self, blob_id, offset, length, nowait=False):
+        if nowait:
+            with self._lock:
+                self.calls["get_range_nowait"] = self.calls.get("get_range_nowait", 0) + 1
+            if self.cold:
+                return None
+        elif self.delay:
+            time.sleep(self.delay)
         self._check("get_range", blob_id)
-        data = self.inner.get_range(blob_id, offset, length)
+        data = self.inner.get_range(blob_id, offset, length, nowait=nowait)
+        if data is None:
+            return None
         return data[:len(data) // 2] if self.short_reads else data
 
     def size(self, blob_id):

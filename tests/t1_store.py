@@ -55,6 +55,48 @@ def test_get_range(store):
     assert store.get_range(bid(1), 5000, 10) == b""
 
 
+def test_get_range_nowait(store, monkeypatch):
+    """In the page cache: the bytes (short at the blob's end, as without nowait). A file
+    system that cannot tell: plain reads from then on."""
+    data = os.urandom(200000)
+    store.put(bid(1), data)
+    assert store.get_range(bid(1), 1000, 50, nowait=True) == data[1000:1050]
+    assert store.get_range(bid(1), len(data) - 10, 100, nowait=True) == data[-10:]
+    assert store.get_range(bid(1), len(data) + 5, 100, nowait=True) == b""
+
+    def unsupported(*args):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    monkeypatch.setattr(os, "preadv", unsupported)
+    assert store.get_range(bid(1), 0, 10, nowait=True) == data[:10]
+    assert store.get_range(bid(1), 10, 10, nowait=True) == data[10:20]
+    assert store._nowait is False
+
+
+def test_get_range_nowait_on_a_cold_page_cache():
+    """On a disk (not tmpfs), bytes the kernel dropped from its cache read as None: the
+    caller then reads in a worker thread."""
+    import shutil
+    import tempfile
+    root = tempfile.mkdtemp(dir="/var/tmp", prefix="cosfs-t1-")
+    try:
+        store = LocalStore(os.path.join(root, "blobs"))
+        store.create()
+        data = os.urandom(300000)
+        store.put(bid(1), data)
+        store.sync_all()
+        fd = os.open(store._path(bid(1)), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        got = store.get_range(bid(1), 200000, 4096, nowait=True)
+        assert got is None or got == data[200000:204096]  # None unless /var/tmp is tmpfs
+        assert store.get_range(bid(1), 200000, 4096) == data[200000:204096]
+        store.close()
+    finally:
+        shutil.rmtree(root)
+
+
 def test_put_never_overwrites(store):
     store.put(bid(1), b"first")
     with pytest.raises(StoreError) as ei:

@@ -610,6 +610,46 @@ async def test_missing_blob_fails_read_only_of_its_object(tmp_path, bucket):
 
 @pytest.mark.parametrize("bucket", [PLAIN, ENC])
 @trio_test
+async def test_a_read_that_would_wait_for_the_disk_runs_in_a_worker(tmp_path, bucket,
+                                                                   monkeypatch):
+    """A small read that misses the page cache stays on the trio thread while the disk
+    answers fast; once such reads take over SLOW_DISK on average, they go to a worker
+    thread (other requests go on meanwhile), and read the same bytes."""
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        data = pattern(3 * CS, 6)
+        ino = await write_file(env, "a", data, bucket=bucket)
+        faulty = env.faulty[REGION]
+        hops = []
+        real = trio.to_thread.run_sync
+
+        async def counting(fn, *args, **kw):
+            hops.append(fn)
+            return await real(fn, *args, **kw)
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        reader = committed_reader(env)
+        offsets = iter(range(5, 3 * CS - 100, 9000))
+
+        async def read_one():
+            off = next(offsets)
+            assert await reader.read(ino, off, 100) == data[off:off + 100]
+
+        await read_one()  # in the page cache: inline
+        faulty.cold = True
+        await read_one()  # cold, but the disk has been fast: inline still
+        assert hops == [] and faulty.calls["get_range_nowait"] >= 2
+        faulty.delay = 0.005
+        for _ in range(2):  # the average reaches 1.17 ms
+            await read_one()
+        assert hops == []
+        await read_one()
+        assert len(hops) == 1  # one worker call
+        faulty.cold = False
+        await read_one()  # in the page cache: inline again
+        assert len(hops) == 1
+
+
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
 async def test_truncated_blob_is_an_error_not_zeros(tmp_path, bucket):
     async with fs_env(tmp_path, chunk_size=CS) as env:
         data = pattern(2 * CS, 3)
