@@ -602,15 +602,20 @@ class Catalog:
         return Inode(*row)
 
     def new_inode(self, *, mode, uid, gid, rdev=0, nlink=1, bucket=0, target=None,
-                  object_id=None, enc_request=None, t=None) -> Inode:
+                  object_id=None, enc_request=None, enc=None, wrapped_key=None, size=0,
+                  t=None) -> Inode:
+        """Insert an inode (inside a transaction) and return it. ``enc`` and
+        ``wrapped_key``: the encryption recorded for a new object and its data key."""
         t = now_ns() if t is None else t
         cur = self.db.execute(
-            "INSERT INTO inodes (mode, uid, gid, rdev, atime_ns, mtime_ns, ctime_ns, nlink,"
-            " bucket, object_id, enc_request, target) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mode, uid, gid, rdev, t, t, t, nlink, bucket, object_id, enc_request, target))
-        # the row as SQLite now holds it (column defaults: size 0, the rest NULL)
-        row = (cur.lastrowid, mode, uid, gid, rdev, 0, t, t, t, nlink, bucket, object_id, None,
-               enc_request, None, None, None, target)
+            "INSERT INTO inodes (mode, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns,"
+            " nlink, bucket, object_id, enc, enc_request, wrapped_key, target)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mode, uid, gid, rdev, size, t, t, t, nlink, bucket, object_id, enc, enc_request,
+             wrapped_key, target))
+        # the row as SQLite now holds it (column defaults: etag, version_id NULL)
+        row = (cur.lastrowid, mode, uid, gid, rdev, size, t, t, t, nlink, bucket, object_id, enc,
+               enc_request, wrapped_key, None, None, target)
         self._inodes[cur.lastrowid] = row
         return Inode(*row)
 

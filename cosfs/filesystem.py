@@ -555,13 +555,11 @@ class FileSystem(XattrOps):
         t = now_ns()
         vs = self.versions
         with self.catalog.transaction():
-            inode = self.catalog.new_inode(mode=mode, uid=ctx.uid, gid=self._new_gid(pinode, ctx),
-                                           rdev=rdev, nlink=1, bucket=pinode.bucket, target=target,
-                                           object_id=object_id or os.urandom(16), t=t)
-            if crypt is not None:
-                self.catalog.update_inode(inode.id, enc=crypt.label, wrapped_key=crypt.wrapped)
-            if target is not None:
-                self.catalog.update_inode(inode.id, size=len(target))
+            inode = self.catalog.new_inode(
+                mode=mode, uid=ctx.uid, gid=self._new_gid(pinode, ctx), rdev=rdev, nlink=1,
+                bucket=pinode.bucket, target=target, object_id=object_id or os.urandom(16),
+                enc=crypt and crypt.label, wrapped_key=crypt and crypt.wrapped,
+                size=0 if target is None else len(target), t=t)
             self.catalog.add_dentry(parent, key, inode.id)
             self._touch_dir(parent, t)
             if stat.S_ISREG(mode) and vs.versioned(pinode.bucket):
