@@ -720,10 +720,16 @@ class Catalog:
                 self._parents[ino] = row
         return row
 
-    def list_dir(self, parent, after=None, limit=None):
-        """[(name, Inode)] sorted by name; ``after`` resumes after a name."""
-        sql = ("SELECT d.name, %s FROM dentries d JOIN inodes i ON i.id=d.inode WHERE d.parent=?"
-               % ", ".join("i." + c for c in INODE_COLUMNS))
+    def list_dir(self, parent, after=None, limit=None, stored=False):
+        """[(name, Inode)] sorted by name; ``after`` resumes after a name. ``stored``: also
+        learn each entry's :meth:`stored_length` in the same query (a listing with
+        attributes reports them all)."""
+        sql = ("SELECT d.name, %s%s FROM dentries d JOIN inodes i ON i.id=d.inode"
+               " WHERE d.parent=?" % (
+                   ", ".join("i." + c for c in INODE_COLUMNS),
+                   ", CASE WHEN i.size > 0 AND (i.mode & 61440) = 32768 THEN"
+                   " (SELECT total(length) FROM chunks c WHERE c.inode=i.id) END"
+                   if stored else ""))
         args = [parent]
         if after is not None:
             sql += " AND d.name>?"
@@ -732,7 +738,18 @@ class Catalog:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [(r[0], Inode(*r[1:])) for r in self.db.execute(sql, args)]
+        if not stored:
+            return [(r[0], Inode(*r[1:])) for r in self.db.execute(sql, args)]
+        out = []
+        cache = self._stored
+        for r in self.db.execute(sql, args):
+            inode = Inode(*r[1:-1])
+            if r[-1] is not None:  # a regular file with content (the rest have no chunks)
+                if len(cache) >= STORED_CACHE_SIZE:
+                    cache.clear()
+                cache[inode.id] = int(r[-1])
+            out.append((r[0], inode))
+        return out
 
     def longest_relative_key(self, parent) -> int:
         """Length of the longest path below directory ``parent`` (``a/b/c``, a directory

@@ -956,7 +956,7 @@ class FileSystem(XattrOps):
         after = h.names[index - 1] if index > 0 else None
         pos = start
         while True:
-            rows = self.catalog.list_dir(h.ino, after=after, limit=batch)
+            rows = self.catalog.list_dir(h.ino, after=after, limit=batch, stored=True)
             for key, inode in rows:
                 pos += 1
                 yield self._name(h.ino, key), self.objects.overlay(inode), pos, True

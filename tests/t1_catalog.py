@@ -481,9 +481,11 @@ def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
     inos = []
     for step in range(800):
         op = rnd.choice(["new", "set", "pack", "drop", "link", "clone", "delete", "bucket",
-                         "unbucket", "conf", "unconf", "fail"])
+                         "unbucket", "conf", "unconf", "fail", "list"])
         if op == "new" or not inos:
             inos.append(new_file(cat).id)
+            with cat.transaction():
+                cat.add_dentry(ROOT_INODE, b"n%d" % step, inos[-1])
             continue
         ino = rnd.choice(inos)
         try:
@@ -512,6 +514,8 @@ def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
                         cat.add_bucket(ino, "b%d-1250000000" % step, "ap-test")
                 elif op == "unbucket":
                     cat.remove_bucket(ino)
+                elif op == "list":
+                    cat.list_dir(ROOT_INODE, stored=True)  # learns stored lengths of entries
                 elif op == "conf":
                     cat.get_bucket_config(ino, "encryption")
                     cat.set_bucket_config(ino, "encryption", "doc %d" % step)
