@@ -48,6 +48,55 @@ def test_schema_created_with_root(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+def _chunks_sql(c):
+    return c.db.execute("SELECT sql FROM sqlite_master WHERE name='chunks'").fetchone()[0]
+
+
+def _make_chunks_without_rowid(path):
+    """Turn the chunks table of the catalog at ``path`` into the form catalogs had before
+    it became a rowid table."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        "BEGIN; CREATE TABLE old (inode INTEGER NOT NULL, idx INTEGER NOT NULL,"
+        " blob BLOB NOT NULL, length INTEGER NOT NULL, data BLOB, PRIMARY KEY (inode, idx))"
+        " WITHOUT ROWID; INSERT INTO old SELECT * FROM chunks; DROP TABLE chunks;"
+        " ALTER TABLE old RENAME TO chunks; CREATE INDEX chunks_blob ON chunks (blob); COMMIT;")
+    db.close()
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_chunks_become_a_rowid_table(tmp_path, caplog, room):
+    """A catalog from before keeps every chunk row when its chunks table is rebuilt as a
+    rowid table at open; if the rebuild fails, the catalog works in the older form."""
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, create=True)
+    assert "WITHOUT ROWID" not in _chunks_sql(c).upper()
+    with c.transaction():
+        ino = c.new_inode(mode=REG, uid=1, gid=2).id
+        c.set_chunk(ino, 0, b"b" * 16, 5, "r", data=b"sealed")
+        c.set_chunk(ino, 1, b"c" * 16, 7, "r")
+    rows = c.chunks(ino)
+    c.close()
+    _make_chunks_without_rowid(str(path))
+    if not room:  # the copy cannot be made (as when the disk is full)
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE chunks_rowid (x)")
+        db.commit()
+        db.close()
+    c = Catalog(path)
+    try:
+        assert ("WITHOUT ROWID" in _chunks_sql(c).upper()) is not room
+        assert c.chunks(ino) == rows and c.stored_length(ino) == 12
+        assert c.db.execute("SELECT tbl_name FROM sqlite_master WHERE name='chunks_blob'"
+                            ).fetchone() == ("chunks",)
+        with c.transaction():
+            c.set_chunk(ino, 0, b"d" * 16, 9, "r")
+        assert c.chunk(ino, 0).length == 9
+        assert ("older, slower form" in caplog.text) is not room
+    finally:
+        c.close()
+
+
 def test_missing_catalog_without_create(tmp_path):
     with pytest.raises(CosfsError) as ei:
         Catalog(tmp_path / "nope.db")

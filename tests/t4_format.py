@@ -88,6 +88,12 @@ def test_format_1_store_reads_back_and_is_upgraded(tmp_path):
         m.stop()
     assert schema_version(folder / "data") == SCHEMA_VERSION
     assert any(r[4] is not None for r in chunk_rows(folder / "data"))
+    db = sqlite3.connect(os.path.join(folder, "data", "catalog.db"))
+    try:  # rebuilt as a rowid table (see catalog._CHUNKS_TABLE)
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name='chunks'").fetchone()[0]
+        assert "WITHOUT ROWID" not in sql.upper()
+    finally:
+        db.close()
     res = m.cli("fsck", "--config", config, "--verify", check=False)
     assert res.returncode == 0 and "DAMAGED" not in res.stdout, res.stdout + res.stderr
     m.start()
