@@ -106,7 +106,7 @@ CREATE TABLE dentries (
 ) WITHOUT ROWID;
 CREATE INDEX dentries_inode ON dentries (inode);
 {CHUNKS};
-CREATE INDEX chunks_blob ON chunks (blob);
+CREATE INDEX chunks_blob ON chunks (blob, inode);
 CREATE TABLE xattrs (
     inode INTEGER NOT NULL,
     name BLOB NOT NULL,
@@ -433,6 +433,20 @@ class Catalog:
             "SELECT sql FROM sqlite_master WHERE type='table' AND name='chunks'").fetchone()
         if row is None or "WITHOUT ROWID" not in row[0].upper():
             return
+        # the copy and the WAL that carries it take about three times the table: never
+        # eat into the room a full disk needs to delete (the store's reserve)
+        size = (self.db.execute("PRAGMA page_count").fetchone()[0]
+                * self.db.execute("PRAGMA page_size").fetchone()[0])
+        try:
+            sv = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            room = sv.f_bavail * sv.f_frsize
+        except OSError:
+            room = 0
+        if room < 3 * size + 64 * 1024 * 1024:
+            log.warning("catalog %s: not enough free space to rebuild the chunk table (%d MiB "
+                        "needed); it keeps its older, slower form", self.path,
+                        (3 * size >> 20) + 64)
+            return
         try:
             with self.transaction():
                 self.db.execute(_CHUNKS_TABLE % "chunks_rowid")
@@ -440,8 +454,8 @@ class Catalog:
                                 " FROM chunks")
                 self.db.execute("DROP TABLE chunks")
                 self.db.execute("ALTER TABLE chunks_rowid RENAME TO chunks")
-                self.db.execute("CREATE INDEX chunks_blob ON chunks (blob)")
-        except sqlite3.DatabaseError as exc:
+                self.db.execute("CREATE INDEX chunks_blob ON chunks (blob, inode)")
+        except (sqlite3.DatabaseError, CosfsError) as exc:
             log.warning("catalog %s: could not rebuild the chunk table (%s); it keeps its "
                         "older, slower form", self.path, exc)
             return
@@ -570,7 +584,8 @@ class Catalog:
         except BaseException:
             self._depth = 0
             self._forget_cached()  # it may hold rows of the rolled-back changes
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite rolls back by itself after some errors
+                self.db.execute("ROLLBACK")
             if durable:
                 self.db.execute("PRAGMA synchronous=NORMAL")
             raise

@@ -46,6 +46,8 @@ RESERVE_MAX = 4 * 1024 * 1024
 #: is then one pread, with no open and close around it.
 OPEN_BLOBS = 256
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
 
 class _OpenBlob:
     """A cached read-only descriptor; closed once evicted and no reader uses it."""
@@ -202,6 +204,12 @@ class LocalStore:
         finally:
             self._release(ob)
 
+    @property
+    def tells_cold(self):
+        """Whether ``get_range(nowait=True)`` can tell a read that would wait for the disk
+        (False once the file system refused ``RWF_NOWAIT``)."""
+        return self._nowait
+
     def _read_nowait(self, fd, offset, length):
         """The bytes, None if the read would wait, False if the file system cannot say."""
         buf = bytearray(length)
@@ -216,8 +224,9 @@ class LocalStore:
                      "trio thread", self.root, exc.strerror)
             self._nowait = False
             return False
-        # short: the end of the blob, or only the first pages were cached
-        if n < length and offset + n < os.fstat(fd).st_size:
+        # short: the end of the blob, or only the pages before an uncached one (then it
+        # ends on a page boundary)
+        if n < length and (offset + n) % _PAGE == 0 and offset + n < os.fstat(fd).st_size:
             return None
         del buf[n:]
         return buf

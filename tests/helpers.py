@@ -92,7 +92,8 @@ class FaultyStore:
     limits how many calls fail (None: until ``heal``). ``short_reads = True``
     halves every get/get_range result. ``hide(blob)`` makes a blob look missing.
     ``cold = True`` makes every ``nowait`` read report that it would wait for the disk;
-    ``delay`` (seconds) slows every other ranged read down, as a disk that seeks.
+    ``delay`` (seconds) slows every other ranged read down, as a disk that seeks;
+    ``tells`` overrides ``tells_cold`` (whether the file system can tell a cold read).
     Every other attribute is the wrapped store's. Thread-safe like LocalStore.
     """
 
@@ -102,6 +103,7 @@ class FaultyStore:
         self._lock = threading.Lock()
         self.short_reads = False
         self.cold = False
+        self.tells = None  # what tells_cold says (None: what the wrapped store says)
         self.delay = 0
         self.hidden = set()
         self.calls = {}
@@ -149,6 +151,10 @@ class FaultyStore:
         self._check("get", blob_id)
         data = self.inner.get(blob_id)
         return data[:len(data) // 2] if self.short_reads else data
+
+    @property
+    def tells_cold(self):
+        return self.inner.tells_cold if self.tells is None else self.tells
 
     def get_range(self, blob_id, offset, length, nowait=False):
         if nowait:

@@ -64,8 +64,8 @@ def _make_chunks_without_rowid(path):
     db.close()
 
 
-@pytest.mark.parametrize("room", [True, False])
-def test_chunks_become_a_rowid_table(tmp_path, caplog, room):
+@pytest.mark.parametrize("room", [True, False, "disk"])
+def test_chunks_become_a_rowid_table(tmp_path, caplog, monkeypatch, room):
     """A catalog from before keeps every chunk row when its chunks table is rebuilt as a
     rowid table at open; if the rebuild fails, the catalog works in the older form."""
     path = tmp_path / "catalog.db"
@@ -78,21 +78,30 @@ def test_chunks_become_a_rowid_table(tmp_path, caplog, room):
     rows = c.chunks(ino)
     c.close()
     _make_chunks_without_rowid(str(path))
-    if not room:  # the copy cannot be made (as when the disk is full)
+    if room is False:  # the copy cannot be made
         db = sqlite3.connect(path)
         db.execute("CREATE TABLE chunks_rowid (x)")
         db.commit()
         db.close()
+    if room == "disk":  # too little free space for the copy: not even tried
+        real = os.statvfs
+        monkeypatch.setattr(os, "statvfs", lambda p: os.statvfs_result(
+            tuple(real(p)[:4]) + (10,) + tuple(real(p)[5:])))
+        room = False
     c = Catalog(path)
     try:
         assert ("WITHOUT ROWID" in _chunks_sql(c).upper()) is not room
         assert c.chunks(ino) == rows and c.stored_length(ino) == 12
         assert c.db.execute("SELECT tbl_name FROM sqlite_master WHERE name='chunks_blob'"
                             ).fetchone() == ("chunks",)
+        assert c.db.execute("PRAGMA index_info(chunks_blob)").fetchall()[0][2] == "blob"
         with c.transaction():
             c.set_chunk(ino, 0, b"d" * 16, 9, "r")
         assert c.chunk(ino, 0).length == 9
         assert ("older, slower form" in caplog.text) is not room
+        if room:  # the lookup for shared blobs needs only the index
+            assert [r[2] for r in c.db.execute("PRAGMA index_info(chunks_blob)")] == \
+                ["blob", "inode"]
     finally:
         c.close()
 

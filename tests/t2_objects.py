@@ -633,6 +633,7 @@ async def test_a_read_that_would_wait_for_the_disk_runs_in_a_worker(tmp_path, bu
             off = next(offsets)
             assert await reader.read(ino, off, 100) == data[off:off + 100]
 
+        faulty.tells = True  # as on a disk file system (tmpfs cannot tell)
         await read_one()  # in the page cache: inline
         faulty.cold = True
         await read_one()  # cold, but the disk has been fast: inline still
@@ -646,6 +647,23 @@ async def test_a_read_that_would_wait_for_the_disk_runs_in_a_worker(tmp_path, bu
         faulty.cold = False
         await read_one()  # in the page cache: inline again
         assert len(hops) == 1
+
+        # a file system that cannot tell a miss: every small read counts
+        reader = committed_reader(env)
+        hops.clear()
+        faulty.tells = False
+        for _ in range(2):
+            await read_one()
+        assert hops == []
+        await read_one()
+        assert len(hops) == 1
+        faulty.delay = 0  # the disk got fast: back on the trio thread after a few reads
+        for _ in range(8):
+            before = len(hops)
+            await read_one()
+            if len(hops) == before:
+                break
+        assert len(hops) == before and 1 < before < 8
 
 
 @pytest.mark.parametrize("bucket", [PLAIN, ENC])

@@ -219,7 +219,10 @@ class Operations(pyfuse3.Operations):
         stale = await self.fs.flush(fh)
         if stale is not None:
             # attributes only: no page cache is touched, so this cannot wait on us
-            pyfuse3.invalidate_inode(stale, attr_only=True)
+            try:
+                pyfuse3.invalidate_inode(stale, attr_only=True)
+            except OSError as exc:  # the commit stands: close must not fail for this
+                log.warning("cannot drop the kernel's attributes of inode %d: %s", stale, exc)
 
     @_translate
     async def release(self, fh):
