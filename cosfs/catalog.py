@@ -333,6 +333,9 @@ class Catalog:
         self._chunks = {}  # ino -> {idx: Chunk or None}: see chunk
         self._chunk_rows = 0  # entries in _chunks
         self._stored = {}  # ino -> plaintext bytes its chunk rows hold: see stored_length
+        #: inodes made by this catalog that have had no chunk rows since: chunk() and
+        #: stored_length() answer them without a query (a new file's first commit)
+        self._chunkless = set()
         self._buckets = {}  # inode -> bucket row or None: see bucket_by_inode
         self._configs = {}  # (bucket inode, kind) -> document or None: see get_bucket_config
         #: (dev, ino) of the WAL and database files when their folder was last fsynced
@@ -616,6 +619,7 @@ class Catalog:
         self._chunks.clear()
         self._chunk_rows = 0
         self._stored.clear()
+        self._chunkless.clear()
         self._buckets.clear()
         self._configs.clear()
 
@@ -661,6 +665,9 @@ class Catalog:
         # the row as SQLite now holds it (column defaults: etag, version_id NULL)
         row = (cur.lastrowid, mode, uid, gid, rdev, size, t, t, t, nlink, bucket, object_id, enc,
                enc_request, wrapped_key, None, None, target)
+        if len(self._chunkless) >= INODE_CACHE_SIZE:
+            self._chunkless.clear()
+        self._chunkless.add(cur.lastrowid)
         self._inodes[cur.lastrowid] = row
         return Inode(*row)
 
@@ -825,6 +832,8 @@ class Catalog:
             ch = rows.get(idx, _MISSING)
             if ch is not _MISSING:
                 return ch
+        if ino in self._chunkless:
+            return None
         row = self.db.execute(
             "SELECT idx, blob, length, data FROM chunks WHERE inode=? AND idx=?",
             (ino, idx)).fetchone()
@@ -861,6 +870,8 @@ class Catalog:
         """
         n = self._stored.get(ino)
         if n is None:
+            if ino in self._chunkless:
+                return 0
             n = int(self.db.execute("SELECT total(length) FROM chunks WHERE inode=?",
                                     (ino,)).fetchone()[0])
             if len(self._stored) >= STORED_CACHE_SIZE:
@@ -871,6 +882,7 @@ class Catalog:
     def _chunks_changed(self, ino):
         """Chunk rows of ``ino`` change: drop what the cache holds of them."""
         self._stored.pop(ino, None)
+        self._chunkless.discard(ino)
         rows = self._chunks.pop(ino, None)
         if rows is not None:
             self._chunk_rows -= len(rows)
@@ -888,6 +900,7 @@ class Catalog:
         self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                         (ino, idx, blob, length, data))
         self._stored.pop(ino, None)
+        self._chunkless.discard(ino)
         self._cache_chunk(ino, idx, Chunk(idx, blob, length, data))
 
     def drop_chunks_from(self, ino, first_idx, region):
