@@ -585,6 +585,8 @@ def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
                     cat.set_chunk(ino, 0, b"lost", 1, "r")
                     cat.chunk(ino, 0)
                     cat.stored_length(ino)  # cached inside the transaction that rolls back
+                    cat.inode_count()
+                    cat.new_inode(mode=REG, uid=1, gid=2)  # counted, then rolled back
                     cat.add_bucket(ino + 10 ** 6, "gone-1250000000", "ap-test")
                     cat.bucket_by_inode(ino + 10 ** 6)
                     raise RuntimeError("roll back")
@@ -602,6 +604,7 @@ def test_chunk_and_bucket_caches_agree_with_the_database(cat, monkeypatch):
             fresh = cat.db.execute("SELECT doc FROM bucket_configs WHERE bucket=? AND kind=?",
                                    (i, "encryption")).fetchone()
             assert cat.get_bucket_config(i, "encryption") == (fresh and fresh[0]), (step, op)
+        assert cat.inode_count() == cat.db.execute("SELECT count(*) FROM inodes").fetchone()[0]
         assert cat._chunk_rows == sum(len(v) for v in cat._chunks.values())
         assert cat._chunk_rows <= 40 + 6
         assert not [c for rows in cat._chunks.values() for c in rows.values()
