@@ -30,6 +30,7 @@ import os
 import sqlite3
 import stat
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -738,16 +739,26 @@ class Catalog:
         if self._inode_count is not None:
             self._inode_count += delta
 
-    def usage_by_encryption(self):
+    def usage_by_encryption(self, apart=False):
         """[(bucket inode, stored encryption label or None, objects, bytes)] of the linked
         regular files of every bucket (current objects; noncurrent versions have no name,
         parts of multipart uploads are not objects).
-        One full scan of the inode table."""
-        return self.db.execute(
-            "SELECT bucket, enc, count(*), coalesce(sum(size), 0) FROM inodes "
-            "WHERE bucket != 0 AND nlink > 0 AND (mode & 61440) = 32768 "
-            "AND id NOT IN (SELECT inode FROM upload_parts) "
-            "GROUP BY bucket, enc").fetchall()
+
+        One full scan of the inode table: half a second for a million objects. With
+        ``apart``, through a read-only connection of its own, which sees the last commit:
+        callable from a worker thread while the trio thread goes on."""
+        sql = ("SELECT bucket, enc, count(*), coalesce(sum(size), 0) FROM inodes "
+               "WHERE bucket != 0 AND nlink > 0 AND (mode & 61440) = 32768 "
+               "AND id NOT IN (SELECT inode FROM upload_parts) "
+               "GROUP BY bucket, enc")
+        if not apart:
+            return self.db.execute(sql).fetchall()
+        uri = "file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(self.path))
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
 
     # -- dentries --------------------------------------------------------
     def lookup(self, parent, name) -> Optional[int]:

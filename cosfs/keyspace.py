@@ -71,6 +71,7 @@ code's HTTP status is :func:`cosfs.errors.http_status`.
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import heapq
 import hmac
@@ -470,6 +471,8 @@ class KeySpace:
         self.fs = fs
         self.objects = objects
         self.catalog = catalog
+        #: what usage_apart found last (None: not yet asked)
+        self.last_usage = None
         self.uid = uid
         self.gid = gid
         self.invalidate_entry = invalidate_entry
@@ -749,10 +752,23 @@ class KeySpace:
 
     def usage(self) -> dict:
         """{bucket name: {stored encryption (``AES256``, ``SM4``, ``cos/kms`` or None):
-        (objects, bytes)}} of every bucket's current objects (one scan of the catalog)."""
+        (objects, bytes)}} of every bucket's current objects (one scan of the catalog, on
+        this thread: see :meth:`usage_apart`)."""
+        return self._usage_by_bucket(self.catalog.usage_by_encryption())
+
+    async def usage_apart(self) -> dict:
+        """:meth:`usage`, scanned in a worker thread through a catalog connection of its
+        own (it sees the last commit): the file system keeps answering meanwhile. Also
+        kept as :attr:`last_usage`."""
+        rows = await trio.to_thread.run_sync(
+            functools.partial(self.catalog.usage_by_encryption, apart=True))
+        self.last_usage = self._usage_by_bucket(rows)
+        return self.last_usage
+
+    def _usage_by_bucket(self, rows):
         names_ = {ino: name for ino, name, _ in self.catalog.buckets()}
         found = {name: {} for name in names_.values()}
-        for bino, label, count, nbytes in self.catalog.usage_by_encryption():
+        for bino, label, count, nbytes in rows:
             if bino in names_:
                 per = found[names_[bino]]
                 old = per.get(label, (0, 0))

@@ -670,7 +670,8 @@ def _metrics_state(store, objects, fs, keyspace) -> dict:
             "cache": {"used_bytes": cache.used, "size_bytes": cache.capacity},
             "write_buffer": {"used_bytes": objects.budget.total,
                              "size_bytes": objects.write_buffer},
-            "usage": keyspace.usage()}
+            # scanned by the /metrics handler just before, in a worker thread
+            "usage": keyspace.last_usage}
 
 
 async def _start_console(nursery, app, console, stop):

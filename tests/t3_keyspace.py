@@ -1021,6 +1021,9 @@ async def test_uploads_in_progress_are_not_counted_as_objects(tmp_path):
         await ks.complete_upload(PLAIN, "k", uid, [(p.number, p.etag) for p in
                                                    ks.list_parts(PLAIN, "k", uid).parts])
         assert ks.usage()[PLAIN] == {None: (1, 3 * MIN_PART_SIZE)}
+        # the same scan through a connection of its own, in a worker thread
+        assert ks.last_usage is None
+        assert await ks.usage_apart() == ks.usage() == ks.last_usage
 
 
 @trio_test

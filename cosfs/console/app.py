@@ -289,6 +289,7 @@ class ConsoleApp:
         if path == "/metrics" and method == "GET":
             if req.session is None and not _loopback(req.client):
                 raise Denied("metrics are served to loopback clients and logged-in users")
+            await self.ks.usage_apart()  # the scan off the trio thread; render reads it
             return "metrics", 200, [(b"content-type", metrics.CONTENT_TYPE.encode())], \
                 metrics.render()
         if req.session is None:
@@ -304,7 +305,7 @@ class ConsoleApp:
             if path == "/buckets":
                 return ("create_bucket",) + await self._create_bucket(req)
         if path == "/" and method == "GET":
-            return ("index",) + self._index(req)
+            return ("index",) + await self._index(req)
         parts = path.split("/")
         if len(parts) >= 3 and parts[1] == "b":
             bucket = urllib.parse.unquote(parts[2])
@@ -418,8 +419,8 @@ class ConsoleApp:
             return None, str(exc)
 
     # -- pages --------------------------------------------------------------------
-    def _index(self, req):
-        usage = self.ks.usage()
+    async def _index(self, req):
+        usage = await self.ks.usage_apart()
         rows, totals = [], {}
         for info in self.ks.list_buckets():
             if not req.credential.allows(info.name, False):
