@@ -9,6 +9,7 @@ writes, reads and a tamper.
 """
 
 import re
+import sqlite3
 from contextlib import asynccontextmanager
 
 import httpx
@@ -142,6 +143,13 @@ async def test_metrics_need_loopback_or_session(tmp_path):
         assert (await c.get("/metrics")).status_code == 403
     async with console(tmp_path / "2") as c:
         r = await c.get("/metrics")
+        assert r.status_code == 200 and "cosfs_commits_total" in r.text
+        assert c.ks.last_usage is not None  # counted in a worker thread for the scrape
+
+        def broken(apart=False):
+            raise sqlite3.OperationalError("disk I/O error")
+        c.ks.catalog.usage_by_encryption = broken
+        r = await c.get("/metrics")  # a failed count does not fail the scrape
         assert r.status_code == 200 and "cosfs_commits_total" in r.text
 
 

@@ -289,7 +289,10 @@ class ConsoleApp:
         if path == "/metrics" and method == "GET":
             if req.session is None and not _loopback(req.client):
                 raise Denied("metrics are served to loopback clients and logged-in users")
-            await self.ks.usage_apart()  # the scan off the trio thread; render reads it
+            try:  # the scan off the trio thread; render reads it
+                await self.ks.usage_apart()
+            except Exception:  # a scrape must never fail for it: the last counts stay
+                log.exception("cannot count the buckets' objects for metrics")
             return "metrics", 200, [(b"content-type", metrics.CONTENT_TYPE.encode())], \
                 metrics.render()
         if req.session is None:
