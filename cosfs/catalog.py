@@ -30,7 +30,7 @@ import os
 import sqlite3
 import stat
 import time
-import urllib.parse
+import pathlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -63,6 +63,11 @@ _FIRST_OF_KEY = ("NOT EXISTS (SELECT 1 FROM replication_queue p WHERE p.bucket=q
 #: The WAL file is cut back to this size when it restarts after a checkpoint.
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 ROOT_INODE = 1
+
+
+def read_only_uri(path):
+    """The SQLite URI that opens the database at ``path`` read-only (``uri=True``)."""
+    return pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
 
 #: The chunks table. A rowid table: its rows hold packed chunks (up to 16 KiB of data),
 #: and a seek in a WITHOUT ROWID table reads the whole record of every overflowing row it
@@ -753,8 +758,7 @@ class Catalog:
                "GROUP BY bucket, enc")
         if not apart:
             return self.db.execute(sql).fetchall()
-        uri = "file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(self.path))
-        db = sqlite3.connect(uri, uri=True)
+        db = sqlite3.connect(read_only_uri(self.path), uri=True)
         try:
             return db.execute(sql).fetchall()
         finally:

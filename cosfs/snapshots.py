@@ -35,7 +35,6 @@ import errno
 import hashlib
 import logging
 import os
-import pathlib
 import sqlite3
 import struct
 import tempfile
@@ -46,6 +45,7 @@ import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.exceptions import InvalidTag
 
+from .catalog import read_only_uri
 from .errors import CosfsError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -172,14 +172,10 @@ def unseal(keys, name, src, dst):
 
 # -- copies of the catalog ---------------------------------------------------------
 
-def _read_only_uri(path):
-    return pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro"
-
-
 def copy_catalog(catalog_path, dst_path):
     """A consistent copy of the committed catalog at ``dst_path``; returns the set of
     blobs it lists as garbage (released, referenced by none of its chunks)."""
-    src = sqlite3.connect(_read_only_uri(catalog_path), uri=True, isolation_level=None)
+    src = sqlite3.connect(read_only_uri(catalog_path), uri=True, isolation_level=None)
     try:
         src.execute("PRAGMA busy_timeout=5000")
         dst = sqlite3.connect(dst_path, isolation_level=None)
@@ -282,7 +278,7 @@ def fetch(keys, name, target, dst_path):
             unseal(keys, name, src, dst)
             dst.flush()
             os.fsync(dst.fileno())
-    db = sqlite3.connect(_read_only_uri(dst_path), uri=True)
+    db = sqlite3.connect(read_only_uri(dst_path), uri=True)
     try:
         result = db.execute("PRAGMA integrity_check").fetchone()[0]
     except sqlite3.DatabaseError as exc:
