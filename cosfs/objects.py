@@ -434,16 +434,22 @@ class ObjectStore:
             self.reader.prefetch(self._nursery, committed[0], committed[1], ino, idx, ch)
 
     # -- writing ----------------------------------------------------------
-    def _existing_length(self, st, idx, inode=None):
+    def _existing_length(self, st, idx):
         """How many bytes of chunk idx exist in pending or committed form (within size)."""
+        return self._clipped(st, idx, self._current_chunk(st, idx))
+
+    def _clipped(self, st, idx, ch):
+        """How many bytes of stored chunk ``ch`` (at idx) lie within the object's size."""
+        return 0 if ch is None else max(0, min(ch.length, st.size - idx * self.chunk_size))
+
+    def _current_chunk(self, st, idx):
+        """The stored chunk idx reads from (sealed but not committed, or committed), or
+        None for a hole."""
         if idx in st.pending:
-            n = st.pending[idx].length
-        elif st.cut_from is not None and idx >= st.cut_from:
-            return 0
-        else:
-            ch = self.catalog.chunk(st.ino, idx)
-            n = 0 if ch is None else ch.length
-        return max(0, min(n, st.size - idx * self.chunk_size))
+            return st.pending[idx]
+        if st.cut_from is not None and idx >= st.cut_from:
+            return None
+        return self.catalog.chunk(st.ino, idx)
 
     @staticmethod
     def _mutable(st, idx, buf):
@@ -457,14 +463,20 @@ class ObjectStore:
         buf = st.dirty.get(idx)
         if buf is not None:
             return self._mutable(st, idx, buf)
-        existing = self._existing_length(st, idx)
+        ch = self._current_chunk(st, idx)
+        existing = self._clipped(st, idx, ch)
         if existing:
-            data = await self.read(st.ino, idx * self.chunk_size, existing)
-            # read() may have awaited: another task may have created the buffer meanwhile
+            if idx in st.pending:
+                store, crypt = self.store_of(st.region), st.session[0]
+            else:
+                inode = self.catalog.get_inode(st.ino)
+                store, crypt = self.store_of(self.region_of(inode)), self.stored_crypt(inode)
+            loaded = await self.reader.load(store, crypt, st.ino, idx, ch, existing)
+            # the load may have awaited: another task may have created the buffer meanwhile
             buf = st.dirty.get(idx)
             if buf is not None:
                 return self._mutable(st, idx, buf)
-            buf = bytearray(data)
+            buf = loaded
         else:
             buf = bytearray()
         st.dirty[idx] = buf

@@ -137,6 +137,38 @@ class ChunkReader:
         final = (ch.length - 1) // SEG
         if ahead:
             last = final
+        plain = await self._fetch(store, crypt, ino, idx, ch, first, last, shared=True)
+        view = memoryview(plain)
+        for s in range(first, min(last, final) + 1):
+            data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])
+            segs[s] = data
+            self.cache.put((ch.blob, s), data)
+
+    async def load(self, store, crypt, ino, idx, ch, length) -> bytearray:
+        """A new mutable copy of the first ``length`` bytes of a chunk (at most
+        ``ch.length``), for a writer about to change it.
+
+        Cached segments are used when all of them are there; otherwise the chunk
+        is fetched in one read and not cached, since the writer's buffer now
+        holds it and its blob is about to be replaced. Raises as :meth:`read`.
+        """
+        last = (length - 1) // SEG
+        cached = [self.cache.get((ch.blob, s)) for s in range(last + 1)]
+        if all(c is not None for c in cached):
+            metrics.cache_lookups(len(cached), 0)
+            out = bytearray(b"".join(cached))
+        else:
+            metrics.cache_lookups(0, len(cached))
+            out = await self._fetch(store, crypt, ino, idx, ch, 0, last, shared=False)
+            if not isinstance(out, bytearray):
+                out = bytearray(out)  # a plain chunk's bytes as read
+        del out[length:]
+        return out
+
+    async def _fetch(self, store, crypt, ino, idx, ch, first, last, *, shared):
+        """Read and open segments [first, last] of a chunk: inline when small and the
+        disk allows, else in a worker. ``shared``: other readers of the blob wait for
+        a worker fetch (it fills the cache) instead of starting their own."""
         header = None if crypt is None else self.headers.get((ch.blob, 0))
         ev = None
         with self.holding(ch.blob):
@@ -159,7 +191,8 @@ class ChunkReader:
                         if not slow:
                             got = self._timed(store, fetch, *args)
                 if got is None:
-                    ev = self.inflight[ch.blob] = trio.Event()
+                    if shared:
+                        ev = self.inflight[ch.blob] = trio.Event()
                     fn = functools.partial(self._timed, store, fetch) if cold else fetch
                     got = await trio.to_thread.run_sync(
                         fn, *args, limiter=self.limiter_for(store))
@@ -177,11 +210,7 @@ class ChunkReader:
         if header is not None:
             self.headers.put((ch.blob, 0), header)
         metrics.opened(None if crypt is None else crypt.label, len(plain))
-        view = memoryview(plain)
-        for s in range(first, min(last, final) + 1):
-            data = bytes(view[(s - first) * SEG:(s - first + 1) * SEG])
-            segs[s] = data
-            self.cache.put((ch.blob, s), data)
+        return plain
 
     def prefetch(self, nursery, store, crypt, ino, idx, ch):
         """Start reading a whole chunk into the cache in the background."""

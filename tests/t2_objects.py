@@ -421,6 +421,52 @@ async def test_small_write_rewrites_one_chunk(tmp_path):
         assert [i for i in after if after[i] != before[i]] == [5]
 
 
+@pytest.mark.parametrize("bucket", [PLAIN, ENC])
+@trio_test
+async def test_a_small_write_loads_its_chunk_in_one_read_and_caches_nothing(tmp_path, bucket):
+    async with fs_env(tmp_path, chunk_size=CS, faulty=True) as env:
+        data = bytearray(pattern(3 * CS + 5000, 3))
+        ino = await write_file(env, "s", bytes(data), bucket=bucket)
+        store = env.faulty[REGION]
+        env.objects.reader.cache = type(env.objects.reader.cache)(16 * MiB)
+        store.calls.clear()
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, 2 * CS + 10, b"zz")
+        data[2 * CS + 10:2 * CS + 12] = b"zz"
+        assert store.calls.get("get_range") == 1  # both segments in one read
+        # the chunk's old blob is about to be replaced: its plaintext is not cached
+        assert len(env.objects.reader.cache.entries) == 0
+        # a chunk whose segments are all cached is loaded from the cache
+        assert await env.objects.read(ino, CS, CS) == data[CS:2 * CS]
+        store.calls.clear()
+        await env.fs.write(fh, CS + 70 * KiB, b"yy")
+        data[CS + 70 * KiB:CS + 70 * KiB + 2] = b"yy"
+        assert "get_range" not in store.calls
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
+async def test_a_write_into_a_damaged_chunk_fails_and_changes_nothing(tmp_path):
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(2 * CS, 4)
+        ino = await write_file(env, "d", data, bucket=ENC)
+        blob = env.catalog.chunk(ino, 1).blob
+        path = env.region_store._path(blob)
+        raw = bytearray(open(path, "rb").read())
+        raw[cipher.HEADER_SIZE + 100] ^= 1
+        with open(path, "wb") as f:
+            f.write(raw)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        with pytest.raises(CosfsError) as ei:
+            await env.fs.write(fh, CS + 10, b"zz")
+        assert ei.value.errno == errno.EIO
+        await env.fs.write(fh, 10, b"ok")  # the mount goes on: other chunks still work
+        await env.fs.release(fh)
+        assert (await env.objects.read(ino, 0, 20))[10:12] == b"ok"
+        assert env.catalog.chunk(ino, 1).blob == blob
+
+
 @trio_test
 async def test_etag_is_md5_of_plaintext(tmp_path):
     import hashlib
