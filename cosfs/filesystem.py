@@ -498,10 +498,15 @@ class FileSystem(XattrOps):
         return self.attr(ino)
 
     async def setattr(self, ino, *, mode=None, uid=None, gid=None, size=None, atime_ns=None,
-                      mtime_ns=None, ctx=None) -> Inode:
-        """chmod/chown/utimens/truncate. Never changes an object's encryption."""
+                      mtime_ns=None, ctime_ns=None, ctx=None) -> Inode:
+        """chmod/chown/utimens/truncate. Never changes an object's encryption.
+
+        The change time becomes ``ctime_ns`` if given (the kernel's, when it caches
+        writes), else now. A call that sets nothing (``chown`` to the same owner and
+        group) still moves the change time, as POSIX asks.
+        """
         inode = self.catalog.get_inode(ino)
-        t = now_ns()
+        t = now_ns() if ctime_ns is None else ctime_ns
         if size is not None:
             if not inode.is_reg:
                 raise FsError(errno.EISDIR if inode.is_dir else errno.EINVAL)
@@ -520,17 +525,16 @@ class FileSystem(XattrOps):
             st = self.objects.states.get(ino)
             if st is not None:
                 st.mtime_ns = mtime_ns
-        if fields or size is not None:
-            fields["ctime_ns"] = t
-            if size is None and self.objects.defer_attrs(ino, fields):
-                return self.attr(ino)
-            st = self.objects.states.get(ino)
-            if st is not None:
-                st.ctime_ns = t
-                for name in fields:  # a value set now supersedes one still deferred
-                    st.attrs.pop(name, None)
-            with self.catalog.transaction():
-                self.catalog.update_inode(ino, **fields)
+        fields["ctime_ns"] = t
+        if size is None and self.objects.defer_attrs(ino, fields):
+            return self.attr(ino)
+        st = self.objects.states.get(ino)
+        if st is not None:
+            st.ctime_ns = t
+            for name in fields:  # a value set now supersedes one still deferred
+                st.attrs.pop(name, None)
+        with self.catalog.transaction():
+            self.catalog.update_inode(ino, **fields)
         return self.attr(ino)
 
     async def readlink(self, ino, ctx=None) -> bytes:

@@ -163,6 +163,8 @@ class Operations(pyfuse3.Operations):
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime_ns"] = attr.st_ctime_ns
         return self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
 
     @_translate
