@@ -127,12 +127,14 @@ def reseal(store, old, new, ch, length, blob, pack=False):
     return None
 
 
-def fetch(store, crypt, idx, ch, first, last, header, nowait=False):
+def fetch(store, crypt, idx, ch, first, last, header, nowait=False, out=None):
     """Read and open segments [first, last] of a chunk; returns (header, plaintext).
 
     ``header`` is the blob's cached header or None (then it is read). Raises
     StoreError for a short blob and IntegrityError for one that fails
-    authentication. ``nowait``: None if a read would wait for the disk.
+    authentication. ``nowait``: None if a read would wait for the disk. ``out``: a
+    bytearray the plaintext of an encrypted chunk is opened into (see
+    ``cipher.open_range``).
     """
     lo, hi = first * SEG, min((last + 1) * SEG, ch.length)
     # a range that reaches the chunk's end asks for one byte more: a blob that was
@@ -163,7 +165,7 @@ def fetch(store, crypt, idx, ch, first, last, header, nowait=False):
     # a short blob must fail, not read as a hole (open_range takes what it gets)
     check_length(ch, data, clen)
     plain = cipher.open_range(crypt.algorithm, crypt.key, crypt.context(idx, ch.blob),
-                              header, data, seg0, ch.length)
+                              header, data, seg0, ch.length, out=out)
     return header, plain
 
 

@@ -350,7 +350,7 @@ def open_blob(algorithm, data_key: bytes, ctx: BlobContext, blob, plain_len: int
 
 
 def open_range(algorithm, data_key: bytes, ctx: BlobContext, header, segments,
-               first_segment: int, plain_len: int) -> bytearray:
+               first_segment: int, plain_len: int, *, out=None) -> bytearray:
     """Decrypt consecutive sealed segments starting at ``first_segment``.
 
     ``header`` is ``blob[:HEADER_SIZE]``; ``segments`` is the slice of the blob
@@ -360,7 +360,9 @@ def open_range(algorithm, data_key: bytes, ctx: BlobContext, header, segments,
     ``segments`` is empty); the caller slices what it asked for.
     Raises IntegrityError on any header mismatch, a partial or surplus
     segment, or a failed tag. Nothing is returned unless every segment read
-    authenticated.
+    authenticated. ``out``: a bytearray to open into instead of a new one (at least
+    the plaintext's size plus TAG_SIZE; it is cut to the plaintext's size and returned,
+    and holds garbage if opening fails).
     """
     _check_len(plain_len)
     salt = _parse_header(algorithm, memoryview(header).cast("B"), ctx)
@@ -371,7 +373,10 @@ def open_range(algorithm, data_key: bytes, ctx: BlobContext, header, segments,
     sealed = memoryview(segments).cast("B")
     total = len(sealed)
     if total == 0:
-        return bytearray()
+        if out is None:
+            return bytearray()
+        del out[:]
+        return out
 
     # Work out the plaintext size first so the output is allocated once.
     plain_total = 0
@@ -390,7 +395,11 @@ def open_range(algorithm, data_key: bytes, ctx: BlobContext, header, segments,
 
     aead = _segment_aead(algorithm, _subkey(algorithm, data_key, salt))
     prefix = _aad_prefix(header, ctx, plain_len)
-    out = bytearray(plain_total + aead.slack)
+    if out is None:
+        out = bytearray(plain_total + aead.slack)
+    elif len(out) < plain_total + aead.slack:
+        raise ValueError("the output buffer holds %d bytes, opening needs %d"
+                         % (len(out), plain_total + aead.slack))
     view = memoryview(out)
     pos = 0
     opos = 0
@@ -406,6 +415,6 @@ def open_range(algorithm, data_key: bytes, ctx: BlobContext, header, segments,
         pos += size + TAG_SIZE
         opos += size
     view.release()
-    if aead.slack:
+    if len(out) > plain_total:
         del out[plain_total:]
     return out

@@ -144,6 +144,24 @@ def test_open_range_random_offsets(alg):
         assert got[start:start + length] == plain[offset:offset + length]
 
 
+@algorithms_param
+def test_open_range_into_a_given_buffer(alg):
+    n = 2 * SEGMENT_SIZE + 77
+    plain = data(n)
+    blob = seal(alg, plain)
+    out = bytearray(n + TAG_SIZE)
+    got = open_range(alg, KEY, CTX, blob[:HEADER_SIZE], blob[HEADER_SIZE:], 0, n, out=out)
+    assert got is out and out == plain
+    with pytest.raises(ValueError, match="holds"):
+        open_range(alg, KEY, CTX, blob[:HEADER_SIZE], blob[HEADER_SIZE:], 0, n,
+                   out=bytearray(n - 1))
+    bad = bytearray(blob)
+    bad[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        open_range(alg, KEY, CTX, bad[:HEADER_SIZE], bad[HEADER_SIZE:], 0, n,
+                   out=bytearray(n + TAG_SIZE))
+
+
 _HYP_PLAIN = data(3 * SEGMENT_SIZE + 300, seed=9)
 
 

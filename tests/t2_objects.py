@@ -9,6 +9,8 @@ collected, bounded memory) and wrapped in FaultyStore to check failures.
 import errno
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -550,6 +552,47 @@ async def test_sequential_write_memory_is_bounded(tmp_path, monkeypatch):
         assert _Tracked.peak <= limit, "dirty bytes peaked at %d > %d" % (_Tracked.peak, limit)
         assert env.objects.budget.total == 0
         assert await env.objects.read(ino, total - 1000, 2000) == block[-1000:]
+
+
+_RANDOM_WRITER = r"""
+import os, random, sys
+sys.path.insert(0, sys.argv[1])
+import trio
+from helpers import ENC, fs_env
+MiB = 1 << 20
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+
+async def main():
+    async with fs_env(__import__("pathlib").Path(sys.argv[2]), chunk_size="1MiB",
+                      write_buffer="96MiB") as env:
+        fh, ino = await env.new_file("big", bucket=ENC)
+        block = os.urandom(MiB)
+        for off in range(0, 256 * MiB, MiB):
+            await env.fs.write(fh, off, block)
+        await env.fs.flush(fh)
+        base = rss()
+        rnd = random.Random(1)
+        for _ in range(1500):  # most land in a chunk not buffered: loads and seals
+            await env.fs.write(fh, rnd.randrange(256 * MiB // 4096) * 4096, b"x" * 4096)
+        print(rss() - base)
+        await env.fs.release(fh)
+
+trio.run(main)
+"""
+
+
+def test_random_writes_stay_within_the_write_buffer(tmp_path):
+    """Resident memory of a random writer over a file larger than ``write_buffer`` grows
+    by about ``write_buffer``, not twice that (chunk buffers made in worker threads'
+    malloc arenas did). A fresh interpreter, so other tests' heap does not count."""
+    res = subprocess.run([sys.executable, "-c", _RANDOM_WRITER, os.path.dirname(__file__),
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    grown = int(res.stdout.split()[-1])
+    assert grown < 120 * MiB, "resident memory grew by %d MiB" % (grown // MiB)
 
 
 # -- store faults --------------------------------------------------------------------------------
