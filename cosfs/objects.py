@@ -529,6 +529,10 @@ class ObjectStore:
                         buf = st.dirty[idx] = bytearray()
                     else:
                         buf = await self._load(st, idx)
+                else:
+                    # last written last: _relieve seals the least recently written first
+                    del st.dirty[idx]
+                    st.dirty[idx] = buf
                 buf = self._mutable(st, idx, buf)
                 before = len(buf)
                 if before < o:
@@ -550,9 +554,10 @@ class ObjectStore:
     async def _relieve(self, st):
         """Seal dirty chunks until all buffers together are under the limit (back-pressure).
 
-        The writer's own oldest chunks go first, then other objects'. A random
-        writer thus keeps up to ``write_buffer`` of its file in memory, and each
-        chunk is loaded and sealed once instead of once per small write.
+        The writer's own least recently written chunks go first, then other
+        objects'. A random writer thus keeps up to ``write_buffer`` of its file
+        (its hot chunks first) in memory, and each chunk is loaded and sealed
+        once instead of once per small write.
         """
         while self.budget.total > self.write_buffer:
             victim = st if st.dirty else next(

@@ -325,6 +325,31 @@ async def test_only_sequential_writers_get_chunks_sealed_at_once(tmp_path):
 
 
 @trio_test
+async def test_a_full_write_buffer_seals_the_least_recently_written_chunk(tmp_path):
+    """A random writer's hot chunks stay in memory: when buffers exceed write_buffer the
+    chunk written longest ago is sealed, not the one loaded first."""
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=3 * CS) as env:
+        data = bytearray(pattern(6 * CS, 8))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = env.objects.states[ino]
+
+        async def poke(idx, seed):
+            piece = pattern(100, seed)
+            off = idx * CS + 1000 + seed
+            await env.fs.write(fh, off, piece)
+            data[off:off + 100] = piece
+
+        for seed, idx in enumerate([0, 1, 2, 0, 3]):  # chunk 0 written again before 3
+            await poke(idx, seed)
+        assert sorted(st.dirty) == [0, 1, 2, 3]  # over the limit: the next write seals
+        await poke(4, 9)
+        assert sorted(st.dirty) == [0, 2, 3, 4]  # 1 was the least recently written
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
 async def test_read_during_background_flush(tmp_path):
     async with fs_env(tmp_path, chunk_size=CS, write_buffer=2 * CS) as env:
         fh, ino = await env.new_file("f", bucket=ENC)
