@@ -20,8 +20,10 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -514,14 +516,16 @@ PERM_CASES = {
 # -- on a mount ----------------------------------------------------------------------
 
 @pytest.fixture
-def open_mount(tmp_path):
-    """A mount with allow_other whose mount point nobody can reach."""
-    for folder in (tmp_path, *tmp_path.parents):
-        if str(folder) in ("/", "/tmp", "/var/tmp"):
-            break
-        os.chmod(folder, os.stat(folder).st_mode | 0o055)
-    yield from mounted(write_config(str(tmp_path / "fs"), chunk_size="64KiB",
-                                    extra="allow_other: true\n"))
+def open_mount():
+    """A mount with allow_other whose mount point nobody can reach: in a folder of its own
+    in /tmp (pytest's folders are root's alone), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="cosfs-conformance-", dir="/tmp")
+    try:
+        os.chmod(folder, 0o755)
+        yield from mounted(write_config(os.path.join(folder, "fs"), chunk_size="64KiB",
+                                        extra="allow_other: true\n"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _mismatches(got, table):
