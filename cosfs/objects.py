@@ -460,25 +460,30 @@ class ObjectStore:
 
     async def _load(self, st, idx):
         """Mutable chunk buffer for idx holding its current content."""
-        buf = st.dirty.get(idx)
-        if buf is not None:
-            return self._mutable(st, idx, buf)
-        ch = self._current_chunk(st, idx)
-        existing = self._clipped(st, idx, ch)
-        if existing:
+        while True:
+            buf = st.dirty.get(idx)
+            if buf is not None:
+                return self._mutable(st, idx, buf)
+            ch = self._current_chunk(st, idx)
+            existing = self._clipped(st, idx, ch)
+            if not existing:
+                buf = bytearray()
+                break
+            gen = st.gens.get(idx)
             if idx in st.pending:
                 store, crypt = self.store_of(st.region), st.session[0]
             else:
                 inode = self.catalog.get_inode(st.ino)
                 store, crypt = self.store_of(self.region_of(inode)), self.stored_crypt(inode)
             loaded = await self.reader.load(store, crypt, st.ino, idx, ch, existing)
-            # the load may have awaited: another task may have created the buffer meanwhile
-            buf = st.dirty.get(idx)
-            if buf is not None:
-                return self._mutable(st, idx, buf)
-            buf = loaded
-        else:
-            buf = bytearray()
+            # The load awaited: another task may have written the chunk meanwhile (into a
+            # buffer, taken at the top, or sealed already) or cut it; then what was loaded
+            # is stale and the chunk is loaded again.
+            now = self._current_chunk(st, idx)
+            if (idx not in st.dirty and st.gens.get(idx) == gen and now is not None
+                    and now.blob == ch.blob and self._clipped(st, idx, now) == existing):
+                buf = loaded
+                break
         st.dirty[idx] = buf
         st.gens[idx] = st.gens.get(idx, 0) + 1
         st.dirty_bytes += len(buf)
@@ -517,7 +522,7 @@ class ObjectStore:
             if n == cs:
                 # A whole chunk: keep it as immutable bytes, no copy into a buffer (the
                 # FUSE layer hands us a fresh bytes object that nobody else holds).
-                old = st.dirty.get(idx)
+                old = st.dirty.pop(idx, None)  # re-inserted last: the most recently written
                 whole = data if len(view) == n and isinstance(data, bytes) else bytes(piece)
                 st.dirty[idx] = whole
                 st.dirty_bytes += n - (0 if old is None else len(old))

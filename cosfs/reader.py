@@ -157,7 +157,7 @@ class ChunkReader:
         cached = [self.cache.get((ch.blob, s)) for s in range(last + 1)]
         if all(c is not None for c in cached):
             metrics.cache_lookups(len(cached), 0)
-            out = bytearray(b"".join(cached))
+            out = bytearray().join(cached)
         else:
             metrics.cache_lookups(0, len(cached))
             # Opened into a buffer made here, on the trio thread: a buffer that outlives
