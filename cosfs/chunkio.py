@@ -84,9 +84,10 @@ def seal(crypt, idx, blob, data):
     return cipher.seal_blob(crypt.algorithm, crypt.key, crypt.context(idx, blob), data)
 
 
-def seal_put(store, crypt, idx, blob, data):
-    """Seal ``data`` as chunk ``idx`` (when ``crypt`` is set) and store it as ``blob``."""
-    store.put(blob, seal(crypt, idx, blob, data))
+def seal_put(store, crypt, idx, blob, data, writeback=True):
+    """Seal ``data`` as chunk ``idx`` (when ``crypt`` is set) and store it as ``blob``
+    (``writeback``: see ``LocalStore.put``)."""
+    store.put(blob, seal(crypt, idx, blob, data), writeback)
 
 
 def read_sealed(store, ch, offset=0, length=None, nowait=False):

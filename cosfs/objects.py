@@ -29,6 +29,7 @@ touch no shared state besides the stores (thread-safe) and the key store.
 
 import errno
 import hashlib
+import itertools
 import logging
 import os
 from typing import Dict, Optional
@@ -63,6 +64,9 @@ PACK_LIMIT = 16 * 1024
 
 #: Completed chunks of one object that may wait for sealing before its writer waits.
 MAX_BACKGROUND_SEALS = 8
+
+#: Background tasks sealing chunks at once when the write buffers are over write_buffer.
+BACKGROUND_RELIEVERS = 1
 
 #: Chunks a sequential reader is read ahead of.
 READ_AHEAD_CHUNKS = 2
@@ -151,6 +155,11 @@ class ObjectStore:
         self._keycache = {}
         self._defaults = {}
         self.budget = DirtyBudget()
+        #: above write_buffer, the least recently written chunks are sealed in the
+        #: background, so that a random writer's next chunk loads overlap the sealing of
+        #: the chunks they displace; a writer waits only above this hard limit
+        self.write_limit = self.write_buffer + max(2 * chunk_size, self.write_buffer // 16)
+        self._relieving = 0  # _relieve_bg tasks running
         self._nursery = None
 
     def attach(self, nursery):
@@ -502,9 +511,14 @@ class ObjectStore:
         while len(st.flushing) > MAX_BACKGROUND_SEALS:
             await next(iter(st.flushing.values())).wait()
         if self.budget.total > self.write_buffer:
-            # make room before this write takes effect: if sealing fails (ENOSPC), the
-            # write fails having changed nothing, as write(2) must
-            await self._relieve(st)
+            if self._nursery is not None and self._relieving < BACKGROUND_RELIEVERS:
+                self._relieving += 1
+                self._nursery.start_soon(self._relieve_bg, st)
+            limit = self.write_limit if self._nursery is not None else self.write_buffer
+            if self.budget.total > limit:
+                # make room before this write takes effect: if sealing fails (ENOSPC),
+                # the write fails having changed nothing, as write(2) must
+                await self._relieve(st, limit)
         cs = self.chunk_size
         view = memoryview(data)
         pos = offset
@@ -556,15 +570,15 @@ class ObjectStore:
         st.mtime_ns = st.ctime_ns = now
         return len(view)
 
-    async def _relieve(self, st):
-        """Seal dirty chunks until all buffers together are under the limit (back-pressure).
+    async def _relieve(self, st, limit):
+        """Seal dirty chunks until all buffers together are under ``limit`` (back-pressure).
 
         The writer's own least recently written chunks go first, then other
         objects'. A random writer thus keeps up to ``write_buffer`` of its file
         (its hot chunks first) in memory, and each chunk is loaded and sealed
         once instead of once per small write.
         """
-        while self.budget.total > self.write_buffer:
+        while self.budget.total > limit:
             victim = st if st.dirty else next(
                 (s for s in self.states.values() if s.dirty), None)
             if victim is None:
@@ -574,7 +588,7 @@ class ObjectStore:
                 continue
             idx = next(iter(victim.dirty))
             try:
-                await self._flush_chunk(victim, idx)
+                await self._flush_chunk(victim, idx, writeback=False)
             except CosfsError as exc:
                 if victim is st:
                     raise
@@ -584,16 +598,46 @@ class ObjectStore:
                 err, st.error = st.error, None
                 raise err
 
-    async def _flush_bg(self, st, idx):
+    def _victim(self, st):
+        """(state, chunk index) to seal next to make room: the least recently written
+        chunk of ``st`` that is not being sealed, else of another object; or None."""
+        for victim in itertools.chain((st,), self.states.values()):
+            for idx in victim.dirty:
+                if idx not in victim.flushing:
+                    return victim, idx
+        return None
+
+    async def _relieve_bg(self, st):
+        """Seal least recently written chunks in the background, one at a time, until
+        the buffers are down to ``write_buffer``; a failure is kept in the victim's
+        ``error`` for its next write or commit, as a background seal's is."""
         try:
-            await self._flush_chunk(st, idx)
+            while self.budget.total > self.write_buffer:
+                found = self._victim(st)
+                if found is None:
+                    return
+                victim, idx = found
+                await self._flush_bg(victim, idx, writeback=False)
+                if victim.error is not None:
+                    return
+        finally:
+            self._relieving -= 1
+
+    async def _flush_bg(self, st, idx, writeback=True):
+        try:
+            await self._flush_chunk(st, idx, writeback)
         except BaseException as exc:  # surfaced by the next write/commit of this object
             if isinstance(exc, trio.Cancelled):
                 raise
             st.error = exc
 
-    async def _flush_chunk(self, st, idx):
-        """Seal and store the dirty buffer of chunk idx, making it pending."""
+    async def _flush_chunk(self, st, idx, writeback=True):
+        """Seal and store the dirty buffer of chunk idx, making it pending.
+
+        ``writeback`` False: the chunk is sealed only to make room in the write
+        buffers, and a random writer will likely load, change and seal it again before
+        any commit: its blob is not pushed to the disk at once (``LocalStore.put``).
+        """
         while idx in st.flushing:
             await st.flushing[idx].wait()
         buf = st.dirty.get(idx)
@@ -614,9 +658,10 @@ class ObjectStore:
                 store.check_room(len(data) + cipher.HEADER_SIZE + cipher.TAG_SIZE)
                 packed = seal(crypt, idx, blob, data)
             elif len(data) <= INLINE_WRITE_LIMIT and not getattr(store, "remote", False):
-                seal_put(store, crypt, idx, blob, data)
+                seal_put(store, crypt, idx, blob, data, writeback)
             else:
                 await trio.to_thread.run_sync(seal_put, store, crypt, idx, blob, data,
+                                              writeback,
                                               limiter=self.reader.limiter_for(store))
         except CosfsError as exc:
             log.error("cannot store chunk %d of inode %d: %s", idx, st.ino, exc)
@@ -636,13 +681,10 @@ class ObjectStore:
             self._discard(Chunk(idx, blob, len(data)), st.region)
 
     def _discard(self, chunk, region):
-        """A chunk that was sealed but will never be committed: collect its blob."""
-        if chunk.packed:
-            return  # its bytes only ever lived in memory
-        blob = chunk.blob
-        with self.catalog.transaction():
-            self.catalog.add_garbage(blob, region)
-        self.collector.poke()
+        """A chunk that was sealed but will never be committed: delete its blob (no
+        catalog ever named it, so that needs no durable point first)."""
+        if not chunk.packed:  # else its bytes only ever lived in memory
+            self.collector.discard(chunk.blob, region)
 
     async def truncate(self, ino, size):
         """Set the object's size (zeros when growing) and commit."""
@@ -921,14 +963,12 @@ class ObjectStore:
             return
         with self.catalog.transaction():
             for inode, region, st in work:
-                if st is not None:
-                    for ch in st.pending.values():
-                        if not ch.packed:
-                            self.catalog.add_garbage(ch.blob, region)
                 self.catalog.delete_inode(inode.id, region)
-        for inode, _, st in work:
+        for inode, region, st in work:
             if st is not None:
                 self.states.pop(inode.id, None)
+                for ch in st.pending.values():
+                    self._discard(ch, region)
                 # a seal still running finds no buffer and discards its blob itself
                 st.dirty.clear()
                 st.dirty_bytes = 0

@@ -759,9 +759,10 @@ class S3Store:
         return os.statvfs_result((4096, 4096, n, n, n, 0, 0, 0, 0, 255))
 
     # -- blob operations (block: run in a worker thread) -----------------------
-    def put(self, blob_id, data):
+    def put(self, blob_id, data, writeback=True):
         """Store a new blob: uploaded before this returns (write-through), or with
-        write-back staged locally and queued for upload. Raises StoreError."""
+        write-back staged locally and queued for upload. Raises StoreError.
+        (``writeback`` is a hint for local disks; it changes nothing here.)"""
         if self.staging is not None:
             self.staging.stage(blob_id, data)
             return

@@ -145,8 +145,14 @@ class LocalStore:
                                 reserve // 1024), errno=errno.ENOSPC)
 
     # -- blob operations (block: run in a worker thread) -----------------
-    def put(self, blob_id: bytes, data) -> None:
-        """Store ``data`` (bytes-like) as a new blob. Raises StoreError; never overwrites."""
+    def put(self, blob_id: bytes, data, writeback=True) -> None:
+        """Store ``data`` (bytes-like) as a new blob. Raises StoreError; never overwrites.
+
+        ``writeback``: start writing a large blob to the disk at once (see
+        :data:`EARLY_WRITEBACK`). False for a blob that will likely be replaced before
+        any commit names it: deleted before the kernel writes it back, it never costs
+        the disk anything.
+        """
         path = self._path(blob_id)
         self._check_room(blob_id, len(data))
         try:
@@ -164,7 +170,7 @@ class LocalStore:
             self._unlink_quietly(path)
             raise StoreError("cannot write blob %s: %s" % (blob_id.hex(), exc.strerror),
                              errno=exc.errno) from None
-        if len(data) >= EARLY_WRITEBACK:
+        if writeback and len(data) >= EARLY_WRITEBACK:
             durable.start_writeback(fd)
         os.close(fd)
         with self._lock:

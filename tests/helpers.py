@@ -143,9 +143,9 @@ class FaultyStore:
         if blob_id is not None and blob_id in self.hidden and op != "put":
             raise StoreError("blob %s is missing" % blob_id.hex(), errno=errno.EIO)
 
-    def put(self, blob_id, data):
+    def put(self, blob_id, data, writeback=True):
         self._check("put")
-        return self.inner.put(blob_id, data)
+        return self.inner.put(blob_id, data, writeback)
 
     def get(self, blob_id):
         self._check("get", blob_id)

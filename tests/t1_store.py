@@ -9,7 +9,8 @@ import time
 import pytest
 
 from cosfs.errors import StoreError
-from cosfs.store import LocalStore, blob_name
+from cosfs import durable
+from cosfs.store import EARLY_WRITEBACK, LocalStore, blob_name
 
 from helpers import tmp_path  # noqa: F401 (tmpfs)
 
@@ -95,6 +96,20 @@ def test_get_range_nowait_on_a_cold_page_cache():
         store.close()
     finally:
         shutil.rmtree(root)
+
+
+def test_large_blobs_start_their_writeback_unless_told_not_to(store, monkeypatch):
+    started = []
+    monkeypatch.setattr(durable, "start_writeback", lambda fd: started.append(fd))
+    big = os.urandom(EARLY_WRITEBACK)
+    store.put(b"\x01" * 16, big[:-1])  # small: nothing to start
+    assert started == []
+    store.put(b"\x02" * 16, big)
+    assert len(started) == 1
+    store.put(b"\x03" * 16, big, writeback=False)  # likely replaced before any commit
+    assert len(started) == 1
+    assert store.get(b"\x03" * 16) == big
+    assert store.unsynced_count == 3  # still made durable by the next sync_all
 
 
 def test_put_never_overwrites(store):
