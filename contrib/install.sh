@@ -4,7 +4,8 @@
 # Idempotent: packages already present are not fetched again.
 #
 # --test also installs what only the tests drive: headless Chromium and its driver
-# (the console's browser test), rclone and s3fs-fuse (clients of the XML API).
+# (the console's browser test), rclone and s3fs-fuse (clients of the XML API), stress-ng
+# (its file system stressors run on a mount).
 #
 # --system also links the commands into the system, for /etc/fstab lines and the
 # systemd unit (see "Running it for real" in README.md):
@@ -28,7 +29,7 @@ done
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr rsync git tar
           sqlite3 procps psmisc)
 if [ "$test" = 1 ]; then
-  packages+=(chromium chromium-driver rclone s3fs)
+  packages+=(chromium chromium-driver rclone s3fs stress-ng)
 fi
 missing=()
 for p in "${packages[@]}"; do
