@@ -60,6 +60,7 @@ class Collector:
         self.snapshots = None
         #: blob id -> region of blobs no commit named (see discard)
         self.unreferenced = {}
+        self._unreferenced_lock = trio.Lock()  # a second pass waits for the first's deletes
         self.wakeup = trio.Event()
         self._last_checkpoint = time.monotonic()
 
@@ -152,19 +153,20 @@ class Collector:
                 return
 
     async def _delete_unreferenced(self):
-        by_region = {}
-        for blob, region in list(self.unreferenced.items()):
-            if self.in_use(blob):
-                continue
-            del self.unreferenced[blob]
-            if region in self.stores:
-                by_region.setdefault(region, []).append(blob)
-        for region, blobs in by_region.items():
-            done = await trio.to_thread.run_sync(delete_blobs, self.stores[region], blobs,
-                                                 limiter=self.limiter)
-            if len(done) < len(blobs):
-                left = set(blobs).difference(done)
-                self.unreferenced.update((b, region) for b in left)  # retried next pass
+        async with self._unreferenced_lock:
+            by_region = {}
+            for blob, region in list(self.unreferenced.items()):
+                if self.in_use(blob):
+                    continue
+                del self.unreferenced[blob]
+                if region in self.stores:
+                    by_region.setdefault(region, []).append(blob)
+            for region, blobs in by_region.items():
+                done = await trio.to_thread.run_sync(delete_blobs, self.stores[region], blobs,
+                                                     limiter=self.limiter)
+                if len(done) < len(blobs):
+                    left = set(blobs).difference(done)
+                    self.unreferenced.update((b, region) for b in left)  # retried next pass
 
     def _may_delete(self, blob, region):
         """A blob of an S3 store goes only once the newest catalog snapshot no longer

@@ -511,9 +511,7 @@ class ObjectStore:
         while len(st.flushing) > MAX_BACKGROUND_SEALS:
             await next(iter(st.flushing.values())).wait()
         if self.budget.total > self.write_buffer:
-            if self._nursery is not None and self._relieving < BACKGROUND_RELIEVERS:
-                self._relieving += 1
-                self._nursery.start_soon(self._relieve_bg, st)
+            self._start_relief(st)
             limit = self.write_limit if self._nursery is not None else self.write_buffer
             if self.budget.total > limit:
                 # make room before this write takes effect: if sealing fails (ENOSPC),
@@ -568,7 +566,15 @@ class ObjectStore:
                 self._nursery.start_soon(self._flush_bg, st, idx)
         st.modified = True
         st.mtime_ns = st.ctime_ns = now
+        if self.budget.total > self.write_buffer:
+            self._start_relief(st)  # a load this write made may have passed the limit
         return len(view)
+
+    def _start_relief(self, st):
+        """Start background sealing (:meth:`_relieve_bg`) unless it runs already."""
+        if self._nursery is not None and self._relieving < BACKGROUND_RELIEVERS:
+            self._nursery.start_soon(self._relieve_bg, st)
+            self._relieving += 1
 
     async def _relieve(self, st, limit):
         """Seal dirty chunks until all buffers together are under ``limit`` (back-pressure).
@@ -792,7 +798,13 @@ class ObjectStore:
                     packed = await trio.to_thread.run_sync(reseal, store, old, crypt, ch,
                                                            length, blob, pack,
                                                            limiter=self.limiter)
-            st.pending[ch.idx] = Chunk(ch.idx, blob, length, packed)
+            resealed = Chunk(ch.idx, blob, length, packed)
+            if ch.idx in st.pending or (st.cut_from is not None and ch.idx >= st.cut_from):
+                # a write sealed newer content of this chunk, or a truncate cut it, while
+                # it was re-sealed: the old content must not take its place
+                self._discard(resealed, st.region)
+                continue
+            st.pending[ch.idx] = resealed
 
     def _record(self, st, crypt, durable, then=None, **extra):
         """The one catalog transaction that publishes a new version (no awaits).
@@ -824,9 +836,8 @@ class ObjectStore:
                 vs.stamp(st.ino, before.bucket, key, new=not st.version_made and i == 0)
             if then is not None:
                 then()
-        if keys:
-            st.version_made = True  # one write session, one version
-            vs.flush()
+        # The catalog names the pending blobs now: forget them before anything that may
+        # raise, or a later seal of their chunks would delete them as never committed.
         self.collector.commits += 1
         metrics.committed(fields["enc"])
         st.attrs.clear()
@@ -838,6 +849,9 @@ class ObjectStore:
             st.session = None
         if crypt is not None:
             self._keycache[crypt.wrapped] = crypt.key
+        if keys:
+            st.version_made = True  # one write session, one version
+            vs.flush()
 
     async def rewrite(self, ino, request=_KEEP):
         """Re-resolve the object's encryption now and re-encrypt it if its state changes.

@@ -11,11 +11,14 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 import trio
 
 from cosfs import cipher, durable
+from cosfs import objects as objects_module
+from cosfs import reader as reader_module
 from cosfs.errors import CosfsError, StoreError
 from cosfs.objects import ObjectState, ObjectStore
 
@@ -324,10 +327,16 @@ async def test_only_sequential_writers_get_chunks_sealed_at_once(tmp_path):
         assert await read_all(committed_reader(env), ino) == bytes(expect + second)
 
 
+@pytest.mark.parametrize("loads", ["inline", "worker"])
 @trio_test
-async def test_a_full_write_buffer_seals_the_least_recently_written_chunk(tmp_path):
+async def test_a_full_write_buffer_seals_the_least_recently_written_chunk(tmp_path, loads,
+                                                                         monkeypatch):
     """A random writer's hot chunks stay in memory: when buffers exceed write_buffer the
-    chunks written longest ago are sealed (in the background), not those loaded first."""
+    chunks written longest ago are sealed (in the background), not those loaded first;
+    whether a chunk load runs on the trio thread or in a worker (a slow disk), during
+    which the background sealing runs."""
+    if loads == "worker":
+        monkeypatch.setattr(reader_module, "INLINE_READ_LIMIT", 0)
     async with fs_env(tmp_path, chunk_size=CS, write_buffer=3 * CS) as env:
         data = bytearray(pattern(6 * CS, 8))
         ino = await write_file(env, "f", bytes(data), bucket=ENC)
@@ -363,30 +372,51 @@ async def relieved(env):
             await trio.sleep(0.005)
 
 
+@pytest.mark.parametrize("loads", ["inline", "worker"])
 @trio_test
-async def test_a_writer_waits_for_room_only_above_the_hard_limit(tmp_path):
-    """Over write_buffer, sealing runs beside the writer, whose next chunk load overlaps
-    it; a writer waits only when the buffers pass write_limit, and they come back down
-    to write_buffer."""
-    async with fs_env(tmp_path, chunk_size=CS, write_buffer=4 * CS) as env:
+async def test_a_writer_waits_for_room_only_above_the_hard_limit(tmp_path, loads, monkeypatch):
+    """Over write_buffer, sealing runs beside the writer; a writer seals by itself only
+    when the buffers pass write_limit, and they come back down to write_buffer. Chunks
+    of 256 KiB are sealed (and loaded) in workers, so the two overlap."""
+    if loads == "worker":
+        monkeypatch.setattr(reader_module, "INLINE_READ_LIMIT", 0)
+    cs = 256 * KiB
+    async with fs_env(tmp_path, chunk_size=cs, write_buffer=4 * cs) as env:
         objects = env.objects
-        assert objects.write_limit == 6 * CS
-        data = bytearray(pattern(12 * CS, 3))
+        assert objects.write_limit == 6 * cs
+        data = bytearray(pattern(12 * cs, 3))
         ino = await write_file(env, "f", bytes(data), bucket=ENC)
         fh = await env.fs.open(ino, os.O_RDWR)
         st = objects.states[ino]
+        sealed = {"background": 0, "writer": 0}
+        flush = objects._flush_chunk
+
+        async def counting_flush(state, idx, writeback=True):
+            sealed["background" if objects._relieving and not writeback else "writer"] += 1
+            await flush(state, idx, writeback)
+
+        monkeypatch.setattr(objects, "_flush_chunk", counting_flush)
+        real_relieve = objects._relieve
+        waits = []
+
+        async def counting_relieve(state, limit):
+            waits.append(limit)
+            await real_relieve(state, limit)
+
+        monkeypatch.setattr(objects, "_relieve", counting_relieve)
         peak = 0
-        for step in range(200):
+        for step in range(120):
             idx = (step * 7) % 12
-            off = idx * CS + step * 13
+            off = idx * cs + step * 13
             piece = pattern(64, step)
             await env.fs.write(fh, off, piece)
             data[off:off + 64] = piece
             peak = max(peak, objects.budget.total)
-        assert objects.write_buffer < peak <= objects.write_limit + CS
+        assert objects.write_buffer < peak <= objects.write_limit + cs
+        assert all(limit == objects.write_limit for limit in waits)
         await relieved(env)
         assert objects.budget.total <= objects.write_buffer
-        assert st.pending  # sealed chunks wait for the commit
+        assert sealed["background"] > 0 and st.pending  # sealed chunks wait for the commit
         await env.fs.release(fh)
         assert await read_all(committed_reader(env), ino) == data
 
@@ -1085,3 +1115,84 @@ async def test_a_blob_no_commit_named_goes_without_a_catalog_row_or_sync(tmp_pat
         assert env.objects.collector.unreferenced == {}
         await env.fs.release(fh)
         assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
+async def test_blobs_a_commit_named_are_never_discarded_even_if_it_then_fails(tmp_path,
+                                                                            monkeypatch):
+    """The commit's transaction names the pending blobs; if what follows it raises (the
+    versions bookkeeping, on a full catalog), a later seal of the same chunk must not
+    take them for never committed and delete them."""
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=3 * CS) as env:
+        objects = env.objects
+        data = bytearray(pattern(2 * CS, 8))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        await env.fs.write(fh, 10, b"x" * 100)
+        data[10:110] = b"x" * 100
+        await objects._flush_chunk(st, 0)
+        named = st.pending[0].blob
+
+        def full():
+            raise CosfsError("catalog commit failed: database or disk is full")
+
+        vs = objects.versions
+        monkeypatch.setattr(vs, "versioned", lambda bucket: True)
+        monkeypatch.setattr(vs, "keys_of", lambda ino: [b"f"])
+        monkeypatch.setattr(vs, "before_replace", lambda *args: None)
+        monkeypatch.setattr(vs, "stamp", lambda *args, **kw: None)
+        monkeypatch.setattr(vs, "flush", full)
+        with pytest.raises(CosfsError):
+            await objects.commit(ino)
+        monkeypatch.undo()
+        assert env.catalog.chunk(ino, 0).blob == named and not st.pending
+        await env.fs.write(fh, 200, b"y" * 100)  # chunk 0 again, sealed again
+        data[200:300] = b"y" * 100
+        await objects._flush_chunk(st, 0, writeback=False)
+        await env.drain_gc()
+        assert named in env.blobs()  # what a kill -9 now would come back to
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
+async def test_a_chunk_written_while_re_encryption_reseals_it_is_not_lost(tmp_path,
+                                                                         monkeypatch):
+    """Re-encryption re-seals committed chunks in a worker; a write sealed into one of
+    them meanwhile (by the write buffers' relief) is newer and must stay."""
+    async with fs_env(tmp_path, chunk_size=CS, write_buffer=3 * CS) as env:
+        objects = env.objects
+        data = bytearray(pattern(3 * CS, 5))
+        ino = await write_file(env, "f", bytes(data))
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        resealing = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        slow = objects_module.reseal
+
+        def slow_reseal(store, old, crypt, ch, *args):
+            if ch.idx == 1:
+                trio.from_thread.run_sync(resealing.set, trio_token=token)
+                time.sleep(0.3)
+            return slow(store, old, crypt, ch, *args)
+
+        monkeypatch.setattr(objects_module, "reseal", slow_reseal)
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request="AES256")
+
+        async def write_during_reseal():
+            await resealing.wait()
+            piece = pattern(300, 77)
+            await env.fs.write(fh, CS + 500, piece)
+            data[CS + 500:CS + 800] = piece
+            await objects._flush_chunk(st, 1, writeback=False)  # as the relief would
+
+        async with trio.open_nursery() as n:
+            n.start_soon(write_during_reseal)
+            await objects.rewrite(ino)
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        assert await read_all(committed_reader(env), ino) == data
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
