@@ -945,6 +945,16 @@ class Catalog:
         """Ids of the blobs the store must hold (packed chunks have none there)."""
         return {r[0] for r in self.db.execute("SELECT blob FROM chunks WHERE data IS NULL")}
 
+    def named_blobs(self, lo, hi=None):
+        """The blob ids in ``[lo, hi)`` (no upper bound if ``hi`` is None) that a chunk row
+        or the garbage table names: one range of the ``chunks_blob`` index, so a store's
+        blobs can be checked against the catalog a slice at a time."""
+        cond, args = ("blob >= ? AND blob < ?", (lo, hi)) if hi is not None else ("blob >= ?", (lo,))
+        named = {r[0] for r in self.db.execute("SELECT DISTINCT blob FROM chunks WHERE " + cond,
+                                               args)}
+        named.update(r[0] for r in self.db.execute("SELECT blob FROM garbage WHERE " + cond, args))
+        return named
+
     def chunk_rows(self):
         """Every (inode, Chunk) in the catalog (for fsck and re-wrap)."""
         for r in self.db.execute(

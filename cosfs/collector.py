@@ -14,7 +14,7 @@ A blob that no commit ever named (a chunk sealed, then replaced or cut before it
 object's commit: :meth:`Collector.discard`) is under neither rule: no catalog, durable
 or not, can point at it. It is deleted at the next pass without a sync and without a
 catalog row; a crash before that leaves it an orphan, like every uncommitted blob,
-for ``cosfs fsck``.
+which the next start removes (``mount.remove_orphans``).
 
 The collector runs in the background (``run``): at most one pass per
 ``GC_MIN_INTERVAL``, plus a WAL checkpoint every ~10 s or when the WAL grows

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import os
@@ -208,6 +209,40 @@ def _sync_blobs(stores):
     Returns how many blobs were synced.
     """
     return sum(s.sync_everything() for s in stores.values())
+
+
+def remove_orphans(store):
+    """After a crash: delete the blobs of the local stores that nothing in the catalog
+    names (sealed for commits that never came, or undone by a power cut). Returns how
+    many went.
+
+    Only a daemon that has not written anything yet may call this (a blob it sealed
+    would not be named yet either): the mount and the API server, at start, when the
+    store was left unclean. The store is checked one blob-name prefix at a time, so
+    memory does not grow with it. S3 stores are left to ``cosfs fsck``, which first
+    makes a catalog snapshot there that no longer names them. A deletion lost to
+    another crash leaves the orphan for the next start.
+    """
+    removed = 0
+    for s in store.stores.values():
+        if not isinstance(s, LocalStore):
+            continue
+        for prefix, blobs in itertools.groupby(s.list(), key=lambda b: b[0]):
+            lo = bytes([prefix])
+            hi = bytes([prefix + 1]) if prefix < 255 else None
+            named = store.catalog.named_blobs(lo, hi)
+            for blob in blobs:
+                if blob not in named:
+                    try:
+                        s.delete(blob)
+                    except CosfsError as exc:  # kept for fsck; the mount goes on
+                        log.warning("cannot remove a blob that no commit named: %s", exc)
+                        continue
+                    removed += 1
+    if removed:
+        log.info("the store was not closed cleanly: removed %d blob(s) that no commit named",
+                 removed)
+    return removed
 
 
 def snapshot_targets(config):
@@ -905,6 +940,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
     store = open_store(config, create=True, purpose="mounted at %s" % mountpoint,
                        break_lease=break_lease)
     try:
+        if store.unclean:
+            remove_orphans(store)
         objects, fs = build(store)
         ensure_buckets(fs, config)
         fs.purge_unlinked()
@@ -1065,6 +1102,8 @@ def run_serve(config, *, ready=None, break_lease=False):
     store = open_store(config, create=True, purpose="served by the API (pid %d)" % os.getpid(),
                        break_lease=break_lease)
     try:
+        if store.unclean:
+            remove_orphans(store)
         objects, fs = build(store)
         ensure_buckets(fs, config)
         fs.purge_unlinked()

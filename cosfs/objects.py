@@ -20,7 +20,7 @@ Write path, per object (:class:`ObjectState`, shared by all handles of an inode)
      and encryption in ONE catalog transaction. Replaced blobs go to the
      ``garbage`` table and are deleted after the commit.
 So the catalog never references a blob that was not completely written, and
-a crash leaves the old or the new version (plus orphan blobs for fsck).
+a crash leaves the old or the new version (plus orphan blobs, removed at the next start).
 
 Threading: everything here runs on the trio thread except the functions
 passed to ``trio.to_thread.run_sync`` (sealing, opening, store I/O), which

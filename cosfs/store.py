@@ -6,8 +6,8 @@ modified, so readers can cache by blob id without invalidation.
 
 Layout of :class:`LocalStore`: ``<root>/<first two hex digits>/<32 hex digits>``.
 A blob is written straight to its final name: a crash mid-write leaves at worst
-a partial blob that the catalog never references (an orphan that ``cosfs fsck``
-removes), because the catalog commits only after ``put`` returned, and makes a
+a partial blob that the catalog never references (an orphan that the next start
+after the crash, ``mount.remove_orphans``, or ``cosfs fsck`` removes), because the catalog commits only after ``put`` returned, and makes a
 commit durable only after :meth:`LocalStore.sync_all` made its blobs durable.
 
 All methods block; callers on the trio thread run them with

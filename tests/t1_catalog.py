@@ -327,6 +327,21 @@ def test_garbage_table(cat):
     assert sorted(b for b, _ in cat.garbage()) == [b"g%d" % i for i in range(5, 10)]
 
 
+
+def test_named_blobs_by_range(cat):
+    """What the start after a crash checks a store's blobs against, a prefix at a time."""
+    a, b = new_file(cat).id, new_file(cat).id
+    with cat.transaction():
+        cat.set_chunk(a, 0, b"\x10" + b"a" * 15, 10, "r")
+        cat.set_chunk(a, 1, b"\x20" + b"b" * 15, 10, "r")
+        cat.set_chunk(b, 0, b"\x10" + b"a" * 15, 10, "r")  # shared by a noncurrent version
+        cat.set_chunk(b, 1, b"\xff" + b"c" * 15, 10, "r")
+        cat.add_garbage(b"\x20" + b"g" * 15, "r")
+    assert cat.named_blobs(b"\x10", b"\x11") == {b"\x10" + b"a" * 15}
+    assert cat.named_blobs(b"\x20", b"\x21") == {b"\x20" + b"b" * 15, b"\x20" + b"g" * 15}
+    assert cat.named_blobs(b"\x11", b"\x20") == set()
+    assert cat.named_blobs(b"\xff") == {b"\xff" + b"c" * 15}
+
 # -- xattrs --------------------------------------------------------------------------------
 def test_xattr_helpers(cat):
     ino = new_file(cat).id

@@ -9,6 +9,7 @@
 
 import os
 import sqlite3
+import time
 
 import pytest
 
@@ -243,3 +244,45 @@ def test_no_store(tmp_path):
     assert res.returncode != 0
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not os.path.exists(os.path.join(str(tmp_path / "fresh"), "data", "catalog.db"))
+
+
+def test_a_start_after_a_crash_removes_the_blobs_no_commit_named(store):
+    """A kill -9 leaves the blobs of chunks sealed for a commit that never came; the next
+    mount removes them (and a blob planted there), so disk space does not leak until an
+    offline fsck. A clean start removes nothing."""
+    committed = len(blobs_on_disk(store))
+    store.start()
+    path = os.path.join(store.enc, "never-closed")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for _ in range(8):  # a sequential writer's completed chunks are sealed at once
+            os.write(fd, os.urandom(64 * 1024))
+        deadline = 0
+        while len(blobs_on_disk(store)) < committed + 6 and deadline < 200:
+            deadline += 1
+            time.sleep(0.05)
+        store.kill9()
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    planted = os.urandom(16)
+    with open(blob_path(store, planted), "wb") as f:
+        f.write(b"partial")
+    left = blobs_on_disk(store)
+    assert planted in left and len(left) > committed + 1
+    store.start()
+    try:
+        named = {blob for rel in store.contents for _, blob, _ in chunks_of(store, rel)}
+        assert set(blobs_on_disk(store)) <= named  # packed chunks have no blob file
+        for rel, data in store.contents.items():
+            with open(os.path.join(store.mnt, rel), "rb") as f:
+                assert f.read() == data, rel
+    finally:
+        store.stop()
+    assert "removed %d blob(s) that no commit named" % (len(left) - committed) in store.log_text()
+    assert counts(fsck(store).stdout) == {"orphan": 0, "released": 0, "unlinked": 0}
+    before = blobs_on_disk(store)
+    check_contents(store)  # a clean start removes nothing
+    assert blobs_on_disk(store) == before
