@@ -64,6 +64,22 @@ def chunks_of(m, path_in_bucket):
         db.close()
 
 
+def plant_orphan(m):
+    """A partial blob file that nothing names, as a crash in the middle of a write
+    leaves one; returns its id."""
+    blob = os.urandom(16)
+    with open(blob_path(m, blob), "wb") as f:
+        f.write(b"partial")
+    return blob
+
+
+def close_quietly(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def fsck(m, *args):
     return m.cli("fsck", "--config", m.config, *args, check=False)
 
@@ -186,13 +202,8 @@ def test_dry_run_changes_nothing(store):
         os.unlink(path)
         store.kill9()
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    orphan = os.urandom(16)
-    with open(blob_path(store, orphan), "wb") as f:
-        f.write(b"partial")
+        close_quietly(fd)
+    orphan = plant_orphan(store)
     before_blobs, before_cat = blobs_on_disk(store), catalog_dump(store)
 
     res = fsck(store, "--dry-run", "--verify")
@@ -263,13 +274,8 @@ def test_a_start_after_a_crash_removes_the_blobs_no_commit_named(store):
             time.sleep(0.05)
         store.kill9()
     finally:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    planted = os.urandom(16)
-    with open(blob_path(store, planted), "wb") as f:
-        f.write(b"partial")
+        close_quietly(fd)
+    planted = plant_orphan(store)
     left = blobs_on_disk(store)
     assert planted in left and len(left) > committed + 1
     store.start()
