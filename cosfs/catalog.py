@@ -949,7 +949,10 @@ class Catalog:
         """The blob ids in ``[lo, hi)`` (no upper bound if ``hi`` is None) that a chunk row
         or the garbage table names: one range of the ``chunks_blob`` index, so a store's
         blobs can be checked against the catalog a slice at a time."""
-        cond, args = ("blob >= ? AND blob < ?", (lo, hi)) if hi is not None else ("blob >= ?", (lo,))
+        if hi is None:
+            cond, args = "blob >= ?", (lo,)
+        else:
+            cond, args = "blob >= ? AND blob < ?", (lo, hi)
         named = {r[0] for r in self.db.execute("SELECT DISTINCT blob FROM chunks WHERE " + cond,
                                                args)}
         named.update(r[0] for r in self.db.execute("SELECT blob FROM garbage WHERE " + cond, args))

@@ -245,6 +245,18 @@ def remove_orphans(store):
     return removed
 
 
+def start_core(store, config):
+    """What a daemon (mount or API server) does with its store before it serves:
+    after a crash, remove the orphans; build the core; create the configured buckets;
+    purge the objects unlinked while open. Returns (objects, fs)."""
+    if store.unclean:
+        remove_orphans(store)
+    objects, fs = build(store)
+    ensure_buckets(fs, config)
+    fs.purge_unlinked()
+    return objects, fs
+
+
 def snapshot_targets(config):
     """The S3 stores of ``config`` (each distinct one once), opened without touching the
     network: where catalog snapshots are kept."""
@@ -940,11 +952,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
     store = open_store(config, create=True, purpose="mounted at %s" % mountpoint,
                        break_lease=break_lease)
     try:
-        if store.unclean:
-            remove_orphans(store)
-        objects, fs = build(store)
-        ensure_buckets(fs, config)
-        fs.purge_unlinked()
+        objects, fs = start_core(store, config)
         # API writes and the daemon's services (inventory reports) change names the
         # kernel may cache
         notifier = KernelNotifier()
@@ -1102,11 +1110,7 @@ def run_serve(config, *, ready=None, break_lease=False):
     store = open_store(config, create=True, purpose="served by the API (pid %d)" % os.getpid(),
                        break_lease=break_lease)
     try:
-        if store.unclean:
-            remove_orphans(store)
-        objects, fs = build(store)
-        ensure_buckets(fs, config)
-        fs.purge_unlinked()
+        objects, fs = start_core(store, config)
         app = build_api(config, store, objects, fs)
         build_origin(config, store, objects, fs)
         inventory = build_inventory(store, objects, fs,

@@ -1196,3 +1196,35 @@ async def test_a_chunk_written_while_re_encryption_reseals_it_is_not_lost(tmp_pa
         assert await read_all(committed_reader(env), ino) == data
         await env.drain_gc()
         assert env.blobs() == referenced(env)
+
+
+@trio_test
+async def test_the_start_after_a_crash_removes_what_no_commit_named(tmp_path, monkeypatch):
+    """mount.remove_orphans: blobs nothing names go, named and released ones stay, and a
+    blob that cannot be removed is logged and left for fsck without stopping the start."""
+    from cosfs.mount import remove_orphans
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        ino = await write_file(env, "f", pattern(3 * CS, 2), bucket=ENC)
+        await env.drain_gc()
+        named = env.blobs()
+        store = env.region_store
+        orphans = [bytes([i]) + os.urandom(15) for i in (0, 0x7f, 0xff)]
+        for blob in orphans:
+            store.put(blob, b"partial")
+        released = os.urandom(16)
+        store.put(released, b"released")
+        with env.catalog.transaction():
+            env.catalog.add_garbage(released, REGION)  # the collector's, not the sweep's
+        stuck = orphans[1]
+        delete = store.delete
+
+        def failing_delete(blob):
+            if blob == stuck:
+                raise StoreError("cannot delete %s: Permission denied" % blob.hex())
+            delete(blob)
+
+        monkeypatch.setattr(store, "delete", failing_delete)
+        assert remove_orphans(env.store) == 2
+        assert env.blobs() == named | {stuck, released}
+        monkeypatch.undo()
+        assert await read_all(committed_reader(env), ino) == pattern(3 * CS, 2)
