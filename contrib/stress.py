@@ -36,8 +36,11 @@ import t5_crash  # noqa: E402
 import t5_differential  # noqa: E402
 import t5_powercut  # noqa: E402  (adds the power-cut mixes to t5_crash.MIXES)
 
+from cosfs.config import parse_size  # noqa: E402
 
-def differential_worker(folder, seed, ops, bucket, chunk_size, remounts, write_buffer):
+
+def differential_worker(folder, seed, ops, bucket, chunk_size, remounts, write_buffer,
+                        max_size):
     m = conftest.Mount(conftest.write_config(folder, chunk_size=chunk_size,
                                              write_buffer=write_buffer))
     m.start()
@@ -48,7 +51,8 @@ def differential_worker(folder, seed, ops, bucket, chunk_size, remounts, write_b
         os.mkdir(ref)
         os.chmod(ref, os.stat(root).st_mode & 0o7777)
         d = t5_differential.Differential(seed, root, ref, restart=m.restart,
-                                         log_path=os.path.join(folder, "oplog.txt"))
+                                         log_path=os.path.join(folder, "oplog.txt"),
+                                         max_size=max_size)
         marks = {ops * (i + 1) // (remounts + 1) for i in range(remounts)}
         d.run(ops, remount_at=marks)
     finally:
@@ -107,6 +111,9 @@ def main(argv=None):
     p.add_argument("--chunk-size", default="64KiB")
     p.add_argument("--write-buffer", help="differential: write buffer (default: alternate "
                    "16MiB and the smallest, 2 chunks)")
+    p.add_argument("--max-size", default="300KiB",
+                   help="differential: largest file (files of several chunks of 256 KiB or "
+                   "more exercise partly held chunks: try 1100KiB with --chunk-size 256KiB)")
     p.add_argument("--dir", help="where worker folders go (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the folders of passing workers")
     args = p.parse_args(argv)
@@ -124,7 +131,8 @@ def main(argv=None):
             wb = args.write_buffer or ("16MiB", "128KiB")[(w + w // 2) % 2]
             jobs.append(("differential", os.path.join(base, "diff-%d" % seed), seed,
                          dict(ops=args.ops, bucket=bucket, chunk_size=args.chunk_size,
-                              remounts=args.remounts, write_buffer=wb)))
+                              remounts=args.remounts, write_buffer=wb,
+                              max_size=parse_size(args.max_size))))
     if args.mode in ("crash", "both", "powercut"):
         power = args.mode == "powercut"
         if args.mix != "all":

@@ -39,6 +39,7 @@ import trio
 from . import cipher, metrics
 from .bucketconf import parse_encryption, spec_from_config
 from .catalog import Chunk, now_ns
+from .chunkbuf import PARTIAL_MIN, SEG, PartialChunk, held
 from .chunkio import (CIPHER_OF, Crypt, data_key_aad, reseal, seal, seal_put, store_failure,
                       stored_label)
 from .collector import Collector
@@ -67,6 +68,12 @@ MAX_BACKGROUND_SEALS = 8
 
 #: Background tasks sealing chunks at once when the write buffers are over write_buffer.
 BACKGROUND_RELIEVERS = 1
+
+#: How many of an object's least recently written chunks the relief compares to pick
+#: the one to seal: the one holding the most bytes. A partly held chunk is loaded whole
+#: and sealed whole to free what it holds, so the more it holds, the less that costs per
+#: byte freed (a whole buffer frees everything it costs).
+VICTIM_WINDOW = 16
 
 #: Chunks a sequential reader is read ahead of.
 READ_AHEAD_CHUNKS = 2
@@ -409,7 +416,10 @@ class ObjectStore:
             lo, hi = max(offset, c0) - c0, min(end, c0 + cs) - c0
             if st is not None and idx in st.dirty:
                 buf = st.dirty[idx]
-                piece = bytes(buf[lo:hi])
+                if isinstance(buf, PartialChunk):
+                    piece = await self._read_partial(st, idx, buf, lo, hi)
+                else:
+                    piece = bytes(buf[lo:hi])
             elif st is not None and idx in st.pending:
                 ch = st.pending[idx]
                 piece = await self.reader.read(self.store_of(st.region), st.session[0], ino,
@@ -433,6 +443,22 @@ class ObjectStore:
                 piece += bytes(hi - lo - len(piece))
             parts.append(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_partial(self, st, idx, part, lo, hi):
+        """Bytes ``[lo, hi)`` of chunk idx, whose buffer is the partial chunk ``part``:
+        the segments it holds from memory, the others from its source. A reader does
+        not add segments to the buffer (the write buffers' budget is the writers')."""
+        hi = min(hi, part.length)
+        if lo >= hi:
+            return b""
+        got = part.read(lo, hi)
+        if got is not None:
+            return got
+        if part.source is None:
+            return part.overlay(lo, bytes(hi - lo))
+        store, crypt, ch = part.source
+        src = await self.reader.read(store, crypt, st.ino, idx, ch, lo, hi)
+        return part.overlay(lo, src)
 
     def _prefetch(self, st, committed, ino, idx):
         """Start reading committed chunk ``idx`` into the cache in the background."""
@@ -467,10 +493,22 @@ class ObjectStore:
             buf = st.dirty[idx] = bytearray(buf)
         return buf
 
+    def _source(self, st, idx, ch):
+        """(store, crypt, ch): where the current content of chunk idx, stored as
+        ``ch``, is read from (its own encryption: a re-encrypting session has not
+        changed the committed chunks yet)."""
+        if idx in st.pending:
+            return self.store_of(st.region), st.session[0], ch
+        inode = self.catalog.get_inode(st.ino)
+        return self.store_of(self.region_of(inode)), self.stored_crypt(inode), ch
+
     async def _load(self, st, idx):
         """Mutable chunk buffer for idx holding its current content."""
         while True:
             buf = st.dirty.get(idx)
+            if isinstance(buf, PartialChunk):
+                await self._complete(st, idx)
+                continue
             if buf is not None:
                 return self._mutable(st, idx, buf)
             ch = self._current_chunk(st, idx)
@@ -479,11 +517,7 @@ class ObjectStore:
                 buf = bytearray()
                 break
             gen = st.gens.get(idx)
-            if idx in st.pending:
-                store, crypt = self.store_of(st.region), st.session[0]
-            else:
-                inode = self.catalog.get_inode(st.ino)
-                store, crypt = self.store_of(self.region_of(inode)), self.stored_crypt(inode)
+            store, crypt, _ = self._source(st, idx, ch)
             loaded = await self.reader.load(store, crypt, st.ino, idx, ch, existing)
             # The load awaited: another task may have written the chunk meanwhile (into a
             # buffer, taken at the top, or sealed already) or cut it; then what was loaded
@@ -497,6 +531,85 @@ class ObjectStore:
         st.gens[idx] = st.gens.get(idx, 0) + 1
         st.dirty_bytes += len(buf)
         return buf
+
+    async def _writable(self, st, idx, o, n):
+        """The buffer of chunk idx made ready for a write of ``n`` bytes at ``o``
+        (within the chunk): a whole mutable buffer, or a partial chunk holding every
+        segment the write touches.
+
+        While the buffers have room for the whole chunk, it is loaded whole (a
+        random writer whose file fits in ``write_buffer`` will touch every segment
+        anyway, and one read costs less than sixteen). Once they do not, a write
+        inside a stored chunk of ``PARTIAL_MIN`` bytes or more loads only the
+        segments it touches (:mod:`cosfs.chunkbuf`): a random writer's 4 KiB write
+        reads and opens 64 KiB, and only those count against ``write_buffer``, so
+        many more chunks stay buffered and fewer are sealed early. A write into a
+        hole whose chunk spans ``PARTIAL_MIN`` bytes or more (within the object's
+        size, or up to the write's end) then holds only the segments it touches
+        too, the others being zeros.
+        """
+        while True:
+            buf = st.dirty.get(idx)
+            if buf is None and self._roomy():
+                return await self._load(st, idx)
+            if buf is None:
+                ch = self._current_chunk(st, idx)
+                existing = self._clipped(st, idx, ch)
+                if existing:
+                    length, source = existing, self._source(st, idx, ch)
+                    whole = existing < PARTIAL_MIN or o + n > existing or ch.data is not None
+                else:  # a hole, or a chunk the object's size cut: zeros, nothing to load
+                    length = max(min(self.chunk_size, st.size - idx * self.chunk_size), o + n)
+                    source = None
+                    whole = length < PARTIAL_MIN
+                if whole:
+                    return await self._load(st, idx)
+                buf = st.dirty[idx] = PartialChunk(length, source)
+                st.gens[idx] = st.gens.get(idx, 0) + 1
+            if not isinstance(buf, PartialChunk):
+                return self._mutable(st, idx, buf)
+            if o + n > buf.length:
+                await self._complete(st, idx)
+                continue
+            gap = buf.missing(o, o + n)
+            if gap is None:
+                return buf
+            plain = await self._load_source(st, idx, buf, *gap)
+            if st.dirty.get(idx) is buf:
+                st.dirty_bytes += buf.take(gap[0], gap[1], plain)
+
+    def _roomy(self):
+        """Whether the write buffers have room for one more whole chunk."""
+        return self.budget.total + self.chunk_size <= self.write_buffer
+
+    async def _load_source(self, st, idx, part, first, last):
+        """Plaintext of segments [first, last] of a partial chunk's source, or None
+        for a hole (zeros)."""
+        if part.source is None:
+            return None
+        store, crypt, ch = part.source
+        return await self.reader.load(store, crypt, st.ino, idx, ch,
+                                      min((last + 1) * SEG, part.length), first)
+
+    async def _complete(self, st, idx):
+        """Make the buffer of chunk idx whole if it is a partial chunk: the segments it
+        does not hold are loaded from its source and laid under those it holds. On
+        return the buffer is not partial (it may be gone: sealed or cut meanwhile)."""
+        while True:
+            buf = st.dirty.get(idx)
+            if not isinstance(buf, PartialChunk):
+                return
+            gap = buf.absent()
+            plain = None
+            if gap is not None and buf.source is not None:
+                plain = await self._load_source(st, idx, buf, *gap)
+                if st.dirty.get(idx) is not buf:
+                    continue
+            # segments written while the rest loaded are held and lie over it
+            whole = buf.fill(gap[0] if gap is not None else 0, plain)
+            st.dirty[idx] = whole  # keeps its place in the order of writes
+            st.dirty_bytes += len(whole) - buf.held
+            return
 
     async def write(self, ino, offset, data) -> int:
         """Write ``data`` at ``offset``; returns len(data). Raises StoreError on store failure."""
@@ -537,7 +650,7 @@ class ObjectStore:
                 old = st.dirty.pop(idx, None)  # re-inserted last: the most recently written
                 whole = data if len(view) == n and isinstance(data, bytes) else bytes(piece)
                 st.dirty[idx] = whole
-                st.dirty_bytes += n - (0 if old is None else len(old))
+                st.dirty_bytes += n - (0 if old is None else held(old))
             else:
                 buf = st.dirty.get(idx)
                 if buf is None:
@@ -545,17 +658,22 @@ class ObjectStore:
                     if o == 0 and n >= existing:
                         buf = st.dirty[idx] = bytearray()
                     else:
-                        buf = await self._load(st, idx)
+                        buf = await self._writable(st, idx, o, n)
                 else:
                     # last written last: _relieve seals the least recently written first
                     del st.dirty[idx]
                     st.dirty[idx] = buf
-                buf = self._mutable(st, idx, buf)
-                before = len(buf)
-                if before < o:
-                    buf.extend(bytes(o - before))
-                buf[o:o + n] = piece
-                st.dirty_bytes += len(buf) - before
+                    if isinstance(buf, PartialChunk) and not buf.holds(o, o + n):
+                        buf = await self._writable(st, idx, o, n)
+                if isinstance(buf, PartialChunk):
+                    buf.write(o, piece)  # inside its length: no bytes added
+                else:
+                    buf = self._mutable(st, idx, buf)
+                    before = len(buf)
+                    if before < o:
+                        buf.extend(bytes(o - before))
+                    buf[o:o + n] = piece
+                    st.dirty_bytes += len(buf) - before
             st.gens[idx] = st.gens.get(idx, 0) + 1
             pos += n
             if pos > st.size:
@@ -579,10 +697,10 @@ class ObjectStore:
     async def _relieve(self, st, limit):
         """Seal dirty chunks until all buffers together are under ``limit`` (back-pressure).
 
-        The writer's own least recently written chunks go first, then other
-        objects'. A random writer thus keeps up to ``write_buffer`` of its file
-        (its hot chunks first) in memory, and each chunk is loaded and sealed
-        once instead of once per small write.
+        The writer's own least recently written chunks go first (the fullest of
+        them, :meth:`_pick`), then other objects'. A random writer thus keeps up
+        to ``write_buffer`` of its file (its hot chunks first) in memory, and each
+        chunk is loaded and sealed once instead of once per small write.
         """
         while self.budget.total > limit:
             victim = st if st.dirty else next(
@@ -592,7 +710,7 @@ class ObjectStore:
             if victim.flushing:
                 await next(iter(victim.flushing.values())).wait()
                 continue
-            idx = next(iter(victim.dirty))
+            idx = self._pick(victim)
             try:
                 await self._flush_chunk(victim, idx, writeback=False)
             except CosfsError as exc:
@@ -604,13 +722,26 @@ class ObjectStore:
                 err, st.error = st.error, None
                 raise err
 
+    @staticmethod
+    def _pick(st):
+        """The chunk of ``st`` to seal to make room, or None: of its ``VICTIM_WINDOW``
+        least recently written chunks not being sealed, the one holding the most bytes
+        (the least recently written of those)."""
+        best, most = None, -1
+        for idx in itertools.islice((i for i in st.dirty if i not in st.flushing),
+                                    VICTIM_WINDOW):
+            size = held(st.dirty[idx])
+            if size > most:
+                best, most = idx, size
+        return best
+
     def _victim(self, st):
-        """(state, chunk index) to seal next to make room: the least recently written
-        chunk of ``st`` that is not being sealed, else of another object; or None."""
+        """(state, chunk index) to seal next to make room (:meth:`_pick`), from ``st``
+        first, else from another object; or None."""
         for victim in itertools.chain((st,), self.states.values()):
-            for idx in victim.dirty:
-                if idx not in victim.flushing:
-                    return victim, idx
+            idx = self._pick(victim)
+            if idx is not None:
+                return victim, idx
         return None
 
     async def _relieve_bg(self, st):
@@ -644,11 +775,15 @@ class ObjectStore:
         buffers, and a random writer will likely load, change and seal it again before
         any commit: its blob is not pushed to the disk at once (``LocalStore.put``).
         """
-        while idx in st.flushing:
-            await st.flushing[idx].wait()
-        buf = st.dirty.get(idx)
-        if buf is None:
-            return
+        while True:
+            while idx in st.flushing:
+                await st.flushing[idx].wait()
+            buf = st.dirty.get(idx)
+            if buf is None:
+                return
+            if not isinstance(buf, PartialChunk):
+                break
+            await self._complete(st, idx)  # then look again: the await let others in
         gen = st.gens[idx]
         data = buf if isinstance(buf, bytes) else bytes(buf)
         crypt = self._begin(st)[0]
@@ -678,7 +813,7 @@ class ObjectStore:
         if (st.gens.get(idx) == gen and idx in st.dirty and st.session is not None
                 and st.session[0] is crypt):
             old = st.dirty.pop(idx)
-            st.dirty_bytes -= len(old)
+            st.dirty_bytes -= held(old)
             prev = st.pending.get(idx)
             st.pending[idx] = Chunk(idx, blob, len(data), packed)
             if prev is not None:
@@ -712,7 +847,7 @@ class ObjectStore:
                         del buf[cut:]
                         st.gens[last] += 1
                 for idx in [i for i in st.dirty if i >= keep]:
-                    st.dirty_bytes -= len(st.dirty.pop(idx))
+                    st.dirty_bytes -= held(st.dirty.pop(idx))
                     st.gens[idx] = st.gens.get(idx, 0) + 1
                 for idx in [i for i in st.pending if i >= keep]:
                     self._discard(st.pending.pop(idx), st.region)
@@ -799,6 +934,10 @@ class ObjectStore:
                                                            length, blob, pack,
                                                            limiter=self.limiter)
             resealed = Chunk(ch.idx, blob, length, packed)
+            # a partial buffer of this chunk reads its other segments from the committed
+            # chunk, which the re-sealed one replaces (and releases) at the commit: it is
+            # made whole first
+            await self._complete(st, ch.idx)
             if ch.idx in st.pending or (st.cut_from is not None and ch.idx >= st.cut_from):
                 # a write sealed newer content of this chunk, or a truncate cut it, while
                 # it was re-sealed: the old content must not take its place

@@ -145,16 +145,16 @@ class ChunkReader:
             segs[s] = data
             self.cache.put((ch.blob, s), data)
 
-    async def load(self, store, crypt, ino, idx, ch, length) -> bytearray:
-        """A new mutable copy of the first ``length`` bytes of a chunk (at most
-        ``ch.length``), for a writer about to change it.
+    async def load(self, store, crypt, ino, idx, ch, length, first=0) -> bytearray:
+        """A new mutable copy of bytes ``[first * SEG, length)`` of a chunk (``length``
+        at most ``ch.length``), for a writer about to change them.
 
-        Cached segments are used when all of them are there; otherwise the chunk
+        Cached segments are used when all of them are there; otherwise the range
         is fetched in one read and not cached, since the writer's buffer now
         holds it and its blob is about to be replaced. Raises as :meth:`read`.
         """
         last = (length - 1) // SEG
-        cached = [self.cache.get((ch.blob, s)) for s in range(last + 1)]
+        cached = [self.cache.get((ch.blob, s)) for s in range(first, last + 1)]
         if all(c is not None for c in cached):
             metrics.cache_lookups(len(cached), 0)
             out = bytearray().join(cached)
@@ -164,12 +164,12 @@ class ChunkReader:
             # the worker call, made in the worker's own malloc arena, leaves that arena
             # holding its memory once freed (measured: twice the write buffer resident
             # under random writes).
-            out = None if crypt is None else bytearray(min((last + 1) * SEG, ch.length)
-                                                       + TAG_SIZE)
-            got = await self._fetch(store, crypt, ino, idx, ch, 0, last, shared=False,
+            out = None if crypt is None else bytearray(
+                min((last + 1) * SEG, ch.length) - first * SEG + TAG_SIZE)
+            got = await self._fetch(store, crypt, ino, idx, ch, first, last, shared=False,
                                     out=out)
             out = got if crypt is not None else bytearray(got)  # a plain chunk as read
-        del out[length:]
+        del out[length - first * SEG:]
         return out
 
     async def _fetch(self, store, crypt, ino, idx, ch, first, last, *, shared, out=None):

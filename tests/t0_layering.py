@@ -38,8 +38,9 @@ LAYERS = [
     ["snapshots", "lease"],
     # which version a change of a key makes, what replicates (bookkeeping in the catalog)
     ["versions"],
-    # The data path's parts: blob I/O helpers, then the read path and the collector.
-    ["chunkio"],
+    # The data path's parts: blob I/O helpers and partial write buffers, then the read
+    # path and the collector.
+    ["chunkio", "chunkbuf"],
     ["reader", "collector"],
     ["objects"],
     ["xattrs"],

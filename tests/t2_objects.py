@@ -19,6 +19,7 @@ import trio
 from cosfs import cipher, durable
 from cosfs import objects as objects_module
 from cosfs import reader as reader_module
+from cosfs.chunkbuf import PartialChunk, held
 from cosfs.errors import CosfsError, StoreError
 from cosfs.objects import ObjectState, ObjectStore
 
@@ -365,6 +366,18 @@ async def test_a_full_write_buffer_seals_the_least_recently_written_chunk(tmp_pa
         assert await read_all(committed_reader(env), ino) == data
 
 
+def whole_chunk_loads(monkeypatch):
+    """Writes load whole chunks, never partial ones (cosfs.chunkbuf): for tests of how
+    whole buffers are sealed and replaced."""
+    monkeypatch.setattr(objects_module, "PARTIAL_MIN", 1 << 62)
+
+
+def partial_loads(monkeypatch):
+    """Writes start partly held chunks (cosfs.chunkbuf) even while the write buffers
+    have room for whole ones."""
+    monkeypatch.setattr(ObjectStore, "_roomy", lambda self: False)
+
+
 async def relieved(env):
     """Wait for the background sealing that makes room in the write buffers."""
     with trio.fail_after(10):
@@ -380,6 +393,7 @@ async def test_a_writer_waits_for_room_only_above_the_hard_limit(tmp_path, loads
     of 256 KiB are sealed (and loaded) in workers, so the two overlap."""
     if loads == "worker":
         monkeypatch.setattr(reader_module, "INLINE_READ_LIMIT", 0)
+    whole_chunk_loads(monkeypatch)
     cs = 256 * KiB
     async with fs_env(tmp_path, chunk_size=cs, write_buffer=4 * cs) as env:
         objects = env.objects
@@ -546,11 +560,18 @@ async def test_a_small_write_loads_its_chunk_in_one_read_and_caches_nothing(tmp_
         assert await read_all(committed_reader(env), ino) == data
 
 
+@pytest.mark.parametrize("loads", ["whole", "partial"])
 @trio_test
-async def test_a_chunk_written_while_a_writer_loads_it_is_not_lost(tmp_path):
+async def test_a_chunk_written_while_a_writer_loads_it_is_not_lost(tmp_path, loads,
+                                                                  monkeypatch):
     """A writer's load of a stored chunk waits for the disk; meanwhile another handle
     replaces the whole chunk and commits. The loaded copy is stale then: the first
     writer's bytes go into the new content, never into the old."""
+    if loads == "whole":
+        whole_chunk_loads(monkeypatch)
+    else:  # the one segment a partial chunk loads must go to a worker too
+        monkeypatch.setattr(reader_module, "INLINE_READ_LIMIT", 0)
+        partial_loads(monkeypatch)
     cs = 4 * 64 * KiB  # loaded in a worker thread (more than an inline read)
     async with fs_env(tmp_path, chunk_size=cs, faulty=True) as env:
         ino = await write_file(env, "f", pattern(2 * cs, 1), bucket=ENC)
@@ -1088,6 +1109,7 @@ async def test_a_blob_no_commit_named_goes_without_a_catalog_row_or_sync(tmp_pat
     """A chunk sealed to make room and sealed again before its commit: the first blob
     was never named by the catalog, so it is deleted without a garbage row, without
     a durable point first, and without being pushed to the disk early."""
+    whole_chunk_loads(monkeypatch)
     started = []
     monkeypatch.setattr(durable, "start_writeback", lambda fd: started.append(fd))
     async with fs_env(tmp_path, chunk_size="256KiB", write_buffer="512KiB") as env:
@@ -1228,3 +1250,264 @@ async def test_the_start_after_a_crash_removes_what_no_commit_named(tmp_path, mo
         assert env.blobs() == named | {stuck, released}
         monkeypatch.undo()
         assert await read_all(committed_reader(env), ino) == pattern(3 * CS, 2)
+
+
+PCS = 8 * 64 * KiB  # chunks of eight segments: written at random, they are held partly
+
+
+@pytest.mark.parametrize("loads", ["inline", "worker"])
+@trio_test
+async def test_random_writes_hold_only_the_segments_they_touch(tmp_path, loads, monkeypatch):
+    """A small write into a stored chunk loads that chunk's touched segments only; the
+    buffers count what they hold; reads see held and stored segments side by side, and
+    the commit makes each chunk whole again."""
+    partial_loads(monkeypatch)
+    if loads == "worker":
+        monkeypatch.setattr(reader_module, "INLINE_READ_LIMIT", 0)
+    seg = 64 * KiB
+    async with fs_env(tmp_path, chunk_size=PCS) as env:
+        objects = env.objects
+        data = bytearray(pattern(3 * PCS + 1000, 6))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        writes = [(PCS + 10, 20), (PCS + 3 * seg - 5, 10), (2 * PCS + 7 * seg + 1, 100),
+                  (PCS + 11, 3)]
+        for n, (off, size) in enumerate(writes):
+            piece = pattern(size, 40 + n)
+            await env.fs.write(fh, off, piece)
+            data[off:off + size] = piece
+        parts = {idx: buf for idx, buf in st.dirty.items() if isinstance(buf, PartialChunk)}
+        assert sorted(parts) == [1, 2]
+        assert sorted(parts[1].segs) == [0, 2, 3] and sorted(parts[2].segs) == [7]
+        assert st.dirty_bytes == objects.budget.total == 4 * seg
+        # a read across held and stored segments, and one of stored segments only
+        for lo, hi in ((PCS, 2 * PCS), (PCS + 2 * seg - 7, PCS + 4 * seg + 9),
+                       (PCS + 5 * seg, PCS + 6 * seg), (2 * PCS + 7 * seg, 3 * PCS + 1000)):
+            assert await objects.read(ino, lo, hi - lo) == bytes(data[lo:hi])
+        assert sorted(parts[1].segs) == [0, 2, 3]  # reading held nothing more
+        # the last, short chunk is loaded whole
+        await env.fs.write(fh, 3 * PCS + 1, b"tail")
+        data[3 * PCS + 1:3 * PCS + 5] = b"tail"
+        assert not isinstance(st.dirty[3], PartialChunk)
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+        assert objects.budget.total == 0
+
+
+@trio_test
+async def test_a_partial_chunk_is_made_whole_by_what_needs_all_of_it(tmp_path, monkeypatch):
+    """A truncate inside the chunk, a write past the bytes it holds, and sealing to make
+    room all make a partial chunk whole first; a whole-chunk write just replaces it."""
+    partial_loads(monkeypatch)
+    seg = 64 * KiB
+    async with fs_env(tmp_path, chunk_size=PCS, write_buffer=2 * PCS) as env:
+        objects = env.objects
+        data = bytearray(pattern(4 * PCS, 8))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        for idx in range(4):
+            await env.fs.write(fh, idx * PCS + seg + 3, b"abc")
+            data[idx * PCS + seg + 3:idx * PCS + seg + 6] = b"abc"
+        assert all(isinstance(st.dirty[i], PartialChunk) for i in range(4))
+        # a whole chunk replaces the partial one
+        whole = pattern(PCS, 9)
+        await env.fs.write(fh, 0, whole)
+        data[0:PCS] = whole
+        assert st.dirty[0] == whole
+        # a truncate inside chunk 2 makes it whole, cuts it, and commits
+        await objects.truncate(ino, 2 * PCS + 5 * seg)
+        del data[2 * PCS + 5 * seg:]
+        assert not st.dirty
+        assert await read_all(committed_reader(env), ino) == data
+        # growing again reads zeros past the cut
+        await env.fs.write(fh, 3 * PCS + 7, b"end")
+        data.extend(bytes(3 * PCS + 7 - len(data)))
+        data.extend(b"end")
+        # sealing makes chunk 1 whole from its source
+        await env.fs.write(fh, PCS + 4 * seg, b"four")
+        data[PCS + 4 * seg:PCS + 4 * seg + 4] = b"four"
+        assert isinstance(st.dirty[1], PartialChunk)
+        await objects._flush_chunk(st, 1)
+        assert 1 in st.pending and 1 not in st.dirty
+        assert await objects.read(ino, 0, len(data) + 1) == data
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+
+
+@trio_test
+async def test_a_partial_chunk_of_a_plain_object_is_sealed_whole_on_re_encryption(tmp_path,
+                                                                                  monkeypatch):
+    """A plain object written at random after its bucket got a default encryption: the
+    commit seals every chunk, the partly held ones made whole from their plain source."""
+    partial_loads(monkeypatch)
+    seg = 64 * KiB
+    async with fs_env(tmp_path, chunk_size=PCS) as env:
+        data = bytearray(pattern(3 * PCS, 10))
+        ino = await write_file(env, "f", bytes(data), bucket=PLAIN)
+        env.fs.put_bucket_encryption(env.bucket(PLAIN), b"AES256")
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, PCS + 3 * seg + 1, b"xyz")
+        data[PCS + 3 * seg + 1:PCS + 3 * seg + 4] = b"xyz"
+        assert isinstance(env.objects.states[ino].dirty[1], PartialChunk)
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        assert await read_all(committed_reader(env), ino) == data
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+        assert_no_plaintext(env, bytes(data))
+
+
+@trio_test
+async def test_a_partial_chunk_made_during_re_encryption_keeps_its_source(tmp_path,
+                                                                          monkeypatch):
+    """Re-encryption replaces committed chunks one by one; a write that starts a partial
+    chunk from a committed chunk not re-sealed yet must not lose its source: the chunk
+    is made whole before the re-sealed one takes its place."""
+    partial_loads(monkeypatch)
+    async with fs_env(tmp_path, chunk_size=PCS) as env:
+        objects = env.objects
+        data = bytearray(pattern(3 * PCS, 11))
+        ino = await write_file(env, "f", bytes(data))
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        resealing = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        slow = objects_module.reseal
+
+        def slow_reseal(store, old, crypt, ch, *args):
+            if ch.idx == 0:
+                trio.from_thread.run_sync(resealing.set, trio_token=token)
+                time.sleep(0.3)
+            return slow(store, old, crypt, ch, *args)
+
+        monkeypatch.setattr(objects_module, "reseal", slow_reseal)
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request="AES256")
+
+        async def write_during_reseal():
+            await resealing.wait()
+            await env.fs.write(fh, 2 * PCS + 100, b"late")
+            data[2 * PCS + 100:2 * PCS + 104] = b"late"
+            assert isinstance(st.dirty[2], PartialChunk)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(write_during_reseal)
+            await objects.rewrite(ino)
+        assert not isinstance(st.dirty.get(2), PartialChunk)
+        await env.drain_gc()  # the old, plain blobs go
+        assert await objects.read(ino, 0, 3 * PCS) == data
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        assert await read_all(committed_reader(env), ino) == data
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
+
+
+@trio_test
+async def test_a_write_beside_a_damaged_segment_fails_at_the_commit(tmp_path, monkeypatch):
+    """A partial chunk does not read the segments a write does not touch: a damaged one
+    is found when the chunk is made whole for its commit, which fails with EIO and
+    leaves the stored chunk as it was; the mount goes on."""
+    partial_loads(monkeypatch)
+    seg = 64 * KiB
+    async with fs_env(tmp_path, chunk_size=PCS) as env:
+        data = pattern(2 * PCS, 12)
+        ino = await write_file(env, "f", data, bucket=ENC)
+        ch = env.catalog.chunk(ino, 1)
+        path = env.region_store._path(ch.blob)
+        raw = bytearray(open(path, "rb").read())
+        raw[cipher.HEADER_SIZE + 5 * (seg + cipher.TAG_SIZE) + 9] ^= 1
+        with open(path, "wb") as f:
+            f.write(raw)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, PCS + 10, b"zz")  # segment 0 of chunk 1 is sound
+        with pytest.raises(CosfsError) as ei:
+            await env.objects.commit(ino)
+        assert ei.value.errno == errno.EIO
+        assert env.catalog.chunk(ino, 1).blob == ch.blob
+        await env.fs.write(fh, 10, b"ok")  # other chunks still work
+        assert (await env.objects.read(ino, 0, 20))[10:12] == b"ok"
+        st = env.objects.states[ino]
+        st.dirty.pop(1)  # give up the write the damage keeps from being stored
+        st.dirty_bytes = sum(held(b) for b in st.dirty.values())
+        await env.fs.release(fh)
+        assert (await committed_reader(env).read(ino, 0, 20))[10:12] == b"ok"
+
+
+@trio_test
+async def test_random_writes_into_holes_hold_only_the_segments_they_touch(tmp_path,
+                                                                          monkeypatch):
+    """A sparse file written at random: each write holds the segments it touches, the
+    rest of its chunk reads as zeros, and the commit stores what was written."""
+    partial_loads(monkeypatch)
+    seg = 64 * KiB
+    async with fs_env(tmp_path, chunk_size=PCS) as env:
+        objects = env.objects
+        fh, ino = await env.new_file("sparse", bucket=ENC)
+        await objects.truncate(ino, 2 * PCS + 3 * seg)
+        data = bytearray(2 * PCS + 3 * seg)
+        st = objects.states[ino]
+        writes = [(PCS + 5 * seg + 1, 9), (7, 4), (2 * PCS + 2 * seg + 10, 20),
+                  (3 * PCS + 6 * seg, 50)]  # the last one past the end
+        for n, (off, size) in enumerate(writes):
+            piece = pattern(size, 60 + n)
+            await env.fs.write(fh, off, piece)
+            if off + size > len(data):
+                data.extend(bytes(off + size - len(data)))
+            data[off:off + size] = piece
+        parts = {i: b for i, b in st.dirty.items() if isinstance(b, PartialChunk)}
+        assert sorted(parts) == [0, 1, 3]  # chunk 2 spans 3 segments: loaded whole
+        assert all(p.source is None for p in parts.values())
+        assert [parts[i].length for i in (0, 1, 3)] == [PCS, PCS, 6 * seg + 50]
+        assert st.dirty_bytes == 2 * seg + 50 + len(st.dirty[2])
+        assert await objects.read(ino, 0, len(data) + 1) == data
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data
+        assert env.catalog.chunk(ino, 3).length == 6 * seg + 50
+
+
+def test_the_relief_seals_the_fullest_of_the_least_recently_written_chunks(monkeypatch):
+    """Of an object's VICTIM_WINDOW least recently written chunks not being sealed, the
+    one holding the most bytes goes first (ties: the least recently written)."""
+    import types
+    monkeypatch.setattr(objects_module, "VICTIM_WINDOW", 4)
+    inode = types.SimpleNamespace(id=5, size=0, mtime_ns=0, ctime_ns=0)
+    st = ObjectState(inode, REGION)
+
+    def partial(segments):
+        p = PartialChunk(PCS, None)
+        p.take(0, segments - 1, None)
+        return p
+
+    # in order of writes: 7 least recently
+    st.dirty.update({7: partial(1), 3: partial(3), 9: partial(2), 4: partial(3),
+                     8: bytes(PCS)})
+    assert ObjectStore._pick(st) == 3  # the whole chunk 8 is past the window
+    st.flushing[3] = trio.Event()
+    assert ObjectStore._pick(st) == 8  # the window moves past the chunk being sealed
+    st.dirty.clear()
+    st.flushing.clear()
+    assert ObjectStore._pick(st) is None
+
+
+@trio_test
+async def test_chunks_are_loaded_whole_while_the_buffers_have_room_for_them(tmp_path):
+    """A random writer whose file fits in write_buffer touches every segment anyway: its
+    chunks are loaded whole (one read each). Once a whole chunk would not fit, writes
+    hold only the segments they touch."""
+    async with fs_env(tmp_path, chunk_size=PCS, write_buffer=3 * PCS) as env:
+        data = bytearray(pattern(5 * PCS, 13))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = env.objects.states[ino]
+        for idx in range(5):
+            await env.fs.write(fh, idx * PCS + 100, b"w")
+            data[idx * PCS + 100] = ord("w")
+        kinds = [isinstance(st.dirty[i], PartialChunk) for i in range(5)]
+        assert kinds == [False, False, False, True, True]
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == data

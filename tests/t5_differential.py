@@ -18,7 +18,9 @@ was renamed or unlinked. Names longer than NAME_MAX, missing parents and
 files used as directories make the error paths agree too.
 
 The chunk size is 64 KiB so writes of up to 300 KiB at random offsets cross
-chunk boundaries, leave holes and grow or cut multi-chunk objects cheaply.
+chunk boundaries, leave holes and grow or cut multi-chunk objects cheaply. One
+run uses chunks of 256 KiB and files of up to 1,100 KiB, whose chunks are
+written partly held (``cosfs.chunkbuf``).
 
 On a mismatch the assertion message holds the seed, the step and the last
 operations; the whole log is written next to the test's temporary folder.
@@ -561,8 +563,8 @@ class Differential:
 
 
 @pytest.fixture
-def small_chunk_mount(tmp_path, write_buffer):
-    yield from mounted(write_config(str(tmp_path / "fs"), chunk_size="64KiB",
+def small_chunk_mount(tmp_path, write_buffer, chunk_size):
+    yield from mounted(write_config(str(tmp_path / "fs"), chunk_size=chunk_size,
                                     write_buffer=write_buffer))
 
 
@@ -570,17 +572,22 @@ STEPS = int(os.environ.get("COSFS_DIFF_STEPS", "3000"))
 
 
 # The smallest write buffer (two chunks) makes most writes seal chunks before the
-# commit, so reads, overwrites and truncates meet chunks in every stage.
-@pytest.mark.parametrize("bucket,seed,write_buffer", [(PLAIN, 1, "16MiB"), (ENC, 2, "128KiB")])
-def test_differential(small_chunk_mount, tmp_path, bucket, seed, write_buffer):
+# commit, so reads, overwrites and truncates meet chunks in every stage. Chunks of
+# four segments (256 KiB) are written partly held (cosfs.chunkbuf): writes inside a
+# stored chunk or a hole hold only the segments they touch.
+@pytest.mark.parametrize("bucket,seed,write_buffer,chunk_size", [
+    (PLAIN, 1, "16MiB", "64KiB"), (ENC, 2, "128KiB", "64KiB"), (ENC, 3, "512KiB", "256KiB")])
+def test_differential(small_chunk_mount, tmp_path, bucket, seed, write_buffer, chunk_size):
     m = small_chunk_mount
     ref = tmp_path / "ref"
     ref.mkdir()
     cos_root = os.path.join(m.mnt, bucket, "t")
     os.mkdir(cos_root)
     os.chmod(ref, os.stat(cos_root).st_mode & 0o7777)
+    # files of up to four large chunks and a bit
+    max_size = 300 * 1024 if chunk_size == "64KiB" else 1100 * 1024
     d = Differential(seed, cos_root, str(ref), restart=m.restart,
-                     log_path=str(tmp_path / "oplog.txt"))
+                     log_path=str(tmp_path / "oplog.txt"), max_size=max_size)
     t0 = time.monotonic()
     d.run(STEPS, remount_at=(STEPS // 2,))
     print("seed %d: %d steps in %.1fs" % (seed, STEPS, time.monotonic() - t0))
