@@ -13,9 +13,11 @@ under the segments held (:meth:`PartialChunk.fill`).
 
 Contract the data path (:mod:`cosfs.objects`) keeps: while a partial chunk is
 the buffer of its chunk, its source blob is neither replaced nor deleted (a
-commit seals every buffer first; re-encryption completes a partial chunk
-before it replaces the chunk's source), and a segment not held is unchanged
-since the partial chunk was made. This module holds no I/O: it is the
+commit replaces only chunks that have a pending one, and a chunk gets one only
+by sealing its buffer, which makes a partial one whole first, or by
+re-encryption, which does too; a source that is itself the pending chunk is
+what the commit names), and a segment not held is unchanged since the partial
+chunk was made. This module holds no I/O: it is the
 buffer's bookkeeping only.
 """
 

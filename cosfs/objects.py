@@ -43,7 +43,7 @@ from .chunkbuf import PARTIAL_MIN, SEG, PartialChunk, held
 from .chunkio import (CIPHER_OF, Crypt, data_key_aad, reseal, seal, seal_put, store_failure,
                       stored_label)
 from .collector import Collector
-from .errors import CosfsError, FsError, StoreError
+from .errors import CosfsError, FsError, IntegrityError, StoreError
 from .reader import ChunkReader
 from .resolver import EncryptionSpec, WriterKind, decide, parse_override
 from .versions import Versions
@@ -74,6 +74,10 @@ BACKGROUND_RELIEVERS = 1
 #: and sealed whole to free what it holds, so the more it holds, the less that costs per
 #: byte freed (a whole buffer frees everything it costs).
 VICTIM_WINDOW = 16
+
+#: Commits :meth:`ObjectStore.rewrite` makes before it gives up (EBUSY) on an object
+#: whose writers keep changing it between its commit and its re-encryption.
+REWRITE_SETTLE_TRIES = 50
 
 #: Chunks a sequential reader is read ahead of.
 READ_AHEAD_CHUNKS = 2
@@ -557,7 +561,7 @@ class ObjectStore:
                 existing = self._clipped(st, idx, ch)
                 if existing:
                     length, source = existing, self._source(st, idx, ch)
-                    whole = existing < PARTIAL_MIN or o + n > existing or ch.data is not None
+                    whole = existing < PARTIAL_MIN or o + n > existing  # (packed: small)
                 else:  # a hole, or a chunk the object's size cut: zeros, nothing to load
                     length = max(min(self.chunk_size, st.size - idx * self.chunk_size), o + n)
                     source = None
@@ -574,7 +578,15 @@ class ObjectStore:
             gap = buf.missing(o, o + n)
             if gap is None:
                 return buf
-            plain = await self._load_source(st, idx, buf, *gap)
+            try:
+                plain = await self._load_source(st, idx, buf, *gap)
+            except BaseException:
+                # the write fails; a partial chunk it leaves holding nothing would only
+                # make the commit load (and maybe fail on) the same chunk again
+                if st.dirty.get(idx) is buf and not buf.segs:
+                    del st.dirty[idx]
+                    st.gens[idx] = st.gens.get(idx, 0) + 1
+                raise
             if st.dirty.get(idx) is buf:
                 st.dirty_bytes += buf.take(gap[0], gap[1], plain)
 
@@ -594,7 +606,13 @@ class ObjectStore:
     async def _complete(self, st, idx):
         """Make the buffer of chunk idx whole if it is a partial chunk: the segments it
         does not hold are loaded from its source and laid under those it holds. On
-        return the buffer is not partial (it may be gone: sealed or cut meanwhile)."""
+        return the buffer is not partial (it may be gone: sealed or cut meanwhile).
+
+        If the source fails authentication (a damaged or tampered segment the writes
+        did not touch), the chunk can never be made whole: its buffer is dropped, so
+        that the object's other changes can still be committed, and the
+        IntegrityError goes to the caller (the commit, ``close`` or ``fsync``, fails
+        with EIO: the writes into that chunk are lost, and said so)."""
         while True:
             buf = st.dirty.get(idx)
             if not isinstance(buf, PartialChunk):
@@ -602,7 +620,16 @@ class ObjectStore:
             gap = buf.absent()
             plain = None
             if gap is not None and buf.source is not None:
-                plain = await self._load_source(st, idx, buf, *gap)
+                try:
+                    plain = await self._load_source(st, idx, buf, *gap)
+                except IntegrityError:
+                    if st.dirty.get(idx) is buf:
+                        del st.dirty[idx]
+                        st.dirty_bytes -= buf.held
+                        st.gens[idx] = st.gens.get(idx, 0) + 1
+                        log.error("inode %d: the writes into chunk %d are dropped: its "
+                                  "stored chunk is damaged", st.ino, idx)
+                    raise
                 if st.dirty.get(idx) is not buf:
                     continue
             # segments written while the rest loaded are held and lie over it
@@ -937,7 +964,11 @@ class ObjectStore:
             # a partial buffer of this chunk reads its other segments from the committed
             # chunk, which the re-sealed one replaces (and releases) at the commit: it is
             # made whole first
-            await self._complete(st, ch.idx)
+            try:
+                await self._complete(st, ch.idx)
+            except BaseException:
+                self._discard(resealed, st.region)
+                raise
             if ch.idx in st.pending or (st.cut_from is not None and ch.idx >= st.cut_from):
                 # a write sealed newer content of this chunk, or a truncate cut it, while
                 # it was re-sealed: the old content must not take its place
@@ -1004,10 +1035,22 @@ class ObjectStore:
         st = self.state(ino)
         extra = {} if request is _KEEP else {"enc_request": request}
         try:
-            await self.commit(ino)
+            for attempt in itertools.count():
+                await self.commit(ino)
+                await st.commit_lock.acquire()
+                # Changes that came between that commit and the lock (a chunk sealed
+                # meanwhile under the session's key, a size a write extended) belong
+                # to the session they were made in: commit them first, or they would be
+                # recorded under the new key (unreadable) or with a size they do not fill.
+                if not (st.modified or st.pending or st.dirty):
+                    break
+                st.commit_lock.release()
+                if attempt >= REWRITE_SETTLE_TRIES:
+                    raise FsError(errno.EBUSY, "inode %d is written to without pause; "
+                                  "its encryption cannot change now" % ino)
             if not st.writers:
                 st.version_made = False  # re-encryption by itself: a new version
-            async with st.commit_lock:
+            try:
                 st.session = None
                 inode = self.catalog.get_inode(ino)
                 old_request = inode.enc_request
@@ -1030,6 +1073,8 @@ class ObjectStore:
                     with self.catalog.transaction():
                         self.catalog.update_inode(ino, ctime_ns=now_ns(), **extra)
                 st.session = None
+            finally:
+                st.commit_lock.release()
         finally:
             self._maybe_drop(st)
         self.collector.poke()

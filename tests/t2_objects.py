@@ -1408,15 +1408,18 @@ async def test_a_partial_chunk_made_during_re_encryption_keeps_its_source(tmp_pa
 
 
 @trio_test
-async def test_a_write_beside_a_damaged_segment_fails_at_the_commit(tmp_path, monkeypatch):
+async def test_a_write_beside_a_damaged_segment_fails_at_the_commit(tmp_path,
+                                                                    monkeypatch):
     """A partial chunk does not read the segments a write does not touch: a damaged one
-    is found when the chunk is made whole for its commit, which fails with EIO and
-    leaves the stored chunk as it was; the mount goes on."""
+    is found when the chunk is made whole for its commit. That commit fails with EIO,
+    the stored chunk stays as it was, and the writes into that chunk are dropped (it
+    can never be made whole); the object's other changes are committed by the next
+    commit, and the mount goes on."""
     partial_loads(monkeypatch)
     seg = 64 * KiB
     async with fs_env(tmp_path, chunk_size=PCS) as env:
-        data = pattern(2 * PCS, 12)
-        ino = await write_file(env, "f", data, bucket=ENC)
+        data = bytearray(pattern(2 * PCS, 12))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
         ch = env.catalog.chunk(ino, 1)
         path = env.region_store._path(ch.blob)
         raw = bytearray(open(path, "rb").read())
@@ -1425,17 +1428,19 @@ async def test_a_write_beside_a_damaged_segment_fails_at_the_commit(tmp_path, mo
             f.write(raw)
         fh = await env.fs.open(ino, os.O_RDWR)
         await env.fs.write(fh, PCS + 10, b"zz")  # segment 0 of chunk 1 is sound
+        await env.fs.write(fh, 10, b"ok")  # chunk 0 is sound
+        data[10:12] = b"ok"
         with pytest.raises(CosfsError) as ei:
             await env.objects.commit(ino)
         assert ei.value.errno == errno.EIO
         assert env.catalog.chunk(ino, 1).blob == ch.blob
-        await env.fs.write(fh, 10, b"ok")  # other chunks still work
-        assert (await env.objects.read(ino, 0, 20))[10:12] == b"ok"
         st = env.objects.states[ino]
-        st.dirty.pop(1)  # give up the write the damage keeps from being stored
-        st.dirty_bytes = sum(held(b) for b in st.dirty.values())
-        await env.fs.release(fh)
-        assert (await committed_reader(env).read(ino, 0, 20))[10:12] == b"ok"
+        assert 1 not in st.dirty and st.dirty_bytes == sum(held(b) for b in st.dirty.values())
+        await env.fs.release(fh)  # commits chunk 0
+        got = await committed_reader(env).read(ino, 0, seg)
+        assert got == data[:seg]
+        assert env.objects.budget.total == 0
+
 
 
 @trio_test
@@ -1511,3 +1516,70 @@ async def test_chunks_are_loaded_whole_while_the_buffers_have_room_for_them(tmp_
         assert kinds == [False, False, False, True, True]
         await env.fs.release(fh)
         assert await read_all(committed_reader(env), ino) == data
+
+
+@pytest.mark.parametrize("loads", ["whole", "partial"])
+@trio_test
+async def test_a_write_into_a_damaged_segment_leaves_no_buffer_behind(tmp_path, loads,
+                                                                      monkeypatch):
+    """A write whose load fails authentication fails with EIO and leaves nothing that
+    would keep the object's other writes from being committed."""
+    if loads == "whole":
+        whole_chunk_loads(monkeypatch)
+    else:
+        partial_loads(monkeypatch)
+    seg = 64 * KiB
+    async with fs_env(tmp_path, chunk_size=PCS) as env:
+        data = bytearray(pattern(2 * PCS, 14))
+        ino = await write_file(env, "f", bytes(data), bucket=ENC)
+        path = env.region_store._path(env.catalog.chunk(ino, 1).blob)
+        raw = bytearray(open(path, "rb").read())
+        raw[cipher.HEADER_SIZE + 5 * (seg + cipher.TAG_SIZE) + 9] ^= 1
+        with open(path, "wb") as f:
+            f.write(raw)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, 10, b"ok")
+        data[10:12] = b"ok"
+        with pytest.raises(CosfsError) as ei:
+            await env.fs.write(fh, PCS + 5 * seg + 3, b"zz")
+        assert ei.value.errno == errno.EIO
+        st = env.objects.states[ino]
+        assert 1 not in st.dirty
+        await env.fs.release(fh)
+        assert (await committed_reader(env).read(ino, 0, PCS)) == data[:PCS]
+
+
+@trio_test
+async def test_a_chunk_sealed_just_before_re_encryption_is_re_encrypted_too(tmp_path,
+                                                                           monkeypatch):
+    """A write sealed under the old key between re-encryption's own commit and its lock
+    is committed under that key first, then re-encrypted with the rest: the object
+    reads back whole under its new key."""
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        objects = env.objects
+        data = bytearray(pattern(3 * CS, 15))
+        ino = await write_file(env, "f", bytes(data))
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        lock = st.commit_lock
+        real_acquire = lock.acquire
+        calls = []
+
+        async def acquire():
+            calls.append(1)
+            if len(calls) == 2:  # re-encryption's own lock, after its first commit
+                await env.fs.write(fh, CS + 7, b"late")
+                data[CS + 7:CS + 11] = b"late"
+                await objects._flush_chunk(st, 1, writeback=False)  # as the relief would
+                assert st.pending
+            await real_acquire()
+
+        monkeypatch.setattr(lock, "acquire", acquire)
+        with env.catalog.transaction():
+            env.catalog.update_inode(ino, enc_request="AES256")
+        await objects.rewrite(ino)
+        await env.fs.release(fh)
+        assert env.catalog.get_inode(ino).enc == "AES256"
+        assert await read_all(committed_reader(env), ino) == data
+        await env.drain_gc()
+        assert env.blobs() == referenced(env)
