@@ -12,6 +12,8 @@ Examples::
     contrib/stress.py crash --kill-points 400 --seed 7 --workers 2 --mix writes,reencrypt
     contrib/stress.py both --ops 20000 --kill-points 200
     contrib/stress.py powercut --kill-points 300 --seed 3 --chunk-size 64KiB
+    contrib/stress.py differential --ops 8000 --chunk-size 256KiB --write-buffer 512KiB \
+        --max-size 1100KiB --workers 4     # partly held chunks (cosfs/chunkbuf.py)
 
 Each worker uses seed ``SEED + worker number`` so a failure names the seed to
 replay with ``--workers 1 --seed N``. Folders of failed workers are kept
@@ -110,7 +112,8 @@ def main(argv=None):
                    help="crash: kill after a random delay up to this many seconds")
     p.add_argument("--chunk-size", default="64KiB")
     p.add_argument("--write-buffer", help="differential: write buffer (default: alternate "
-                   "16MiB and the smallest, 2 chunks)")
+                   "16MiB and 128KiB, two chunks of the default size; give one at least "
+                   "--chunk-size with larger chunks)")
     p.add_argument("--max-size", default="300KiB",
                    help="differential: largest file (files of several chunks of 256 KiB or "
                    "more exercise partly held chunks: try 1100KiB with --chunk-size 256KiB)")
