@@ -378,6 +378,25 @@ def partial_loads(monkeypatch):
     monkeypatch.setattr(ObjectStore, "_roomy", lambda self: False)
 
 
+def reseal_slowly(monkeypatch, env, ino, idx):
+    """Ask for AES256 on ``ino`` (a rewrite re-seals it) and make the re-seal of chunk
+    ``idx`` take 0.3 s; returns an event set when that re-seal starts."""
+    resealing = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real = objects_module.reseal
+
+    def slow(store, old, crypt, ch, *args):
+        if ch.idx == idx:
+            trio.from_thread.run_sync(resealing.set, trio_token=token)
+            time.sleep(0.3)
+        return real(store, old, crypt, ch, *args)
+
+    monkeypatch.setattr(objects_module, "reseal", slow)
+    with env.catalog.transaction():
+        env.catalog.update_inode(ino, enc_request="AES256")
+    return resealing
+
+
 async def relieved(env):
     """Wait for the background sealing that makes room in the write buffers."""
     with trio.fail_after(10):
@@ -1189,19 +1208,7 @@ async def test_a_chunk_written_while_re_encryption_reseals_it_is_not_lost(tmp_pa
         ino = await write_file(env, "f", bytes(data))
         fh = await env.fs.open(ino, os.O_RDWR)
         st = objects.states[ino]
-        resealing = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-        slow = objects_module.reseal
-
-        def slow_reseal(store, old, crypt, ch, *args):
-            if ch.idx == 1:
-                trio.from_thread.run_sync(resealing.set, trio_token=token)
-                time.sleep(0.3)
-            return slow(store, old, crypt, ch, *args)
-
-        monkeypatch.setattr(objects_module, "reseal", slow_reseal)
-        with env.catalog.transaction():
-            env.catalog.update_inode(ino, enc_request="AES256")
+        resealing = reseal_slowly(monkeypatch, env, ino, 1)
 
         async def write_during_reseal():
             await resealing.wait()
@@ -1374,19 +1381,7 @@ async def test_a_partial_chunk_made_during_re_encryption_keeps_its_source(tmp_pa
         ino = await write_file(env, "f", bytes(data))
         fh = await env.fs.open(ino, os.O_RDWR)
         st = objects.states[ino]
-        resealing = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-        slow = objects_module.reseal
-
-        def slow_reseal(store, old, crypt, ch, *args):
-            if ch.idx == 0:
-                trio.from_thread.run_sync(resealing.set, trio_token=token)
-                time.sleep(0.3)
-            return slow(store, old, crypt, ch, *args)
-
-        monkeypatch.setattr(objects_module, "reseal", slow_reseal)
-        with env.catalog.transaction():
-            env.catalog.update_inode(ino, enc_request="AES256")
+        resealing = reseal_slowly(monkeypatch, env, ino, 0)
 
         async def write_during_reseal():
             await resealing.wait()
