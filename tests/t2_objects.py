@@ -1578,3 +1578,38 @@ async def test_a_chunk_sealed_just_before_re_encryption_is_re_encrypted_too(tmp_
         assert await read_all(committed_reader(env), ino) == data
         await env.drain_gc()
         assert env.blobs() == referenced(env)
+
+
+@trio_test
+async def test_re_encryption_gives_up_with_ebusy_on_an_object_never_left_alone(
+        tmp_path, monkeypatch):
+    """If writes keep coming between re-encryption's commit and its lock, it gives up
+    after REWRITE_SETTLE_TRIES commits with EBUSY; every write is committed, in the old
+    state, and the override request is left as it was."""
+    monkeypatch.setattr(objects_module, "REWRITE_SETTLE_TRIES", 2)
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        objects = env.objects
+        data = bytearray(pattern(2 * CS, 16))
+        ino = await write_file(env, "f", bytes(data))
+        fh = await env.fs.open(ino, os.O_RDWR)
+        st = objects.states[ino]
+        lock = st.commit_lock
+        real_acquire = lock.acquire
+        writes = []
+
+        async def acquire():
+            n = len(writes)
+            writes.append(n)
+            await env.fs.write(fh, 100 + n, b"w")  # one more change each time
+            data[100 + n] = ord("w")
+            await real_acquire()
+
+        monkeypatch.setattr(lock, "acquire", acquire)
+        with pytest.raises(CosfsError) as ei:
+            await objects.rewrite(ino, "AES256")
+        assert ei.value.errno == errno.EBUSY
+        monkeypatch.undo()
+        await env.fs.release(fh)
+        inode = env.catalog.get_inode(ino)
+        assert inode.enc is None and inode.enc_request is None
+        assert await read_all(committed_reader(env), ino) == data
