@@ -397,6 +397,21 @@ def reseal_slowly(monkeypatch, env, ino, idx):
     return resealing
 
 
+def before_each_lock(monkeypatch, st, hook):
+    """Run ``await hook(n)`` before the n-th (from 0) acquisition of the object's commit
+    lock: a change made just before a commit, or a re-encryption, takes it."""
+    lock = st.commit_lock
+    real = lock.acquire
+    calls = []
+
+    async def acquire():
+        calls.append(1)
+        await hook(len(calls) - 1)
+        await real()
+
+    monkeypatch.setattr(lock, "acquire", acquire)
+
+
 async def relieved(env):
     """Wait for the background sealing that makes room in the write buffers."""
     with trio.fail_after(10):
@@ -1556,20 +1571,15 @@ async def test_a_chunk_sealed_just_before_re_encryption_is_re_encrypted_too(tmp_
         ino = await write_file(env, "f", bytes(data))
         fh = await env.fs.open(ino, os.O_RDWR)
         st = objects.states[ino]
-        lock = st.commit_lock
-        real_acquire = lock.acquire
-        calls = []
 
-        async def acquire():
-            calls.append(1)
-            if len(calls) == 2:  # re-encryption's own lock, after its first commit
+        async def seal_late(n):
+            if n == 1:  # re-encryption's own lock, after its first commit
                 await env.fs.write(fh, CS + 7, b"late")
                 data[CS + 7:CS + 11] = b"late"
                 await objects._flush_chunk(st, 1, writeback=False)  # as the relief would
                 assert st.pending
-            await real_acquire()
 
-        monkeypatch.setattr(lock, "acquire", acquire)
+        before_each_lock(monkeypatch, st, seal_late)
         with env.catalog.transaction():
             env.catalog.update_inode(ino, enc_request="AES256")
         await objects.rewrite(ino)
@@ -1593,18 +1603,12 @@ async def test_re_encryption_gives_up_with_ebusy_on_an_object_never_left_alone(
         ino = await write_file(env, "f", bytes(data))
         fh = await env.fs.open(ino, os.O_RDWR)
         st = objects.states[ino]
-        lock = st.commit_lock
-        real_acquire = lock.acquire
-        writes = []
 
-        async def acquire():
-            n = len(writes)
-            writes.append(n)
-            await env.fs.write(fh, 100 + n, b"w")  # one more change each time
+        async def change(n):  # one more change each time
+            await env.fs.write(fh, 100 + n, b"w")
             data[100 + n] = ord("w")
-            await real_acquire()
 
-        monkeypatch.setattr(lock, "acquire", acquire)
+        before_each_lock(monkeypatch, st, change)
         with pytest.raises(CosfsError) as ei:
             await objects.rewrite(ino, "AES256")
         assert ei.value.errno == errno.EBUSY
