@@ -870,6 +870,11 @@ class FileSystem(XattrOps):
         except KeyError:
             raise FsError(errno.EBADF) from None
 
+    def inode_of(self, fh) -> int:
+        """The inode a handle of :meth:`open` or :meth:`create` is open on; FsError(EBADF)
+        for an unknown handle."""
+        return self._ino(fh)
+
     async def read(self, fh, offset, size) -> bytes:
         ino = self._ino(fh)
         try:

@@ -52,6 +52,9 @@ _AUTH_FAILURES = Counter(
     "be read (tampering or corruption; answered EIO)", registry=REGISTRY)
 _CACHE = Counter("cosfs_cache_segments", "Segments looked up in the read cache, by result",
                  ["result"], registry=REGISTRY)
+_PAGE_STORES = Counter("cosfs_kernel_page_stores", "Segments handed to the kernel's page "
+                       "cache for random readers that came back to them (cosfs.fuse.pagefill)",
+                       registry=REGISTRY)
 _RESOLVER = Counter("cosfs_resolver_decisions", "Encryption decisions of new content, by the "
                     "rule that decided (cosfs.resolver SOURCES) and the algorithm chosen",
                     ["source", "algorithm"], registry=REGISTRY)
@@ -101,6 +104,11 @@ def opened(algorithm, nbytes):
 
 def read():
     _READS.inc()
+
+
+def page_store():
+    """A segment went into the kernel's page cache."""
+    _PAGE_STORES.inc()
 
 
 def authentication_failed():

@@ -987,7 +987,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         try:
             try:
                 trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
-                         services, control, console, fs)
+                         services, control, console, fs, ops.pages)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -1041,13 +1041,14 @@ async def _start_server(nursery, serve, app, settings, stop, what):
 
 
 async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None,
-                 services=(), control=None, console=None, fs=None):
+                 services=(), control=None, console=None, fs=None, pages=None):
     """Serve the mount (and the API) until unmounted. ``services``: the daemon's services
     (``run(task_status)``, ``stop()``), started before the mount is reported ready and
     stopped when it is unmounted, before the final commit. ``control``: (application,
     config) of the control socket (:mod:`cosfs.control`). ``fs``: the mount's
     :class:`~cosfs.filesystem.FileSystem`, whose forgotten nameless objects are purged in
-    batches while it runs."""
+    batches while it runs. ``pages``: the FUSE adapter's
+    :class:`~cosfs.fuse.pagefill.PageFiller`, storing pages while the mount runs."""
     import pyfuse3
 
     stopping = []
@@ -1068,6 +1069,8 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
             fs.attach(nursery)
         if notifier is not None:
             notifier.attach(nursery)
+        if pages is not None:
+            pages.attach(nursery)
         await nursery.start(_on_signals, on_stop)
         api_stop = trio.Event()
         api_done = await _start_api(nursery, app, api, api_stop) if app is not None else None
@@ -1081,6 +1084,8 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
             ready()
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         await pyfuse3.main()
+        if pages is not None:
+            await pages.detach()  # the kernel is gone: nothing left to store
         for service in services:
             service.stop()  # nothing new is written while everything is committed
         if notifier is not None:

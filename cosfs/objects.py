@@ -397,6 +397,35 @@ class ObjectStore:
         return None if label is None else self._new_crypt(label, object_id)
 
     # -- reading ----------------------------------------------------------
+    def cached_segment(self, ino, offset):
+        """``(start, plaintext)`` of the stored segment that holds byte ``offset`` of a
+        quiet object, when the segment cache has it; else None. No I/O, no await.
+
+        Quiet: no handle that may write is open and no change awaits its commit, so the
+        bytes are the object's content, and stay so until a handle that may write is
+        opened or the object is truncated. ``plaintext`` ends at the object's size or
+        the segment's end, whichever is first; it starts at ``start``, a multiple of
+        the segment size."""
+        st = self.states.get(ino)
+        if st is not None:
+            if st.writers or st.modified or st.dirty or st.pending or st.flushing \
+                    or st.cut_from is not None:
+                return None
+            size = st.size
+        else:
+            size = self.catalog.get_inode(ino).size
+        if not 0 <= offset < size:
+            return None
+        idx, o = divmod(offset, self.chunk_size)
+        ch = self.catalog.chunk(ino, idx)
+        if ch is None:
+            return None
+        data = self.reader.cache.get((ch.blob, o // SEG))
+        if data is None:
+            return None
+        start = idx * self.chunk_size + o // SEG * SEG
+        return start, data[:size - start]
+
     async def read(self, ino, offset, size) -> bytes:
         """Plaintext of ``[offset, offset+size)`` clipped to the object's size."""
         metrics.read()

@@ -49,6 +49,8 @@ LAYERS = [
     ["keyspace"],
     # the daemon's services, over the key-level core; front-ends never import them
     ["services.replication", "services.inventory", "services.origin"],
+    # the kernel page-cache stores of the FUSE adapter, then the adapter
+    ["fuse.pagefill"],
     ["fuse.ops"],
     ["fsck"],
     # the XML API's request authentication and body decoding (pure)

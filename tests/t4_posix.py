@@ -904,3 +904,93 @@ def test_missing_names_are_cached_and_still_appear_when_created(mount):
     os.rename(os.path.join(d, "sub"), os.path.join(d, "sub2"))
     assert oserr(os.stat, os.path.join(d, "sub")) == errno.ENOENT
     assert os.listdir(os.path.join(d, "sub2")) == []
+
+
+# -- the kernel's page cache ------------------------------------------------------------
+def _resident_pages(fd, size):
+    """Indexes of the pages of ``fd``'s file in the kernel's page cache (mincore(2))."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    try:
+        vec = ctypes.create_string_buffer(-(-size // mmap.PAGESIZE))
+        if libc.mincore(addr, size, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return {i for i, b in enumerate(vec.raw) if b & 1}
+    finally:
+        libc.munmap(addr, size)
+
+
+def _pages_of(start, end):
+    return set(range(start // mmap.PAGESIZE, -(-end // mmap.PAGESIZE)))
+
+
+def _wait_resident(fd, size, want, timeout=10):
+    deadline = time.monotonic() + timeout
+    while _resident_pages(fd, size) != want:
+        assert time.monotonic() < deadline, "resident %s, not %s" % (
+            sorted(_resident_pages(fd, size)), sorted(want))
+        time.sleep(0.02)
+
+
+def test_a_random_reader_back_in_a_segment_gets_it_in_the_page_cache(mount):
+    """A random reader that comes back to a 64 KiB segment gets the whole segment in the
+    kernel's page cache (cosfs.fuse.pagefill); writes and truncates stay visible."""
+    path = os.path.join(mount.enc, "random-reads")
+    data = bytearray(os.urandom(4 * CHUNK + 5000))
+    put(path, bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = len(data)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the pages the writes left
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)    # no read-ahead
+        assert _resident_pages(fd, size) == set()
+        assert os.pread(fd, 4096, CHUNK) == data[CHUNK:CHUNK + 4096]
+        assert _resident_pages(fd, size) == _pages_of(CHUNK, CHUNK + 4096)  # once: its page
+        assert os.pread(fd, 4096, CHUNK + 8192) == data[CHUNK + 8192:CHUNK + 12288]
+        _wait_resident(fd, size, _pages_of(CHUNK, 2 * CHUNK))  # back in it: all of it
+        # the last segment up to the object's end, and nothing beyond it
+        os.pread(fd, 4096, 4 * CHUNK)
+        os.pread(fd, 4096, 4 * CHUNK)
+        os.posix_fadvise(fd, 4 * CHUNK, 0, os.POSIX_FADV_DONTNEED)
+        os.pread(fd, 100, 4 * CHUNK + 4096)
+        _wait_resident(fd, size, _pages_of(CHUNK, 2 * CHUNK) | _pages_of(4 * CHUNK, size))
+        assert os.fstat(fd).st_size == size
+        assert os.pread(fd, size, 0) == data
+
+        # a writer's pages replace them; a truncate cuts them
+        with open(path, "r+b") as w:
+            w.seek(CHUNK + 4096)
+            w.write(b"x" * 5000)
+        data[CHUNK + 4096:CHUNK + 9096] = b"x" * 5000
+        assert os.pread(fd, 2 * CHUNK, 0) == data[:2 * CHUNK]
+        os.truncate(path, CHUNK + 6000)
+        assert os.pread(fd, size, 0) == data[:CHUNK + 6000]
+        os.truncate(path, 2 * CHUNK)
+        assert os.pread(fd, size, 0) == data[:CHUNK + 6000] + bytes(CHUNK - 6000)
+    finally:
+        os.close(fd)
+    assert get(path) == data[:CHUNK + 6000] + bytes(CHUNK - 6000)
+
+
+def test_no_segment_goes_to_the_page_cache_while_the_object_may_be_written(mount):
+    path = os.path.join(mount.enc, "read-write")
+    data = os.urandom(2 * CHUNK)
+    put(path, data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for off in (0, 8192, 16384):
+            assert os.pread(fd, 4096, off) == data[off:off + 4096]
+        time.sleep(0.3)
+        want = _pages_of(0, 4096) | _pages_of(8192, 12288) | _pages_of(16384, 20480)
+        assert _resident_pages(fd, len(data)) == want
+    finally:
+        os.close(fd)

@@ -15,6 +15,8 @@ bound once per handler, so the hot path pays two ``perf_counter`` calls and one
 import errno
 import functools
 import logging
+import os
+import resource
 from time import perf_counter
 
 import pyfuse3
@@ -22,6 +24,7 @@ import pyfuse3
 from .. import metrics
 from ..errors import CosfsError, FsError
 from ..filesystem import Ctx
+from .pagefill import PageFiller
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,10 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.blksize = blksize
         self.enable_writeback_cache = writeback_cache
+        #: stores of segments that random reads come back to into the kernel's page
+        #: cache; never with writeback_cache (see cosfs.fuse.pagefill)
+        self.pages = PageFiller(fs.objects, pyfuse3.notify_store,
+                                page_size=resource.getpagesize(), enabled=not writeback_cache)
 
     def entry(self, inode):
         e = pyfuse3.EntryAttributes()
@@ -165,7 +172,11 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        return self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+        entry = self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+        if fields.update_size:
+            # the kernel cuts its pages once answered: no page store may land after that
+            await self.pages.settle(inode)
+        return entry
 
     @_translate
     async def readlink(self, inode, ctx):
@@ -201,7 +212,12 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def open(self, inode, flags, ctx):
-        return pyfuse3.FileInfo(fh=await self.fs.open(inode, flags, _ctx(ctx)), keep_cache=True)
+        fh = await self.fs.open(inode, flags, _ctx(ctx))
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            # opened, the object is no longer quiet: let page stores under way end before
+            # the kernel may write pages (see cosfs.fuse.pagefill)
+            await self.pages.settle(inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_translate
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -210,7 +226,8 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def read(self, fh, off, size):
-        return await self.fs.read(fh, off, size)
+        return await self.pages.read(self.fs.inode_of(fh), off, size,
+                                     functools.partial(self.fs.read, fh, off, size))
 
     @_translate
     async def write(self, fh, off, buf):
