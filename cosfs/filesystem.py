@@ -850,9 +850,10 @@ class FileSystem(XattrOps):
             raise FsError(errno.EISDIR)
         writer = (flags & os.O_ACCMODE) != os.O_RDONLY
         self.objects.opened(ino, write=writer)
-        if flags & os.O_TRUNC and writer and inode.is_reg:
+        if flags & os.O_TRUNC and inode.is_reg:
             # held open first: the truncation and the writes that follow are one write
-            # session (one version in a versioned bucket)
+            # session (one version in a versioned bucket). O_RDONLY|O_TRUNC truncates too,
+            # as on ext4 (the kernel, which asked for write permission, shows size 0)
             try:
                 await self.objects.truncate(ino, 0)
             except BaseException:

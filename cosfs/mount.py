@@ -995,11 +995,36 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
                 raise inner from None
             unmounted = True
         finally:
+            if ops.pages.busy:
+                _abort_page_stores(ops.pages, mountpoint)
             pyfuse3.close(unmount=True)
             log.warning("cosfs unmounted %s%s", mountpoint, "" if unmounted else " after an error")
             root.removeHandler(status.errors)
     finally:
         store.close()
+
+
+def _abort_page_stores(pages, mountpoint, timeout=5.0):
+    """Before the FUSE session is closed after an error with page stores left (each may
+    wait for a page that a READ nobody answers holds locked, keeping the device open and
+    the connection alive): abort the mount's FUSE connection (``/sys/fs/fuse/connections``),
+    which fails those READs, and give the stores ``timeout`` seconds to end."""
+    try:
+        where = os.path.abspath(mountpoint)  # no realpath: it would ask this mount
+        with open("/proc/self/mountinfo") as f:
+            # the last mount there is ours; the table escapes spaces and the like as \ooo
+            minor = [line.split()[2].split(":")[1] for line in f
+                     if line.split()[4].encode().decode("unicode_escape") == where][-1]
+        with open("/sys/fs/fuse/connections/%s/abort" % minor, "w") as f:
+            f.write("1")
+        log.warning("aborted the FUSE connection of %s: page stores were still waiting",
+                    mountpoint)
+    except (OSError, IndexError) as exc:
+        log.warning("page stores still waiting, and the FUSE connection of %s could not "
+                    "be aborted: %s", mountpoint, exc)
+    deadline = time.monotonic() + timeout
+    while pages.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 READ_AHEAD_KB = 1024
@@ -1061,6 +1086,15 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
     def on_stop(signum):
         log.warning("received signal %d: committing and unmounting", signum)
         notify_stopping("committing buffered writes and unmounting")
+        if pages is None:
+            pyfuse3.terminate()
+        else:
+            nursery.start_soon(stop_pages_then_terminate)
+
+    async def stop_pages_then_terminate():
+        # while requests are still answered: a page store may wait for a page that a READ
+        # holds locked, and after terminate() nobody would answer that READ
+        await pages.stop()
         pyfuse3.terminate()
 
     async with trio.open_nursery() as nursery:
@@ -1070,7 +1104,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         if notifier is not None:
             notifier.attach(nursery)
         if pages is not None:
-            pages.attach(nursery)
+            pages.start()
         await nursery.start(_on_signals, on_stop)
         api_stop = trio.Event()
         api_done = await _start_api(nursery, app, api, api_stop) if app is not None else None
@@ -1085,7 +1119,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         await pyfuse3.main()
         if pages is not None:
-            await pages.detach()  # the kernel is gone: nothing left to store
+            await pages.stop()  # the kernel is gone: nothing left to store
         for service in services:
             service.stop()  # nothing new is written while everything is committed
         if notifier is not None:

@@ -403,9 +403,9 @@ class ObjectStore:
 
         Quiet: no handle that may write is open and no change awaits its commit, so the
         bytes are the object's content, and stay so until a handle that may write is
-        opened or the object is truncated. ``plaintext`` ends at the object's size or
-        the segment's end, whichever is first; it starts at ``start``, a multiple of
-        the segment size."""
+        opened or the object is truncated. ``plaintext`` starts at ``start``, a multiple
+        of the segment size, and ends at the first of the segment's end, the chunk's
+        stored length (a hole may follow) and the object's size."""
         st = self.states.get(ino)
         if st is not None:
             if st.writers or st.modified or st.dirty or st.pending or st.flushing \
@@ -424,7 +424,7 @@ class ObjectStore:
         if data is None:
             return None
         start = idx * self.chunk_size + o // SEG * SEG
-        return start, data[:size - start]
+        return start, data[:min(size, idx * self.chunk_size + ch.length) - start]
 
     async def read(self, ino, offset, size) -> bytes:
         """Plaintext of ``[offset, offset+size)`` clipped to the object's size."""

@@ -206,6 +206,20 @@ def test_o_excl_and_basic_errors(mount):
     assert oserr(os.mkdir, os.path.join(p, "sub")) == errno.ENOTDIR
 
 
+def test_read_only_open_with_o_trunc_truncates(mount):
+    # as on ext4: O_TRUNC needs write permission and truncates whatever the access mode;
+    # the kernel shows size 0 after it, so the object must be empty too
+    p = os.path.join(mount.enc, "rdonly-trunc")
+    put(p, os.urandom(3 * CHUNK))
+    fd = os.open(p, os.O_RDONLY | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0 and os.read(fd, 100) == b""
+    finally:
+        os.close(fd)
+    mount.restart()
+    assert get(p) == b"" and os.stat(p).st_size == 0
+
+
 def test_unlink_while_open(mount):
     p = os.path.join(mount.enc, "victim")
     data = os.urandom(3 * CHUNK + 123)

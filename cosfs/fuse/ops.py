@@ -141,6 +141,8 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list):
         # forget has no reply: any exception here, even FUSEError, ends the mount.
         try:
+            # no page store may outlive the inode: its number may be given again
+            await self.pages.forget([ino for ino, _ in inode_list])
             self.fs.forget(inode_list)
         except CosfsError as exc:
             # nameless objects whose purge failed are purged by make_room, or at next mount
@@ -172,11 +174,12 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
-        entry = self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
-        if fields.update_size:
-            # the kernel cuts its pages once answered: no page store may land after that
-            await self.pages.settle(inode)
-        return entry
+        try:
+            return self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+        finally:
+            if fields.update_size:
+                # the kernel cuts its pages once answered: no page store may land after that
+                await self.pages.settle(inode)
 
     @_translate
     async def readlink(self, inode, ctx):
@@ -213,7 +216,7 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def open(self, inode, flags, ctx):
         fh = await self.fs.open(inode, flags, _ctx(ctx))
-        if flags & os.O_ACCMODE != os.O_RDONLY:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             # opened, the object is no longer quiet: let page stores under way end before
             # the kernel may write pages (see cosfs.fuse.pagefill)
             await self.pages.settle(inode)
