@@ -181,7 +181,14 @@ class Side:
 
     def op_open(self, hid, rel, flags, mode):
         fd = os.open(self.p(rel), flags, mode)
+        if flags & os.O_ACCMODE == os.O_RDONLY and stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)  # handles are for files (a directory's size is each side's own)
+            raise IsADirectoryError(errno.EISDIR, "a reader's handle on a directory")
         self.fds[hid] = fd
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            # page by page, as a random reader: cosfs hands segments it comes back to to
+            # the kernel's page cache (cosfs.fuse.pagefill), where later writes must show
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def op_close(self, hid):
         os.close(self.fds.pop(hid))
@@ -333,7 +340,8 @@ class Differential:
                    ("rmdir", 3), ("link", 3),
                    ("symlink", 2), ("readlink", 1), ("setxattr", 4), ("getxattr", 1),
                    ("removexattr", 2), ("chmod", 2), ("utime", 3), ("listdir", 1),
-                   ("open", 6 if len(open_hids) < MAX_HANDLES else 0)]
+                   ("open", 6 if len(open_hids) < MAX_HANDLES else 0),
+                   ("ropen", 3 if len(open_hids) < MAX_HANDLES else 0)]
         if open_hids:
             choices += [("close", 4), ("hwrite", 12), ("hread", 4), ("htruncate", 3),
                         ("hfsync", 2), ("hstat", 2), ("hmmap", 2), ("hcopy", 2),
@@ -392,6 +400,14 @@ class Differential:
             if flags & os.O_CREAT and rng.random() < 0.1:
                 flags |= os.O_EXCL
             return (kind, rng.choice(free), self.pick(ents, "f", 0.3), flags, 0o644)
+        if kind == "ropen":  # a reader's handle, kept open while others write
+            free = [h for h in range(MAX_HANDLES) if h not in self.ref.fds]
+            return ("open", rng.choice(free), self.pick(ents, "f", 0.1), os.O_RDONLY, 0o644)
+        if kind == "hread" and self.hflags[hid] & os.O_ACCMODE == os.O_RDONLY \
+                and rng.random() < 0.8:
+            # a page of one of the first segments: a reader coming back to them
+            return (kind, hid, rng.randint(0, 5) * CHUNK + rng.randint(0, 15) * 4096,
+                    rng.choice([4096, 4096, 8192]))
         if kind == "close" or kind == "hfsync" or kind == "hstat":
             return (kind, hid)
         if kind == "hwrite":
