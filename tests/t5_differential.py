@@ -186,8 +186,9 @@ class Side:
             raise IsADirectoryError(errno.EISDIR, "a reader's handle on a directory")
         self.fds[hid] = fd
         if flags & os.O_ACCMODE == os.O_RDONLY:
-            # page by page, as a random reader: cosfs hands segments it comes back to to
-            # the kernel's page cache (cosfs.fuse.pagefill), where later writes must show
+            # page by page, as a random reader: cosfs hands segments a reader comes back
+            # to to the kernel's page cache (cosfs.fuse.pagefill), where later changes
+            # must show
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def op_close(self, hid):
@@ -198,6 +199,13 @@ class Side:
 
     def op_hread(self, hid, offset, size):
         return os.pread(self.fds[hid], size, offset)
+
+    def op_hpages(self, hid, offset):
+        """Three pages from ``offset``, one read each, out of the page cache first: a random
+        reader back in a segment (the comparisons read whole files)."""
+        fd = self.fds[hid]
+        os.posix_fadvise(fd, offset, 3 * 4096, os.POSIX_FADV_DONTNEED)
+        return b"".join(os.pread(fd, 4096, offset + i * 4096) for i in range(3))
 
     def op_htruncate(self, hid, size):
         os.ftruncate(self.fds[hid], size)
@@ -402,12 +410,17 @@ class Differential:
             return (kind, rng.choice(free), self.pick(ents, "f", 0.3), flags, 0o644)
         if kind == "ropen":  # a reader's handle, kept open while others write
             free = [h for h in range(MAX_HANDLES) if h not in self.ref.fds]
-            return ("open", rng.choice(free), self.pick(ents, "f", 0.1), os.O_RDONLY, 0o644)
+            # mostly a file no handle has open (only such a file's pages are stored)
+            held = {os.fstat(fd).st_ino for fd in self.ref.fds.values()}
+            quiet = [rel for rel, k in ents if k == "f"
+                     and os.lstat(self.ref.p(rel)).st_ino not in held]
+            rel = rng.choice(quiet) if quiet and rng.random() < 0.8 else self.pick(ents, "f", 0.1)
+            return ("open", rng.choice(free), rel, os.O_RDONLY, 0o644)
         if kind == "hread" and self.hflags[hid] & os.O_ACCMODE == os.O_RDONLY \
                 and rng.random() < 0.8:
-            # a page of one of the first segments: a reader coming back to them
-            return (kind, hid, rng.randint(0, 5) * CHUNK + rng.randint(0, 15) * 4096,
-                    rng.choice([4096, 4096, 8192]))
+            # pages inside the file, in one segment mostly: a reader coming back to it
+            pages = os.fstat(self.ref.fds[hid]).st_size // 4096
+            return ("hpages", hid, rng.randint(0, max(0, pages - 3)) * 4096)
         if kind == "close" or kind == "hfsync" or kind == "hstat":
             return (kind, hid)
         if kind == "hwrite":
@@ -523,7 +536,7 @@ class Differential:
             paths = [op[2]]
         elif kind == "hcopy":
             return [], [op[1], op[2]]
-        elif kind in ("close", "hwrite", "hread", "htruncate", "hfsync", "hstat", "hmmap",
+        elif kind in ("close", "hwrite", "hread", "hpages", "htruncate", "hfsync", "hstat", "hmmap",
                       "hfallocate"):
             return [], [op[1]] if kind != "close" else []
         else:
