@@ -117,7 +117,7 @@ class PageFiller:
         if back:
             try:
                 self.after_read(ino, offset, size)
-            except Exception as exc:  # the READ is answered: a store is only a bonus
+            except Exception as exc:  # the READ has its data: a store is only a bonus
                 log.warning("no page store for inode %d: %s", ino, exc)
         return data
 
