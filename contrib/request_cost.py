@@ -4,12 +4,14 @@
     python contrib/request_cost.py [--calls N] [--rounds N] [--workdir DIR]
 
 Every small-file workload is made of FUSE requests, so the daemon's CPU time
-per request bounds how fast it can be. This measures it on three targets,
+per request bounds how fast it can be. This measures it on four targets,
 all on one disk, in one run:
 
 * ``pyfuse3``    a file system that answers every request at once (one file,
-  no data kept): what any daemon built on pyfuse3 and trio pays, the floor
-  cosfs cannot go below;
+  no data kept): what any daemon built on pyfuse3 and trio pays;
+* ``pyfuse3-rw``  the same file system with cosfs's wait for the next request
+  (``cosfs.fuse.loop.RequestWait``, which saves pyfuse3's hand-over between
+  two tasks per request): the floor cosfs cannot go below;
 * ``gocryptfs``  an encrypted Go file system (go-fuse), the benchmark's peer;
 * ``cosfs-aes``  a cosfs mount, one file in a bucket with AES256 default
   encryption.
@@ -42,9 +44,10 @@ import benchmark  # noqa: E402 (the targets and helpers of the main benchmark)
 SIZE = 1 << 20
 
 
-def serve(mountpoint):
+def serve(mountpoint, request_wait=False):
     """Mount the empty pyfuse3 file system at ``mountpoint`` until unmounted (this file
-    runs it with ``--serve MOUNTPOINT``)."""
+    runs it with ``--serve MOUNTPOINT``), with cosfs's wait for the next request if
+    ``request_wait`` (``--request-wait``)."""
     import errno
     import stat
 
@@ -76,10 +79,19 @@ def serve(mountpoint):
         async def write(self, fh, off, buf):
             return len(buf)
 
+    from cosfs.fuse.loop import RequestWait, fuse_fds
+
+    async def run(wait):
+        if wait is not None:
+            wait.install()
+        await pyfuse3.main()
+
     options = set(pyfuse3.default_options) | {"fsname=empty", "default_permissions"}
+    devices = fuse_fds()
     pyfuse3.init(Empty(), mountpoint, options)
+    devices = fuse_fds() - devices
     try:
-        trio.run(pyfuse3.main)
+        trio.run(run, RequestWait(devices.pop()) if request_wait else None)
     finally:
         pyfuse3.close()
 
@@ -96,6 +108,13 @@ class EmptyFs(benchmark.FuseDaemon):
 
     def command(self):
         return [sys.executable, os.path.abspath(__file__), "--serve", self.mnt]
+
+
+class EmptyWaitFs(EmptyFs):
+    name = "pyfuse3-rw"
+
+    def command(self):
+        return super().command() + ["--request-wait"]
 
 
 def target_file(t):
@@ -144,12 +163,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     ap.add_argument("--workdir", default="/var/tmp", help="folder for the targets")
     ap.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
+    ap.add_argument("--request-wait", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.request_wait)
         return 0
     root = tempfile.mkdtemp(prefix="cosfs-request-cost-", dir=args.workdir)
-    targets = [EmptyFs(root), benchmark.Cosfs(root, "cosfs-aes", "AES256", {})]
+    targets = [EmptyFs(root), EmptyWaitFs(root),
+               benchmark.Cosfs(root, "cosfs-aes", "AES256", {})]
     if shutil.which("gocryptfs"):
         targets.insert(1, benchmark.Gocryptfs(root))
     results = collections.defaultdict(list)

@@ -940,6 +940,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
     """
     import pyfuse3
 
+    from .fuse.loop import RequestWait, fuse_fds
+
     mountpoint = os.fspath(config.mountpoint)
     if not os.path.isdir(mountpoint):
         raise CosfsError("mount point %s is not a directory" % mountpoint, errno=errno.ENOTDIR,
@@ -976,10 +978,16 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         options |= set(kernel_options)
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
+        devices = fuse_fds()
         try:
             pyfuse3.init(ops, mountpoint, options)
         except RuntimeError as exc:
             raise CosfsError("cannot mount at %s: %s" % (mountpoint, exc)) from None
+        devices = fuse_fds() - devices
+        request_wait = RequestWait(devices.pop()) if len(devices) == 1 else None
+        if request_wait is None:
+            log.info("cannot tell the FUSE device among %s: pyfuse3's own request loop "
+                     "is used", sorted(devices))
         log.warning("cosfs mounted %s at %s (pid %d)", config.store, mountpoint, os.getpid())
         root = logging.getLogger()
         root.addHandler(status.errors)
@@ -987,7 +995,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         try:
             try:
                 trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
-                         services, control, console, fs, ops.pages)
+                         services, control, console, fs, ops.pages, request_wait)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -1066,17 +1074,23 @@ async def _start_server(nursery, serve, app, settings, stop, what):
 
 
 async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None,
-                 services=(), control=None, console=None, fs=None, pages=None):
+                 services=(), control=None, console=None, fs=None, pages=None,
+                 request_wait=None):
     """Serve the mount (and the API) until unmounted. ``services``: the daemon's services
     (``run(task_status)``, ``stop()``), started before the mount is reported ready and
     stopped when it is unmounted, before the final commit. ``control``: (application,
     config) of the control socket (:mod:`cosfs.control`). ``fs``: the mount's
     :class:`~cosfs.filesystem.FileSystem`, whose forgotten nameless objects are purged in
     batches while it runs. ``pages``: the FUSE adapter's
-    :class:`~cosfs.fuse.pagefill.PageFiller`, storing pages while the mount runs."""
+    :class:`~cosfs.fuse.pagefill.PageFiller`, storing pages while the mount runs.
+    ``request_wait``: a :class:`~cosfs.fuse.loop.RequestWait` for pyfuse3's request loop,
+    or None for pyfuse3's own."""
     import pyfuse3
 
     stopping = []
+    if request_wait is not None and not request_wait.install():
+        request_wait = None
+    terminate = request_wait.terminate if request_wait is not None else pyfuse3.terminate
 
     def notify_stopping(why):
         if not stopping:
@@ -1087,7 +1101,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         log.warning("received signal %d: committing and unmounting", signum)
         notify_stopping("committing buffered writes and unmounting")
         if pages is None:
-            pyfuse3.terminate()
+            terminate()
         else:
             nursery.start_soon(stop_pages_then_terminate)
 
@@ -1095,7 +1109,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         # while requests are still answered: a page store may wait for a page that a READ
         # holds locked, and after terminate() nobody would answer that READ
         await pages.stop()
-        pyfuse3.terminate()
+        terminate()
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
@@ -1117,7 +1131,11 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         if ready is not None:
             ready()
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
-        await pyfuse3.main()
+        try:
+            await pyfuse3.main()
+        finally:
+            if request_wait is not None:
+                request_wait.uninstall()
         if pages is not None:
             await pages.stop()  # the kernel is gone: nothing left to store
         for service in services:

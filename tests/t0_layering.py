@@ -49,8 +49,9 @@ LAYERS = [
     ["keyspace"],
     # the daemon's services, over the key-level core; front-ends never import them
     ["services.replication", "services.inventory", "services.origin"],
-    # the kernel page-cache stores of the FUSE adapter, then the adapter
-    ["fuse.pagefill"],
+    # the kernel page-cache stores and the request loop's wait of the FUSE adapter, then
+    # the adapter
+    ["fuse.pagefill", "fuse.loop"],
     ["fuse.ops"],
     ["fsck"],
     # the XML API's request authentication and body decoding (pure)
@@ -83,7 +84,7 @@ SAME_RANK_OK = {
 
 # Third-party modules with a single owner: module -> {allowed importers: lazily only?}
 OWNED = {
-    "pyfuse3": {"fuse.ops": False, "mount": True},
+    "pyfuse3": {"fuse.ops": False, "fuse.loop": False, "mount": True},
     "yaml": {"config": False},
     "hypercorn": {"api.server": True, "console.server": True},
     "prometheus_client": {"metrics": False},

@@ -1,0 +1,178 @@
+"""The FUSE request loop's wait for the next request, without a hand-over per request.
+
+pyfuse3 answers requests in up to ``max_tasks`` trio tasks that take turns on the FUSE
+device: a task takes a ``trio.Lock``, waits for the device to be readable, lets the lock
+go and answers the request it read, while the next task takes the lock and waits. A
+program that sends one request at a time (``tar``, ``rsync``, ``rm -rf``, a 4 KiB
+``pwrite`` loop) pays a hand-over between two tasks for every request: the lock passed
+on, one task parked and another woken, a scheduler pass more.
+
+:class:`RequestWait` replaces that wait (pyfuse3's module-level
+``_wait_fuse_readable``, which its compiled loop looks up on each call). The task that
+answered a request waits for the next one itself. Another task takes over the waiting
+only when the trio thread is about to sleep, or to run other tasks, with nobody waiting
+on the device: that is, when a handler blocks (on a worker thread, a lock, an event that
+another request sets). A trio instrument (``before_io_wait``) sees that moment.
+
+Contracts:
+
+* At most one task waits on the device at a time (trio allows one waiter per
+  descriptor); the others are parked. The task woken to take over is the one parked
+  last among those that have answered a request before: each task reads requests into
+  a buffer of its own (``max_write`` plus a header, 1 MiB), which stays allocated, so
+  the daemon keeps as few of them in use as the requests answered side by side need.
+  (pyfuse3 starts a new task after each request until it has ``max_tasks``, since it
+  counts its waiting tasks in a field this wait cannot reach.)
+* Whenever the trio thread goes back to its event loop, a task is waiting on the device,
+  unless every task is busy answering a request (``max_tasks`` of them, as with
+  pyfuse3's own wait). So a request is never held up by a handler that blocks, which
+  may be waiting for that very request.
+* :meth:`RequestWait.terminate` ends the loop like ``pyfuse3.terminate()``: the waiting
+  task, the parked ones and those answering a request all leave the loop. After an
+  unmount, the device reads as ended and each task leaves the loop in turn.
+* Installed only on a pyfuse3 whose loop calls ``_wait_fuse_readable``; on any other
+  version :meth:`RequestWait.install` returns False and pyfuse3's own wait stays.
+"""
+
+import logging
+import os
+
+import pyfuse3
+import trio
+
+log = logging.getLogger(__name__)
+
+
+def fuse_fds():
+    """The descriptors of this process open on ``/dev/fuse``."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + name) == "/dev/fuse":
+                found.add(int(name))
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return found
+
+
+class _Watch(trio.abc.Instrument):
+    """Calls :meth:`RequestWait._idle` each time trio's scheduler checks for I/O."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def before_io_wait(self, timeout):
+        self.owner._idle(timeout)
+
+
+class RequestWait:
+    """The wait of pyfuse3's request loop for the FUSE device ``fd`` (see the module)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self._waiting = False     # a task is in wait_readable(fd)
+        self._closed = False      # terminate() was called or the device was closed
+        self._takeover_due = False
+        self._parked = None       # parked tasks; the next to wake last
+        self._served = set()      # tasks that have read a request (and have a buffer)
+        self._token = None
+        self._watch = _Watch(self)
+        self._original = None
+
+    def install(self):
+        """Replace pyfuse3's wait; in ``trio.run``, before ``pyfuse3.main()``. True if done."""
+        original = getattr(pyfuse3, "_wait_fuse_readable", None)
+        if original is None:
+            log.info("pyfuse3 %s has no _wait_fuse_readable: its own request loop is used",
+                     getattr(pyfuse3, "__version__", "?"))
+            return False
+        self._parked = []
+        self._token = trio.lowlevel.current_trio_token()
+        trio.lowlevel.add_instrument(self._watch)
+        self._original = original
+        pyfuse3._wait_fuse_readable = self.wait
+        return True
+
+    def uninstall(self):
+        """Put pyfuse3's wait back; after ``pyfuse3.main()`` returned."""
+        if self._original is None:
+            return
+        pyfuse3._wait_fuse_readable = self._original
+        self._original = None
+        self._served.clear()
+        try:
+            trio.lowlevel.remove_instrument(self._watch)
+        except KeyError:
+            pass
+
+    def terminate(self):
+        """``pyfuse3.terminate()`` for a loop that waits here. Trio thread only."""
+        self._closed = True
+        self._wake_all()
+        pyfuse3.terminate()
+
+    @property
+    def tasks_used(self):
+        """How many tasks have read a request (each keeps a request buffer)."""
+        return len(self._served)
+
+    async def wait(self):
+        """True once the device is readable for this task; False if the loop must end."""
+        task = trio.lowlevel.current_task()
+        # a task that has not read a request yet (no buffer) lets the others go first
+        fresh = task not in self._served
+        while not self._closed:
+            if self._waiting or fresh:
+                fresh = False
+                await self._park(task)
+                continue
+            self._waiting = True
+            try:
+                await trio.lowlevel.wait_readable(self.fd)
+            except trio.ClosedResourceError:  # terminate(): pyfuse3 closes the device
+                self._closed = True
+                self._wake_all()
+                return False
+            finally:
+                self._waiting = False
+            self._served.add(task)
+            return True
+        return False
+
+    async def _park(self, task):
+        if task in self._served:
+            self._parked.append(task)
+        else:
+            self._parked.insert(0, task)
+
+        def abort(_):
+            self._parked.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _wake_one(self):
+        if self._parked:
+            trio.lowlevel.reschedule(self._parked.pop())
+
+    def _wake_all(self):
+        parked, self._parked = self._parked or [], []
+        for task in parked:
+            trio.lowlevel.reschedule(task)
+
+    def _idle(self, timeout):
+        # Nobody waits on the device while the scheduler checks for I/O: the task that
+        # read the last request is blocked in its handler (or between two steps of it).
+        # Hand the waiting to a parked task. With tasks ready to run (timeout 0) it runs
+        # in the next batch; otherwise the scheduler would sleep first, so wake it.
+        if self._waiting or self._closed or self._takeover_due or not self._parked:
+            return  # (no task parked: all are answering requests)
+        if not timeout:
+            self._wake_one()
+            return
+        self._takeover_due = True
+        self._token.run_sync_soon(self._takeover)
+
+    def _takeover(self):
+        self._takeover_due = False
+        if not self._waiting and not self._closed:
+            self._wake_one()

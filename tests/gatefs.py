@@ -1,0 +1,110 @@
+"""gatefs: a FUSE file system whose handlers block, served through cosfs's request wait.
+
+    python tests/gatefs.py MOUNTPOINT
+
+It runs pyfuse3's request loop with :class:`cosfs.fuse.loop.RequestWait`, as the cosfs
+daemon does, and prints ``installed`` (or ``stock``) once mounted. Its root holds:
+
+- ``gate``: a read blocks until a lookup of ``key`` (a request of its own) opens the
+  gate, and answers ``open``;
+- ``key``: a lookup opens the gate (the name does not exist: ENOENT);
+- ``slow``: a read waits one second in a worker thread and answers ``slow``;
+- ``brief``: the same with a twentieth of a second;
+- ``used``: a read answers how many tasks have read a request so far
+  (:attr:`RequestWait.tasks_used`).
+
+SIGTERM ends it through :meth:`RequestWait.terminate`; ``fusermount3 -u`` by the end of
+the device.
+"""
+
+import errno
+import os
+import signal
+import stat
+import sys
+import time
+
+import pyfuse3
+import trio
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from cosfs.fuse.loop import RequestWait, fuse_fds  # noqa: E402
+
+FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5}
+
+
+class GateFs(pyfuse3.Operations):
+    def __init__(self):
+        super().__init__()
+        self.gate = None
+        self.wait = None
+
+    async def getattr(self, inode, ctx=None):
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode
+        e.st_mode = (stat.S_IFDIR | 0o755) if inode == pyfuse3.ROOT_INODE \
+            else (stat.S_IFREG | 0o644)
+        e.st_nlink = 1
+        e.st_size = 4
+        e.attr_timeout = e.entry_timeout = 0
+        return e
+
+    async def lookup(self, parent, name, ctx=None):
+        if name == b"key":
+            self.gate.set()
+        if name not in FILES:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return await self.getattr(FILES[name])
+
+    async def open(self, inode, flags, ctx):
+        return pyfuse3.FileInfo(fh=inode, direct_io=True)
+
+    async def read(self, fh, off, size):
+        if off:
+            return b""
+        if fh == FILES[b"gate"]:
+            await self.gate.wait()
+            return b"open"
+        if fh == FILES[b"used"]:
+            return b"%4d" % self.wait.tasks_used
+        if fh == FILES[b"brief"]:
+            await trio.to_thread.run_sync(time.sleep, 0.05)
+            return b"brief"
+        await trio.to_thread.run_sync(time.sleep, 1)
+        return b"slow"
+
+
+async def serve(fs, wait):
+    fs.gate = trio.Event()
+    installed = wait is not None and wait.install()
+    terminate = wait.terminate if installed else pyfuse3.terminate
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def on_term():
+                async for _ in signals:
+                    terminate()
+                    return
+            nursery.start_soon(on_term)
+            print("installed" if installed else "stock", flush=True)
+            try:
+                await pyfuse3.main()
+            finally:
+                if installed:
+                    wait.uninstall()
+            nursery.cancel_scope.cancel()
+
+
+def main():
+    fs = GateFs()
+    before = fuse_fds()
+    pyfuse3.init(fs, sys.argv[1], set(pyfuse3.default_options) | {"fsname=gatefs"})
+    new = fuse_fds() - before
+    wait = fs.wait = RequestWait(new.pop()) if len(new) == 1 else None
+    try:
+        trio.run(serve, fs, wait)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The request loop's wait (:mod:`cosfs.fuse.loop`) on a real mount of ``tests/gatefs.py``.
+
+The task that answered a request waits for the next one itself; another task takes over
+only when a handler blocks. These tests block handlers in the ways that matter: on an
+event that only a later request sets (without a takeover it would never come), and on
+worker threads while other requests keep coming. And they end the loop both ways, by
+SIGTERM and by an unmount, with tasks parked.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import needs_fuse
+
+pytestmark = [needs_fuse, pytest.mark.timeout(60)]
+
+GATEFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gatefs.py")
+
+
+@pytest.fixture
+def gatefs(tmp_path):
+    """(mount point, process) of a running gatefs; unmounted and killed afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, GATEFS, str(mnt)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = _line_within(proc, 15)
+        assert line == "installed", "the request wait was not installed: %r" % line
+        yield mnt, proc
+    finally:
+        # killed first: a request nobody answers (a test failing) then fails at once,
+        # instead of holding up the unmount (or a child's close of an inherited file)
+        proc.kill()
+        proc.wait(timeout=30)
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, timeout=30)
+
+
+def _line_within(proc, seconds):
+    found = []
+    reader = threading.Thread(target=lambda: found.append(proc.stdout.readline().strip()),
+                              daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert found, "gatefs did not come up within %d s" % seconds
+    return found[0]
+
+
+def _all_tasks_started(mnt):
+    """Send enough requests for pyfuse3 to have started all its tasks (it starts one after
+    each request until it has ``max_tasks``, 99): from then on, only a takeover lets a
+    request in while a handler blocks."""
+    for _ in range(300):
+        os.stat(mnt)  # attributes are not cached: a GETATTR each
+
+
+def _in_thread(fn):
+    """Run ``fn`` in a daemon thread; returns (thread, results list)."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_handler_waiting_for_a_later_request_gets_it(gatefs):
+    mnt, _ = gatefs
+    _all_tasks_started(mnt)
+    reader, out = _in_thread(lambda: _read(mnt / "gate"))
+    time.sleep(0.3)
+    assert reader.is_alive()  # blocked in the daemon, on the event
+    lookup, exists = _in_thread(lambda: os.path.exists(mnt / "key"))
+    lookup.join(10)
+    assert exists == [False]  # the lookup that sets it is answered...
+    reader.join(10)
+    assert out == [b"open"]  # ...and so is the read that waited for it
+    os.stat(mnt)  # and the loop goes on
+
+
+def test_requests_go_on_while_handlers_wait_on_threads(gatefs):
+    mnt, _ = gatefs
+    _all_tasks_started(mnt)
+    started = time.monotonic()
+    readers = [_in_thread(lambda: _read(mnt / "slow")) for _ in range(4)]
+    time.sleep(0.1)
+    for _ in range(200):
+        os.stat(mnt)
+        os.stat(mnt / "gate")
+    answered = time.monotonic() - started
+    for t, _ in readers:
+        t.join(10)
+    assert [out for _, out in readers] == [[b"slow"]] * 4
+    # the four reads waited a second each, side by side; the 400 stats did not wait
+    assert answered < 1.0, "stats took %.2f s behind the blocked reads" % answered
+    assert time.monotonic() - started < 3.0
+
+
+def test_blocked_handlers_hand_over_to_tasks_already_used(gatefs):
+    """Each task reading requests keeps a 1 MiB buffer: a takeover must not walk through
+    all 99 of pyfuse3's tasks (that cost 95 MiB of resident memory writing 1 GiB)."""
+    mnt, _ = gatefs
+    _all_tasks_started(mnt)
+    for _ in range(20):  # each read blocks on a thread: a takeover, then a hand back
+        assert _read(mnt / "brief") == b"brief"
+        for _ in range(5):
+            os.stat(mnt)
+    used = int(_read(mnt / "used"))
+    assert used <= 4, "%d tasks have read requests" % used
+
+
+@pytest.mark.parametrize("end", ["sigterm", "unmount"])
+def test_the_loop_ends_with_tasks_parked(gatefs, end):
+    mnt, proc = gatefs
+    _all_tasks_started(mnt)
+    readers = [_in_thread(lambda: _read(mnt / "slow")) for _ in range(4)]
+    for t, _ in readers:  # each read took a task; they are parked again now
+        t.join(10)
+    for _ in range(20):
+        os.stat(mnt)
+    if end == "sigterm":
+        proc.terminate()
+    else:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
+    assert proc.wait(timeout=15) == 0
+    assert not os.path.ismount(mnt)
