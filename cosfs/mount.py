@@ -1084,13 +1084,10 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
     batches while it runs. ``pages``: the FUSE adapter's
     :class:`~cosfs.fuse.pagefill.PageFiller`, storing pages while the mount runs.
     ``request_wait``: a :class:`~cosfs.fuse.loop.RequestWait` for pyfuse3's request loop,
-    or None for pyfuse3's own."""
+    or None for pyfuse3's own; installed only while ``pyfuse3.main()`` runs."""
     import pyfuse3
 
     stopping = []
-    if request_wait is not None and not request_wait.install():
-        request_wait = None
-    terminate = request_wait.terminate if request_wait is not None else pyfuse3.terminate
 
     def notify_stopping(why):
         if not stopping:
@@ -1101,7 +1098,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         log.warning("received signal %d: committing and unmounting", signum)
         notify_stopping("committing buffered writes and unmounting")
         if pages is None:
-            terminate()
+            pyfuse3.terminate()
         else:
             nursery.start_soon(stop_pages_then_terminate)
 
@@ -1109,7 +1106,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         # while requests are still answered: a page store may wait for a page that a READ
         # holds locked, and after terminate() nobody would answer that READ
         await pages.stop()
-        terminate()
+        pyfuse3.terminate()
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
@@ -1132,6 +1129,8 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
             ready()
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
         try:
+            if request_wait is not None:
+                request_wait.install()  # pyfuse3.terminate() becomes its terminate()
             await pyfuse3.main()
         finally:
             if request_wait is not None:

@@ -8,13 +8,16 @@ daemon does, and prints ``installed`` (or ``stock``) once mounted. Its root hold
 - ``gate``: a read blocks until a lookup of ``key`` (a request of its own) opens the
   gate, and answers ``open``;
 - ``key``: a lookup opens the gate (the name does not exist: ENOENT);
+- ``held``: a read waits in a worker thread until a lookup of ``release`` (a request of
+  its own, ENOENT) lets it go, and answers ``held``;
 - ``slow``: a read waits one second in a worker thread and answers ``slow``;
 - ``brief``: the same with a twentieth of a second;
+- ``yield``: a read lets other tasks run (with some ready to run) and answers ``yield``;
 - ``used``: a read answers how many tasks have read a request so far
   (:attr:`RequestWait.tasks_used`).
 
-SIGTERM ends it through :meth:`RequestWait.terminate`; ``fusermount3 -u`` by the end of
-the device.
+SIGTERM ends it through ``pyfuse3.terminate()`` (:meth:`RequestWait.terminate` while
+installed); ``fusermount3 -u`` by the end of the device.
 """
 
 import errno
@@ -22,6 +25,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import time
 
 import pyfuse3
@@ -30,13 +34,14 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cosfs.fuse.loop import RequestWait, fuse_fds  # noqa: E402
 
-FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5}
+FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5, b"held": 6, b"yield": 7}
 
 
 class GateFs(pyfuse3.Operations):
     def __init__(self):
         super().__init__()
         self.gate = None
+        self.held = threading.Event()
         self.wait = None
 
     async def getattr(self, inode, ctx=None):
@@ -52,6 +57,8 @@ class GateFs(pyfuse3.Operations):
     async def lookup(self, parent, name, ctx=None):
         if name == b"key":
             self.gate.set()
+        if name == b"release":
+            self.held.set()
         if name not in FILES:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return await self.getattr(FILES[name])
@@ -65,6 +72,14 @@ class GateFs(pyfuse3.Operations):
         if fh == FILES[b"gate"]:
             await self.gate.wait()
             return b"open"
+        if fh == FILES[b"held"]:
+            await trio.to_thread.run_sync(self.held.wait)
+            return b"held"
+        if fh == FILES[b"yield"]:
+            async with trio.open_nursery() as nursery:  # another task ready to run
+                nursery.start_soon(trio.sleep, 0)
+                await trio.sleep(0)
+            return b"yield"
         if fh == FILES[b"used"]:
             return b"%4d" % self.wait.tasks_used
         if fh == FILES[b"brief"]:
@@ -76,20 +91,19 @@ class GateFs(pyfuse3.Operations):
 
 async def serve(fs, wait):
     fs.gate = trio.Event()
-    installed = wait is not None and wait.install()
-    terminate = wait.terminate if installed else pyfuse3.terminate
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async def on_term():
                 async for _ in signals:
-                    terminate()
+                    pyfuse3.terminate()  # RequestWait.terminate while installed
                     return
             nursery.start_soon(on_term)
-            print("installed" if installed else "stock", flush=True)
             try:
+                installed = wait is not None and wait.install()
+                print("installed" if installed else "stock", flush=True)
                 await pyfuse3.main()
             finally:
-                if installed:
+                if wait is not None:
                     wait.uninstall()
             nursery.cancel_scope.cancel()
 

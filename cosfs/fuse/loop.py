@@ -22,13 +22,16 @@ Contracts:
   a buffer of its own (``max_write`` plus a header, 1 MiB), which stays allocated, so
   the daemon keeps as few of them in use as the requests answered side by side need.
   (pyfuse3 starts a new task after each request until it has ``max_tasks``, since it
-  counts its waiting tasks in a field this wait cannot reach.)
+  counts its waiting tasks in a field this wait cannot reach.) A task that has read
+  requests leaves the loop, freeing its buffer, when :data:`KEEP` such tasks are parked
+  already; pyfuse3 starts new ones as needed.
 * Whenever the trio thread goes back to its event loop, a task is waiting on the device,
   unless every task is busy answering a request (``max_tasks`` of them, as with
   pyfuse3's own wait). So a request is never held up by a handler that blocks, which
   may be waiting for that very request.
-* :meth:`RequestWait.terminate` ends the loop like ``pyfuse3.terminate()``: the waiting
-  task, the parked ones and those answering a request all leave the loop. After an
+* ``pyfuse3.terminate()`` (replaced by :meth:`RequestWait.terminate` while installed)
+  ends the loop: the waiting task, the parked ones and those answering a request all
+  leave it. After an
   unmount, the device reads as ended and each task leaves the loop in turn.
 * Installed only on a pyfuse3 whose loop calls ``_wait_fuse_readable``; on any other
   version :meth:`RequestWait.install` returns False and pyfuse3's own wait stays.
@@ -41,6 +44,9 @@ import pyfuse3
 import trio
 
 log = logging.getLogger(__name__)
+
+#: Parked tasks that have read requests (each with its buffer) kept for later takeovers.
+KEEP = 4
 
 
 def fuse_fds():
@@ -62,7 +68,10 @@ class _Watch(trio.abc.Instrument):
         self.owner = owner
 
     def before_io_wait(self, timeout):
-        self.owner._idle(timeout)
+        try:
+            self.owner._idle(timeout)
+        except Exception:  # trio would drop the instrument, and with it every takeover
+            log.exception("request loop: the takeover check failed")
 
 
 class RequestWait:
@@ -72,32 +81,33 @@ class RequestWait:
         self.fd = fd
         self._waiting = False     # a task is in wait_readable(fd)
         self._closed = False      # terminate() was called or the device was closed
-        self._takeover_due = False
-        self._parked = None       # parked tasks; the next to wake last
+        self._handover = False    # a task is being woken to take over the waiting
+        self._parked = []         # parked tasks; the next to wake last
         self._served = set()      # tasks that have read a request (and have a buffer)
         self._token = None
         self._watch = _Watch(self)
-        self._original = None
+        self._original = None     # pyfuse3's (wait, terminate) while installed
 
     def install(self):
-        """Replace pyfuse3's wait; in ``trio.run``, before ``pyfuse3.main()``. True if done."""
-        original = getattr(pyfuse3, "_wait_fuse_readable", None)
-        if original is None:
+        """Replace pyfuse3's wait and ``terminate``; in ``trio.run``, right before
+        ``pyfuse3.main()``, with :meth:`uninstall` once it returns. True if done."""
+        wait = getattr(pyfuse3, "_wait_fuse_readable", None)
+        if wait is None:
             log.info("pyfuse3 %s has no _wait_fuse_readable: its own request loop is used",
                      getattr(pyfuse3, "__version__", "?"))
             return False
-        self._parked = []
         self._token = trio.lowlevel.current_trio_token()
         trio.lowlevel.add_instrument(self._watch)
-        self._original = original
+        self._original = (wait, pyfuse3.terminate)
         pyfuse3._wait_fuse_readable = self.wait
+        pyfuse3.terminate = self.terminate
         return True
 
     def uninstall(self):
-        """Put pyfuse3's wait back; after ``pyfuse3.main()`` returned."""
+        """Put pyfuse3's wait and ``terminate`` back."""
         if self._original is None:
             return
-        pyfuse3._wait_fuse_readable = self._original
+        pyfuse3._wait_fuse_readable, pyfuse3.terminate = self._original
         self._original = None
         self._served.clear()
         try:
@@ -105,26 +115,30 @@ class RequestWait:
         except KeyError:
             pass
 
+    @property
+    def tasks_used(self):
+        """How many tasks that have read a request are in the loop (each keeps a buffer)."""
+        return len(self._served)
+
     def terminate(self):
         """``pyfuse3.terminate()`` for a loop that waits here. Trio thread only."""
         self._closed = True
         self._wake_all()
-        pyfuse3.terminate()
-
-    @property
-    def tasks_used(self):
-        """How many tasks have read a request (each keeps a request buffer)."""
-        return len(self._served)
+        (self._original[1] if self._original else pyfuse3.terminate)()
 
     async def wait(self):
-        """True once the device is readable for this task; False if the loop must end."""
+        """True once the device is readable for this task; False if it must leave the loop."""
         task = trio.lowlevel.current_task()
         # a task that has not read a request yet (no buffer) lets the others go first
         fresh = task not in self._served
         while not self._closed:
             if self._waiting or fresh:
+                if not fresh and self._parked_served() >= KEEP:
+                    self._served.discard(task)
+                    return False  # pyfuse3 ends this task and frees its buffer
                 fresh = False
                 await self._park(task)
+                self._handover = False  # woken: the takeover (if any) has happened
                 continue
             self._waiting = True
             try:
@@ -137,7 +151,11 @@ class RequestWait:
                 self._waiting = False
             self._served.add(task)
             return True
+        self._served.discard(task)
         return False
+
+    def _parked_served(self):
+        return sum(1 for t in self._parked if t in self._served)
 
     async def _park(self, task):
         if task in self._served:
@@ -151,28 +169,29 @@ class RequestWait:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _wake_one(self):
-        if self._parked:
-            trio.lowlevel.reschedule(self._parked.pop())
+        trio.lowlevel.reschedule(self._parked.pop())
 
     def _wake_all(self):
-        parked, self._parked = self._parked or [], []
+        parked, self._parked = self._parked, []
         for task in parked:
             trio.lowlevel.reschedule(task)
 
     def _idle(self, timeout):
         # Nobody waits on the device while the scheduler checks for I/O: the task that
         # read the last request is blocked in its handler (or between two steps of it).
-        # Hand the waiting to a parked task. With tasks ready to run (timeout 0) it runs
-        # in the next batch; otherwise the scheduler would sleep first, so wake it.
-        if self._waiting or self._closed or self._takeover_due or not self._parked:
+        # Hand the waiting to a parked task, once: until it runs, nobody else is woken.
+        # With tasks ready to run (timeout 0) it runs in this pass; otherwise the
+        # scheduler would sleep first, so wake it up.
+        if self._waiting or self._closed or self._handover or not self._parked:
             return  # (no task parked: all are answering requests)
+        self._handover = True
         if not timeout:
             self._wake_one()
-            return
-        self._takeover_due = True
-        self._token.run_sync_soon(self._takeover)
+        else:
+            self._token.run_sync_soon(self._takeover)
 
     def _takeover(self):
-        self._takeover_due = False
-        if not self._waiting and not self._closed:
-            self._wake_one()
+        if self._waiting or self._closed or not self._parked:
+            self._handover = False
+            return
+        self._wake_one()
