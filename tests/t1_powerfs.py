@@ -810,6 +810,8 @@ def test_many_small_durable_files_are_fast(disk):
         put(os.path.join(sub, "blob%04d" % i), b"b" * 3000, sync=True)
         fsync_dir(sub)
     elapsed = time.monotonic() - started
-    assert elapsed < 15, elapsed
+    # a guard against a cost that grows with the files (each fsync rewriting every record),
+    # not a benchmark: 4-10 s here, 16.9 s once on a loaded machine
+    assert elapsed < 60, elapsed
     power_cycle(disk)
     assert sum(len(os.listdir(os.path.join(root, s))) for s in os.listdir(root)) == 1000
