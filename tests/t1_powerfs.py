@@ -811,7 +811,7 @@ def test_many_small_durable_files_are_fast(disk):
         fsync_dir(sub)
     elapsed = time.monotonic() - started
     # a guard against a cost that grows with the files (each fsync rewriting every record),
-    # not a benchmark: 4-10 s here, 16.9 s once on a loaded machine
+    # not a benchmark: about 2 s here, 16.9 s once on a loaded machine
     assert elapsed < 60, elapsed
     power_cycle(disk)
     assert sum(len(os.listdir(os.path.join(root, s))) for s in os.listdir(root)) == 1000
