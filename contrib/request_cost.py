@@ -79,7 +79,7 @@ def serve(mountpoint, request_wait=False):
         async def write(self, fh, off, buf):
             return len(buf)
 
-    from cosfs.fuse.loop import RequestWait, fuse_fds
+    from cosfs.fuse import loop
 
     async def run(wait):
         if wait is not None:
@@ -87,11 +87,9 @@ def serve(mountpoint, request_wait=False):
         await pyfuse3.main()
 
     options = set(pyfuse3.default_options) | {"fsname=empty", "default_permissions"}
-    devices = fuse_fds()
-    pyfuse3.init(Empty(), mountpoint, options)
-    devices = fuse_fds() - devices
+    wait = loop.init(Empty(), mountpoint, options)  # pyfuse3.init
     try:
-        trio.run(run, RequestWait(devices.pop()) if request_wait else None)
+        trio.run(run, wait if request_wait else None)
     finally:
         pyfuse3.close()
 

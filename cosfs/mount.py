@@ -940,7 +940,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
     """
     import pyfuse3
 
-    from .fuse.loop import RequestWait, fuse_fds
+    from .fuse import loop
 
     mountpoint = os.fspath(config.mountpoint)
     if not os.path.isdir(mountpoint):
@@ -978,16 +978,10 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         options |= set(kernel_options)
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
-        devices = fuse_fds()
         try:
-            pyfuse3.init(ops, mountpoint, options)
+            request_wait = loop.init(ops, mountpoint, options)  # pyfuse3.init
         except RuntimeError as exc:
             raise CosfsError("cannot mount at %s: %s" % (mountpoint, exc)) from None
-        devices = fuse_fds() - devices
-        request_wait = RequestWait(devices.pop()) if len(devices) == 1 else None
-        if request_wait is None:
-            log.info("cannot tell the FUSE device among %s: pyfuse3's own request loop "
-                     "is used", sorted(devices))
         log.warning("cosfs mounted %s at %s (pid %d)", config.store, mountpoint, os.getpid())
         root = logging.getLogger()
         root.addHandler(status.errors)

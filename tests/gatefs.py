@@ -32,7 +32,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from cosfs.fuse.loop import RequestWait, fuse_fds  # noqa: E402
+from cosfs.fuse import loop  # noqa: E402
 
 FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5, b"held": 6, b"yield": 7}
 
@@ -110,10 +110,7 @@ async def serve(fs, wait):
 
 def main():
     fs = GateFs()
-    before = fuse_fds()
-    pyfuse3.init(fs, sys.argv[1], set(pyfuse3.default_options) | {"fsname=gatefs"})
-    new = fuse_fds() - before
-    wait = fs.wait = RequestWait(new.pop()) if len(new) == 1 else None
+    wait = fs.wait = loop.init(fs, sys.argv[1], set(pyfuse3.default_options) | {"fsname=gatefs"})
     try:
         trio.run(serve, fs, wait)
     finally:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 KEEP = 4
 
 
-def fuse_fds():
+def _fuse_fds():
     """The descriptors of this process open on ``/dev/fuse``."""
     found = set()
     for name in os.listdir("/proc/self/fd"):
@@ -59,6 +59,20 @@ def fuse_fds():
         except OSError:  # closed meanwhile (the listing's own descriptor)
             pass
     return found
+
+
+def init(*args):
+    """``pyfuse3.init(*args)``; returns a :class:`RequestWait` for the device it opened, or
+    None (logged) if that descriptor cannot be told among others. Raises what
+    ``pyfuse3.init`` raises."""
+    before = _fuse_fds()
+    pyfuse3.init(*args)
+    opened = _fuse_fds() - before
+    if len(opened) != 1:
+        log.info("cannot tell the FUSE device among %s: pyfuse3's own request loop is used",
+                 sorted(opened))
+        return None
+    return RequestWait(opened.pop())
 
 
 class _Watch(trio.abc.Instrument):
