@@ -11,7 +11,8 @@ all on one disk, in one run:
   no data kept): what any daemon built on pyfuse3 and trio pays;
 * ``pyfuse3-rw``  the same file system with cosfs's wait for the next request
   (``cosfs.fuse.loop.RequestWait``, which saves pyfuse3's hand-over between
-  two tasks per request): the floor cosfs cannot go below;
+  two tasks per request, and polls briefly before it sleeps): the floor cosfs
+  cannot go below;
 * ``gocryptfs``  an encrypted Go file system (go-fuse), the benchmark's peer;
 * ``cosfs-aes``  a cosfs mount, one file in a bucket with AES256 default
   encryption.

@@ -42,14 +42,16 @@ MAX_CHUNK_SIZE = 64 * MiB
 CHUNK_ALIGN = 64 * KiB
 DEFAULT_CACHE_SIZE = 256 * MiB
 DEFAULT_WRITE_BUFFER = 256 * MiB
+DEFAULT_REQUEST_POLL_US = 50
+MAX_REQUEST_POLL_US = 1000
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_ENCRYPTIONS = ("AES256", "SM4")
 
 TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
-    "allow_other", "writeback_cache", "fsync_on_close", "api", "origin", "inventory",
-    "stores", "console", "snapshots",
+    "allow_other", "writeback_cache", "fsync_on_close", "request_poll_us", "api", "origin",
+    "inventory", "stores", "console", "snapshots",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
 BUCKET_KEYS = ("name", "region", "encryption")
@@ -213,6 +215,8 @@ class Config:
     allow_other: bool = False
     writeback_cache: bool = False
     fsync_on_close: bool = False
+    #: longest busy poll for the next FUSE request before the daemon sleeps (0: none)
+    request_poll_us: int = DEFAULT_REQUEST_POLL_US
     api: ApiConfig = ApiConfig()
     origin: OriginSettings = OriginSettings()
     inventory: InventorySettings = InventorySettings()
@@ -641,6 +645,7 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         allow_other=_flag(ctx, data, ("allow_other",)),
         writeback_cache=_flag(ctx, data, ("writeback_cache",)),
         fsync_on_close=_flag(ctx, data, ("fsync_on_close",)),
+        request_poll_us=_request_poll(ctx, data),
         api=api,
         origin=origin,
         inventory=inventory,
@@ -774,6 +779,15 @@ def _section(ctx, data, name, keys, what):
     if not isinstance(value, dict):
         ctx.fail((name,), f"expected a mapping of {what}, found {_describe(value)}")
     _check_keys(ctx, value, keys, (name,))
+    return value
+
+
+def _request_poll(ctx, data):
+    value = data.get("request_poll_us", DEFAULT_REQUEST_POLL_US)
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 <= value <= MAX_REQUEST_POLL_US:
+        ctx.fail(("request_poll_us",), f"expected a whole number of microseconds from 0 to "
+                                       f"{MAX_REQUEST_POLL_US}, found {_describe(value)}")
     return value
 
 

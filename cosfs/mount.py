@@ -613,7 +613,8 @@ class DaemonStatus:
             "uptime_seconds": int(time.monotonic() - self._started_mono),
             "options": {"allow_other": self.config.allow_other,
                         "writeback_cache": self.config.writeback_cache,
-                        "fsync_on_close": self.config.fsync_on_close},
+                        "fsync_on_close": self.config.fsync_on_close,
+                        "request_poll_us": self.config.request_poll_us},
             "buckets": buckets,
             "buckets_total": len(rows),
             "replication": (self.fs.replication.status()
@@ -979,7 +980,8 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         if config.allow_other:
             options |= {"allow_other", "default_permissions"}
         try:
-            request_wait = loop.init(ops, mountpoint, options)  # pyfuse3.init
+            request_wait = loop.init(ops, mountpoint, options,  # pyfuse3.init
+                                     poll_limit=config.request_poll_us * 1e-6)
         except RuntimeError as exc:
             raise CosfsError("cannot mount at %s: %s" % (mountpoint, exc)) from None
         log.warning("cosfs mounted %s at %s (pid %d)", config.store, mountpoint, os.getpid())

@@ -1,6 +1,6 @@
 """gatefs: a FUSE file system whose handlers block, served through cosfs's request wait.
 
-    python tests/gatefs.py MOUNTPOINT
+    python tests/gatefs.py MOUNTPOINT [POLL_US]
 
 It runs pyfuse3's request loop with :class:`cosfs.fuse.loop.RequestWait`, as the cosfs
 daemon does, and prints ``installed`` (or ``stock``) once mounted. Its root holds:
@@ -14,7 +14,10 @@ daemon does, and prints ``installed`` (or ``stock``) once mounted. Its root hold
 - ``brief``: the same with a twentieth of a second;
 - ``yield``: a read lets other tasks run (with some ready to run) and answers ``yield``;
 - ``used``: a read answers how many tasks have read a request so far
-  (:attr:`RequestWait.tasks_used`).
+  (:attr:`RequestWait.tasks_used`);
+- ``poll``: a read answers the window of the poll before sleeping in microseconds
+  (:attr:`RequestWait.poll_window`; ``-1`` while it does not poll), whose limit is
+  ``POLL_US`` (default :data:`cosfs.fuse.loop.POLL_MAX`).
 
 SIGTERM ends it through ``pyfuse3.terminate()`` (:meth:`RequestWait.terminate` while
 installed); ``fusermount3 -u`` by the end of the device.
@@ -34,7 +37,8 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cosfs.fuse import loop  # noqa: E402
 
-FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5, b"held": 6, b"yield": 7}
+FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5, b"held": 6, b"yield": 7,
+         b"poll": 8}
 
 
 class GateFs(pyfuse3.Operations):
@@ -82,6 +86,9 @@ class GateFs(pyfuse3.Operations):
             return b"yield"
         if fh == FILES[b"used"]:
             return b"%4d" % self.wait.tasks_used
+        if fh == FILES[b"poll"]:
+            window = self.wait.poll_window
+            return b"%4d" % (-1 if window is None else round(window * 1e6))
         if fh == FILES[b"brief"]:
             await trio.to_thread.run_sync(time.sleep, 0.05)
             return b"brief"
@@ -110,7 +117,9 @@ async def serve(fs, wait):
 
 def main():
     fs = GateFs()
-    wait = fs.wait = loop.init(fs, sys.argv[1], set(pyfuse3.default_options) | {"fsname=gatefs"})
+    limit = float(sys.argv[2]) * 1e-6 if len(sys.argv) > 2 else loop.POLL_MAX
+    wait = fs.wait = loop.init(fs, sys.argv[1], set(pyfuse3.default_options) | {"fsname=gatefs"},
+                               poll_limit=limit)
     try:
         trio.run(serve, fs, wait)
     finally:

@@ -70,6 +70,7 @@ def test_minimal_file_defaults(tmp_path):
     assert cfg.write_buffer == 256 * MiB
     assert cfg.log_file is None and cfg.log_level == "warning"
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (False, False, False)
+    assert cfg.request_poll_us == 50
 
 
 def test_relative_paths_follow_the_file_not_the_cwd(tmp_path, monkeypatch):
@@ -119,6 +120,7 @@ def test_all_keys(tmp_path):
         allow_other: yes
         writeback_cache: on
         fsync_on_close: true
+        request_poll_us: 0
     """))
     assert cfg.mountpoint == Path("/mnt/cos")
     assert cfg.appid == "1250000000"
@@ -132,6 +134,7 @@ def test_all_keys(tmp_path):
     assert cfg.log_file == Path(os.path.expanduser("~/cosfs.log"))
     assert cfg.log_level == "debug"
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (True, True, True)
+    assert cfg.request_poll_us == 0
 
 
 def test_region_defaults_to_first_of_regions(tmp_path):
@@ -327,6 +330,15 @@ def test_bad_log_level(tmp_path):
 )
 def test_bad_sizes(tmp_path, line, expected):
     assert load_error(tmp_path, MINIMAL + line + "\n").startswith(expected)
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "true", "50us", "2.5"])
+def test_bad_request_poll(tmp_path, value):
+    assert load_error(tmp_path, MINIMAL + "request_poll_us: %s\n" % value) == (
+        "F:4: request_poll_us: expected a whole number of microseconds from 0 to 1000, found "
+        + {"-1": "the number -1", "1001": "the number 1001",
+           "true": "the boolean true (YAML reads yes/no/on/off as booleans)",
+           "50us": "the text '50us'", "2.5": "the number 2.5"}[value])
 
 
 def test_chunk_size_bounds_accepted(tmp_path):

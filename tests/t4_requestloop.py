@@ -4,7 +4,9 @@ The task that answered a request waits for the next one itself; another task tak
 only when a handler blocks. These tests block handlers in the ways that matter: on an
 event that only a later request sets (without a takeover it would never come), and on
 worker threads while other requests keep coming. And they end the loop both ways, by
-SIGTERM and by an unmount, with tasks parked.
+SIGTERM and by an unmount, with tasks parked. And the poll before the daemon sleeps
+follows the gaps between requests: it shrinks to nothing while they come seldom and grows
+back while they come one after another.
 """
 
 import os
@@ -17,7 +19,7 @@ import pytest
 
 from conftest import needs_fuse
 
-from cosfs.fuse.loop import KEEP
+from cosfs.fuse.loop import KEEP, POLL_MAX, POLL_MIN
 
 pytestmark = [needs_fuse, pytest.mark.timeout(60)]
 
@@ -25,11 +27,13 @@ GATEFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gatefs.py")
 
 
 @pytest.fixture
-def gatefs(tmp_path):
-    """(mount point, process) of a running gatefs; unmounted and killed afterwards."""
+def gatefs(tmp_path, request):
+    """(mount point, process) of a running gatefs (its arguments after the mount point
+    from the test's parameter, if any); unmounted and killed afterwards."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, GATEFS, str(mnt)], stdout=subprocess.PIPE,
+    args = [str(a) for a in getattr(request, "param", ())]
+    proc = subprocess.Popen([sys.executable, GATEFS, str(mnt)] + args, stdout=subprocess.PIPE,
                             text=True)
     try:
         line = _line_within(proc, 15)
@@ -149,3 +153,42 @@ def test_the_loop_ends_with_tasks_parked(gatefs, end):
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True, timeout=30)
     assert proc.wait(timeout=15) == 0
     assert not os.path.ismount(mnt)
+
+
+def _poll_us(mnt):
+    return int(_read(mnt / "poll"))
+
+
+@pytest.mark.parametrize("gatefs", [(1000,)], indirect=True)
+def test_the_poll_follows_the_gaps_between_requests(gatefs):
+    mnt, _ = gatefs
+    _all_tasks_started(mnt)
+    # a request every 20 ms: each sleep of the daemon is longer than the limit (1 ms), so
+    # each halves the window, down to nothing
+    for _ in range(15):
+        time.sleep(0.02)
+        os.stat(mnt)
+    time.sleep(0.02)
+    # (reading the window takes a LOOKUP, an OPEN and a READ in quick succession: short
+    # gaps, so it may have grown again from nothing, to POLL_MIN and twice that)
+    assert _poll_us(mnt) <= 2 * POLL_MIN * 1e6
+    # requests one after another: each short sleep doubles it, until the poll catches the
+    # next request (the gaps here are some tens of microseconds); a long gap on a loaded
+    # machine halves it once
+    for _ in range(300):
+        os.stat(mnt)
+    assert _poll_us(mnt) >= 4 * POLL_MIN * 1e6
+
+
+@pytest.mark.parametrize("gatefs", [(0,)], indirect=True)
+def test_no_poll_with_a_limit_of_0(gatefs):
+    mnt, _ = gatefs
+    _all_tasks_started(mnt)
+    assert _poll_us(mnt) == -1
+    _read(mnt / "brief")  # a handler waiting for a thread still gets its result
+
+
+def test_the_default_poll_is_on_and_bounded(gatefs):
+    mnt, _ = gatefs
+    _all_tasks_started(mnt)
+    assert 0 <= _poll_us(mnt) <= round(POLL_MAX * 1e6)

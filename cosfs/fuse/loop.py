@@ -33,12 +33,17 @@ Contracts:
   ends the loop: the waiting task, the parked ones and those answering a request all
   leave it. After an
   unmount, the device reads as ended and each task leaves the loop in turn.
+* Before the trio thread sleeps, with no request being answered, it polls for up to
+  ``poll_limit`` for anything trio waits for (:class:`_Poll`): the next request of a
+  program that sends one at a time then costs no wake-up of a sleeping thread.
 * Installed only on a pyfuse3 whose loop calls ``_wait_fuse_readable``; on any other
   version :meth:`RequestWait.install` returns False and pyfuse3's own wait stays.
 """
 
 import logging
 import os
+import select
+import time
 
 import pyfuse3
 import trio
@@ -47,6 +52,21 @@ log = logging.getLogger(__name__)
 
 #: Parked tasks that have read requests (each with its buffer) kept for later takeovers.
 KEEP = 4
+
+#: Longest poll before the trio thread sleeps, in seconds (see :class:`_Poll`).
+POLL_MAX = 50e-6
+#: Shortest poll worth making; a poll window that shrinks below it becomes 0.
+POLL_MIN = 5e-6
+
+
+def _trio_epoll():
+    """The epoll descriptor of the running trio loop, or None (another backend, or a trio
+    whose internals differ). Readable exactly when trio's next wait would not sleep."""
+    try:
+        from trio._core import _run
+        return _run.GLOBAL_RUN_CONTEXT.runner.io_manager._epoll.fileno()
+    except Exception:  # any change of trio's internals only costs the poll
+        return None
 
 
 def _fuse_fds():
@@ -61,8 +81,9 @@ def _fuse_fds():
     return found
 
 
-def init(*args):
-    """``pyfuse3.init(*args)``; returns a :class:`RequestWait` for the device it opened, or
+def init(*args, poll_limit=POLL_MAX):
+    """``pyfuse3.init(*args)``; returns a :class:`RequestWait` for the device it opened
+    (polling for up to ``poll_limit`` seconds before sleeping, see :class:`_Poll`), or
     None (logged) if that descriptor cannot be told among others. Raises what
     ``pyfuse3.init`` raises."""
     before = _fuse_fds()
@@ -72,32 +93,95 @@ def init(*args):
         log.info("cannot tell the FUSE device among %s: pyfuse3's own request loop is used",
                  sorted(opened))
         return None
-    return RequestWait(opened.pop())
+    return RequestWait(opened.pop(), poll_limit)
+
+
+class _Poll:
+    """A short busy poll before the trio thread sleeps, sized like the kernel's halt
+    polling of idle virtual CPUs.
+
+    A program that sends one request at a time sends the next a few microseconds after
+    the reply. If the daemon has gone to sleep by then, waking it costs more than the
+    request (measured on a virtual machine: 70-80 µs per request of an empty file
+    system against 30-37 µs with the poll). So before sleeping, the trio thread polls
+    trio's epoll descriptor (readable when any descriptor or worker-thread result trio
+    waits for is there) for up to ``window`` seconds. The window adapts: it grows
+    (doubling, from :data:`POLL_MIN`, up to ``limit``) when the thread slept and was
+    woken within ``limit`` of going idle, so a longer poll would have saved the sleep;
+    it shrinks (halving, to 0 below :data:`POLL_MIN`) when the thread slept longer than
+    ``limit``, so the poll was spent for nothing. The CPU spent polling is at most
+    ``limit`` per wait; ``limit`` 0 turns polling off.
+    """
+
+    def __init__(self, fd, limit):
+        self.limit = limit
+        self.window = limit
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+        self._idle_since = None  # when the thread went idle, if it went to sleep
+
+    def before_sleep(self, timeout):
+        """Poll for up to the window (and at most ``timeout``); returns at once if trio
+        has something to do."""
+        start = now = time.perf_counter()
+        if self.window:
+            end = start + min(self.window, timeout)
+            poll = self._poll.poll
+            while True:
+                if poll(0):
+                    return
+                now = time.perf_counter()
+                if now >= end:
+                    break
+        self._idle_since = start
+
+    def after_sleep(self):
+        """Adapt the window to how long the thread was idle."""
+        if self._idle_since is None:
+            return
+        idle = time.perf_counter() - self._idle_since
+        self._idle_since = None
+        if idle > self.limit:
+            self.window = self.window / 2 if self.window >= 2 * POLL_MIN else 0
+        elif self.window < self.limit:
+            self.window = min(self.limit, max(2 * self.window, POLL_MIN))
 
 
 class _Watch(trio.abc.Instrument):
-    """Calls :meth:`RequestWait._idle` each time trio's scheduler checks for I/O."""
+    """Calls :meth:`RequestWait._idle` each time trio's scheduler checks for I/O, and
+    polls before it sleeps (if ``poll``, a :class:`_Poll`)."""
 
-    def __init__(self, owner):
+    def __init__(self, owner, poll=None):
         self.owner = owner
+        self.poll = poll
 
     def before_io_wait(self, timeout):
         try:
             self.owner._idle(timeout)
+            # poll only while no request is being answered: a handler that waits for a
+            # worker thread would only have it slowed down by a poll that holds the GIL
+            if timeout and self.poll is not None and not self.owner._answering:
+                self.poll.before_sleep(timeout)
         except Exception:  # trio would drop the instrument, and with it every takeover
             log.exception("request loop: the takeover check failed")
+
+    def after_io_wait(self, timeout):
+        if self.poll is not None:
+            self.poll.after_sleep()
 
 
 class RequestWait:
     """The wait of pyfuse3's request loop for the FUSE device ``fd`` (see the module)."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, poll_limit=POLL_MAX):
         self.fd = fd
+        self.poll_limit = poll_limit  # longest poll before sleeping (see _Poll), seconds
         self._waiting = False     # a task is in wait_readable(fd)
         self._closed = False      # terminate() was called or the device was closed
         self._handover = False    # a task is being woken to take over the waiting
         self._parked = []         # parked tasks; the next to wake last
         self._served = set()      # tasks that have read a request (and have a buffer)
+        self._answering = set()   # tasks answering the request they read
         self._token = None
         self._watch = _Watch(self)
         self._original = None     # pyfuse3's (wait, terminate) while installed
@@ -111,6 +195,11 @@ class RequestWait:
                      getattr(pyfuse3, "__version__", "?"))
             return False
         self._token = trio.lowlevel.current_trio_token()
+        epoll = _trio_epoll() if self.poll_limit else None
+        self._watch.poll = _Poll(epoll, self.poll_limit) if epoll is not None else None
+        if self.poll_limit and epoll is None:
+            log.info("trio %s: no epoll descriptor found, the request loop does not poll",
+                     trio.__version__)
         trio.lowlevel.add_instrument(self._watch)
         self._original = (wait, pyfuse3.terminate)
         pyfuse3._wait_fuse_readable = self.wait
@@ -124,10 +213,18 @@ class RequestWait:
         pyfuse3._wait_fuse_readable, pyfuse3.terminate = self._original
         self._original = None
         self._served.clear()
+        self._answering.clear()
         try:
             trio.lowlevel.remove_instrument(self._watch)
         except KeyError:
             pass
+
+    @property
+    def poll_window(self):
+        """The poll's current window in seconds (see :class:`_Poll`), or None while it
+        does not poll (not installed, ``poll_limit`` 0, or no epoll descriptor found)."""
+        poll = self._watch.poll
+        return None if poll is None or self._original is None else poll.window
 
     @property
     def tasks_used(self):
@@ -143,6 +240,7 @@ class RequestWait:
     async def wait(self):
         """True once the device is readable for this task; False if it must leave the loop."""
         task = trio.lowlevel.current_task()
+        self._answering.discard(task)
         # a task that has not read a request yet (no buffer) lets the others go first
         fresh = task not in self._served
         while not self._closed:
@@ -164,6 +262,7 @@ class RequestWait:
             finally:
                 self._waiting = False
             self._served.add(task)
+            self._answering.add(task)
             return True
         self._served.discard(task)
         return False
