@@ -14,10 +14,11 @@ daemon does, and prints ``installed`` (or ``stock``) once mounted. Its root hold
 - ``brief``: the same with a twentieth of a second;
 - ``yield``: a read lets other tasks run (with some ready to run) and answers ``yield``;
 - ``used``: a read answers how many tasks have read a request so far
-  (:attr:`RequestWait.tasks_used`);
-- ``poll``: a read answers the window of the poll before sleeping in microseconds
-  (:attr:`RequestWait.poll_window`; ``-1`` while it does not poll), whose limit is
-  ``POLL_US`` (default :data:`cosfs.fuse.loop.POLL_MAX`).
+  (:attr:`RequestWait.tasks_used`).
+
+The root's size tells the window of the poll before sleeping in one request (a GETATTR):
+1 + the window in microseconds (:attr:`RequestWait.poll_window`), or 0 while it does not
+poll. Its limit is ``POLL_US`` (default :data:`cosfs.fuse.loop.POLL_MAX`).
 
 SIGTERM ends it through ``pyfuse3.terminate()`` (:meth:`RequestWait.terminate` while
 installed); ``fusermount3 -u`` by the end of the device.
@@ -37,8 +38,7 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cosfs.fuse import loop  # noqa: E402
 
-FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5, b"held": 6, b"yield": 7,
-         b"poll": 8}
+FILES = {b"gate": 2, b"slow": 3, b"used": 4, b"brief": 5, b"held": 6, b"yield": 7}
 
 
 class GateFs(pyfuse3.Operations):
@@ -55,6 +55,9 @@ class GateFs(pyfuse3.Operations):
             else (stat.S_IFREG | 0o644)
         e.st_nlink = 1
         e.st_size = 4
+        if inode == pyfuse3.ROOT_INODE:
+            window = self.wait.poll_window
+            e.st_size = 0 if window is None else 1 + round(window * 1e6)
         e.attr_timeout = e.entry_timeout = 0
         return e
 
@@ -86,9 +89,6 @@ class GateFs(pyfuse3.Operations):
             return b"yield"
         if fh == FILES[b"used"]:
             return b"%4d" % self.wait.tasks_used
-        if fh == FILES[b"poll"]:
-            window = self.wait.poll_window
-            return b"%4d" % (-1 if window is None else round(window * 1e6))
         if fh == FILES[b"brief"]:
             await trio.to_thread.run_sync(time.sleep, 0.05)
             return b"brief"

@@ -105,12 +105,13 @@ class _Poll:
     request (measured on a virtual machine: 70-80 µs per request of an empty file
     system against 30-37 µs with the poll). So before sleeping, the trio thread polls
     trio's epoll descriptor (readable when any descriptor or worker-thread result trio
-    waits for is there) for up to ``window`` seconds. The window adapts: it grows
-    (doubling, from :data:`POLL_MIN`, up to ``limit``) when the thread slept and was
-    woken within ``limit`` of going idle, so a longer poll would have saved the sleep;
-    it shrinks (halving, to 0 below :data:`POLL_MIN`) when the thread slept longer than
-    ``limit``, so the poll was spent for nothing. The CPU spent polling is at most
-    ``limit`` per wait; ``limit`` 0 turns polling off.
+    waits for is there) for up to ``window`` seconds. The window adapts to the thread's
+    idle time, from going idle to running again, which includes the wake-up it is meant
+    to save: it grows (doubling, from :data:`POLL_MIN`, up to ``limit``) when that is at
+    most twice ``limit``, so a longer poll would likely have saved the sleep; it shrinks
+    (halving, to 0 below :data:`POLL_MIN`) when it is longer, so the poll was spent for
+    nothing. The CPU spent polling is at most ``limit`` per wait; a deadline trio waits
+    for can fire up to ``limit`` late; ``limit`` 0 turns polling off.
     """
 
     def __init__(self, fd, limit):
@@ -141,33 +142,49 @@ class _Poll:
             return
         idle = time.perf_counter() - self._idle_since
         self._idle_since = None
-        if idle > self.limit:
+        if idle > 2 * self.limit:
             self.window = self.window / 2 if self.window >= 2 * POLL_MIN else 0
         elif self.window < self.limit:
             self.window = min(self.limit, max(2 * self.window, POLL_MIN))
 
 
 class _Watch(trio.abc.Instrument):
-    """Calls :meth:`RequestWait._idle` each time trio's scheduler checks for I/O, and
-    polls before it sleeps (if ``poll``, a :class:`_Poll`)."""
+    """Calls :meth:`RequestWait._idle` each time trio's scheduler checks for I/O."""
 
-    def __init__(self, owner, poll=None):
+    poll = None
+
+    def __init__(self, owner):
         self.owner = owner
-        self.poll = poll
 
     def before_io_wait(self, timeout):
         try:
             self.owner._idle(timeout)
-            # poll only while no request is being answered: a handler that waits for a
-            # worker thread would only have it slowed down by a poll that holds the GIL
-            if timeout and self.poll is not None and not self.owner._answering:
-                self.poll.before_sleep(timeout)
         except Exception:  # trio would drop the instrument, and with it every takeover
             log.exception("request loop: the takeover check failed")
 
+
+class _PollingWatch(_Watch):
+    """A :class:`_Watch` that also polls (``poll``, a :class:`_Poll`) before trio sleeps."""
+
+    def __init__(self, owner, poll):
+        super().__init__(owner)
+        self.poll = poll
+
+    def before_io_wait(self, timeout):
+        super().before_io_wait(timeout)
+        # poll only while no request is being answered: a handler that waits for a
+        # worker thread would only have it slowed down by a poll that holds the GIL
+        if timeout and not self.owner._answering:
+            try:
+                self.poll.before_sleep(timeout)
+            except Exception:
+                log.exception("request loop: the poll failed")
+
     def after_io_wait(self, timeout):
-        if self.poll is not None:
+        try:
             self.poll.after_sleep()
+        except Exception:
+            log.exception("request loop: the poll failed")
 
 
 class RequestWait:
@@ -196,7 +213,8 @@ class RequestWait:
             return False
         self._token = trio.lowlevel.current_trio_token()
         epoll = _trio_epoll() if self.poll_limit else None
-        self._watch.poll = _Poll(epoll, self.poll_limit) if epoll is not None else None
+        self._watch = (_PollingWatch(self, _Poll(epoll, self.poll_limit))
+                       if epoll is not None else _Watch(self))
         if self.poll_limit and epoll is None:
             log.info("trio %s: no epoll descriptor found, the request loop does not poll",
                      trio.__version__)
