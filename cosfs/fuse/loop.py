@@ -124,15 +124,14 @@ class _Poll:
     def before_sleep(self, timeout):
         """Poll for up to the window (and at most ``timeout``); returns at once if trio
         has something to do."""
-        start = now = time.perf_counter()
+        start = time.perf_counter()
         if self.window:
             end = start + min(self.window, timeout)
             poll = self._poll.poll
             while True:
                 if poll(0):
                     return
-                now = time.perf_counter()
-                if now >= end:
+                if time.perf_counter() >= end:
                     break
         self._idle_since = start
 
