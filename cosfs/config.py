@@ -50,7 +50,8 @@ CONFIG_ENCRYPTIONS = ("AES256", "SM4")
 TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
-    "allow_other", "writeback_cache", "fsync_on_close", "request_poll_us", "api", "origin",
+    "allow_other", "default_permissions", "writeback_cache", "fsync_on_close",
+    "request_poll_us", "api", "origin",
     "inventory", "stores", "console", "snapshots",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
@@ -213,6 +214,8 @@ class Config:
     log_file: "Path | None" = None
     log_level: str = "warning"
     allow_other: bool = False
+    #: the kernel checks permissions even where only root can reach the mount
+    default_permissions: bool = False
     writeback_cache: bool = False
     fsync_on_close: bool = False
     #: longest busy poll for the next FUSE request before the daemon sleeps (0: none)
@@ -643,6 +646,7 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         log_file=log_file,
         log_level=log_level.lower(),
         allow_other=_flag(ctx, data, ("allow_other",)),
+        default_permissions=_flag(ctx, data, ("default_permissions",)),
         writeback_cache=_flag(ctx, data, ("writeback_cache",)),
         fsync_on_close=_flag(ctx, data, ("fsync_on_close",)),
         request_poll_us=_request_poll(ctx, data),

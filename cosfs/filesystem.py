@@ -497,6 +497,29 @@ class FileSystem(XattrOps):
     async def getattr(self, ino, ctx=None) -> Inode:
         return self.attr(ino)
 
+    def access(self, ino, mode, uid, gid, groups=()) -> bool:
+        """``access(2)``: may a caller of ``uid``, ``gid`` and supplementary ``groups``
+        do ``mode`` (``os.R_OK | os.W_OK | os.X_OK``, 0 for existence) on ``ino``?
+
+        The kernel's rules: root may read and write anything and search any directory,
+        and may execute anything else only if some execute bit is set; others get the
+        owner's bits if they own it, else the group's if it is their group or one of
+        their supplementary ones, else everyone's. FsError ENOENT if ``ino`` is gone.
+        Only asked when the kernel does not check permissions itself
+        (:func:`cosfs.mount.permission_options`).
+        """
+        inode = self.attr(ino)
+        want = mode & (os.R_OK | os.W_OK | os.X_OK)
+        if uid == 0:
+            return not want & os.X_OK or inode.is_dir or bool(inode.mode & 0o111)
+        if uid == inode.uid:
+            bits = inode.mode >> 6
+        elif inode.gid == gid or inode.gid in groups:
+            bits = inode.mode >> 3
+        else:
+            bits = inode.mode
+        return bits & want == want
+
     async def setattr(self, ino, *, mode=None, uid=None, gid=None, size=None, atime_ns=None,
                       mtime_ns=None, ctime_ns=None, ctx=None) -> Inode:
         """chmod/chown/utimens/truncate. Never changes an object's encryption.

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 #: ``-o`` options that set a configuration key (the value overrides the file's).
 CONFIG_OPTIONS = {
     "allow_other": "flag",
+    "default_permissions": "flag",
     "writeback_cache": "flag",
     "fsync_on_close": "flag",
     "log_file": "path",
@@ -49,13 +50,13 @@ _UNDO = {"rw": "ro", "exec": "noexec"}
 
 #: Options mount(8), systemd or mount.fuse3 pass that need nothing from cosfs: fstab
 #: bookkeeping (defaults, auto, noauto, _netdev, nofail, user...), defaults cosfs keeps
-#: anyway (async, default_permissions; rw and exec above), and flags whose secure default cosfs
+#: anyway (async; rw and exec above), and flags whose secure default cosfs
 #: always keeps (the mount is always nosuid and nodev). Access times are the catalog's.
 IGNORED_OPTIONS = frozenset((
     "defaults", "auto", "noauto", "_netdev", "nofail", "user", "nouser", "users", "owner",
     "group", "async", "dev", "nodev", "suid", "nosuid", "atime", "noatime",
     "relatime", "norelatime", "strictatime", "nostrictatime", "diratime", "nodiratime",
-    "lazytime", "nolazytime", "silent", "loud", "default_permissions",
+    "lazytime", "nolazytime", "silent", "loud",
 ))
 IGNORED_PREFIXES = ("x-", "X-", "comment=", "uhelper=", "helper=")
 

@@ -70,6 +70,7 @@ def test_minimal_file_defaults(tmp_path):
     assert cfg.write_buffer == 256 * MiB
     assert cfg.log_file is None and cfg.log_level == "warning"
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (False, False, False)
+    assert cfg.default_permissions is False
     assert cfg.request_poll_us == 50
 
 
@@ -118,6 +119,7 @@ def test_all_keys(tmp_path):
         log_file: ~/cosfs.log
         log_level: DEBUG
         allow_other: yes
+        default_permissions: true
         writeback_cache: on
         fsync_on_close: true
         request_poll_us: 0
@@ -134,6 +136,7 @@ def test_all_keys(tmp_path):
     assert cfg.log_file == Path(os.path.expanduser("~/cosfs.log"))
     assert cfg.log_level == "debug"
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (True, True, True)
+    assert cfg.default_permissions is True
     assert cfg.request_poll_us == 0
 
 

@@ -32,12 +32,15 @@ def test_later_option_wins():
     assert parse_mount_options(["rw,ro"]).kernel == ["ro"]
     assert parse_mount_options(["noexec,nosuid,nodev,user,exec"]).kernel == []
     assert parse_mount_options(["noexec,noexec"]).kernel == ["noexec"]
+    # the kernel's permission checks even where cosfs would leave them out
+    o = parse_mount_options(["default_permissions"])
+    assert o.config == {"default_permissions": True} and o.kernel == []
 
 
 @pytest.mark.parametrize("option", [
     "defaults", "rw", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner",
     "group", "dev", "nodev", "suid", "nosuid", "exec", "async", "noatime", "relatime",
-    "strictatime", "nodiratime", "lazytime", "default_permissions", "x-systemd.automount",
+    "strictatime", "nodiratime", "lazytime", "x-systemd.automount",
     "X-mount.mkdir", "comment=cosfs", "uhelper=cosfs"])
 def test_fstab_options_accepted_and_ignored(option):
     o = parse_mount_options([option])

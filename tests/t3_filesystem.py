@@ -1039,3 +1039,35 @@ async def test_sse_override_when_store_is_full(tmp_path):
         assert await fs.getxattr(ino, SSE_XATTR) == b"AES256"
         await env.drain_gc()
         assert env.blobs() == env.catalog.referenced_blobs()
+
+
+# -- access(2), asked only where the kernel leaves permission checks out ------------
+@trio_test
+async def test_access_follows_the_kernels_rules(tmp_path):
+    R, W, X = os.R_OK, os.W_OK, os.X_OK
+    async with fs_env(tmp_path) as env:
+        fs, b = env.fs, env.bucket(PLAIN)
+        f = await mkfile(fs, b, b"f")
+        await fs.setattr(f, mode=0o640, uid=1000, gid=2000)
+        d = (await fs.mkdir(b, b"d", 0o000, CTX)).id
+        script = await mkfile(fs, b, b"script")
+        await fs.setattr(script, mode=0o701, uid=1000, gid=2000)
+        # root: anything but executing what has no execute bit; any directory is searchable
+        assert fs.access(f, R | W, 0, 0) and fs.access(f, 0, 0, 0)
+        assert not fs.access(f, X, 0, 0) and fs.access(script, X, 0, 0)
+        assert fs.access(d, R | W | X, 0, 0)
+        # the owner's bits, else the group's (own or supplementary), else everyone's
+        assert fs.access(f, R | W, 1000, 5) and not fs.access(f, X, 1000, 5)
+        assert fs.access(f, R, 1001, 2000) and not fs.access(f, W, 1001, 2000)
+        assert fs.access(f, R, 1001, 5, {7, 2000}) and not fs.access(f, R, 1001, 5, {7})
+        assert fs.access(f, 0, 1001, 5) and not fs.access(d, X, 1001, 5)
+        assert fs.access(script, R | W | X, 1000, 5)
+        assert not fs.access(script, R, 1001, 2000) and fs.access(script, X, 1001, 5)
+        # a chmod of an open file counts at once, committed or not
+        fh = await fs.open(f, os.O_RDWR, CTX)
+        await fs.write(fh, 0, b"x")
+        await fs.setattr(f, mode=0o604)
+        assert fs.access(f, R, 1001, 5)
+        await fs.release(fh)
+        assert fs.access(f, R, 1001, 5) and not fs.access(f, R, 1001, 2000)
+        fails_sync(errno.ENOENT, fs.access, 999999, R, 0, 0)

@@ -253,3 +253,106 @@ def test_setid_bits(shared):
     m.restart()
     assert os.stat(os.path.join(d, "f")).st_gid == 4242
     assert stat.S_IMODE(os.stat(os.path.join(d, "sub")).st_mode) == 0o2755
+
+
+def mount_flags(mnt):
+    return [line.split()[3].split(",") for line in open("/proc/mounts")
+            if line.split()[1] == mnt][0]
+
+
+# Runs as root in a folder made by root_probe_tree: what root may do there.
+ROOT_PROBE = r"""
+import json, os, subprocess, sys
+base = sys.argv[1]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as exc:
+        out[name] = os.strerror(exc.errno)
+modes = {"F": os.F_OK, "R": os.R_OK, "W": os.W_OK, "X": os.X_OK,
+         "RWX": os.R_OK | os.W_OK | os.X_OK}
+for rel in ("x", "nx", "none", "ro", "d000", "d555", "d555/f", "sticky/f"):
+    p = os.path.join(base, rel)
+    out["access " + rel] = [k for k, m in modes.items() if os.access(p, m)]
+attempt("run x", lambda: subprocess.run([os.path.join(base, "x")], check=True))
+attempt("run nx", lambda: subprocess.run([os.path.join(base, "nx")], check=True))
+attempt("read none", lambda: open(os.path.join(base, "none"), "rb").read())
+attempt("write ro", lambda: open(os.path.join(base, "ro"), "r+b").write(b"#"))
+attempt("chdir d000", lambda: os.chdir(os.path.join(base, "d000")))
+os.chdir("/")
+attempt("create in d000", lambda: open(os.path.join(base, "d000", "new"), "xb").close())
+attempt("list d000", lambda: os.listdir(os.path.join(base, "d000")))
+attempt("unlink in d555", lambda: os.unlink(os.path.join(base, "d555", "f")))
+attempt("unlink another's in sticky", lambda: os.unlink(os.path.join(base, "sticky", "f")))
+attempt("chmod another's", lambda: os.chmod(os.path.join(base, "theirs"), 0o600))
+attempt("utime another's", lambda: os.utime(os.path.join(base, "theirs"), (1, 1)))
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def root_probe_tree(base):
+    make(os.path.join(base, "x"), b"#!/bin/sh\nexit 0\n", 0o700)
+    make(os.path.join(base, "nx"), b"#!/bin/sh\nexit 0\n", 0o666)
+    make(os.path.join(base, "none"), b"secret", 0o000)
+    make(os.path.join(base, "ro"), b"read only", 0o444)
+    make(os.path.join(base, "theirs"), b"not root's", 0o644)
+    os.chown(os.path.join(base, "theirs"), NOBODY, NOBODY)
+    os.mkdir(os.path.join(base, "d000"), 0o000)
+    os.mkdir(os.path.join(base, "d555"))
+    make(os.path.join(base, "d555", "f"), b"f", 0o644)
+    os.chmod(os.path.join(base, "d555"), 0o555)
+    os.mkdir(os.path.join(base, "sticky"))
+    os.chmod(os.path.join(base, "sticky"), 0o1777)
+    make(os.path.join(base, "sticky", "f"), b"f", 0o644)
+    os.chown(os.path.join(base, "sticky", "f"), NOBODY, NOBODY)
+
+
+def root_probe(base):
+    res = subprocess.run([sys.executable, "-c", ROOT_PROBE, base], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_root_only_mount_leaves_checks_to_root_rules(tmp_path):
+    """Mounted by root without allow_other, the kernel does not check mode bits itself
+    (no default_permissions: one GETATTR less per name created or removed); root's
+    access(2), exec, chdir, reads and writes come out as on a local disk.
+    ``default_permissions: true`` keeps the kernel's checks."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    root_probe_tree(str(ref))
+    expected = root_probe(str(ref))
+    assert expected["run nx"] == EACCES and expected["access nx"] == ["F", "R", "W"]
+    assert expected["access d000"] == ["F", "R", "W", "X", "RWX"]
+
+    m = Mount(write_config(str(tmp_path / "fs")))
+    m.start()
+    try:
+        assert "default_permissions" not in mount_flags(m.mnt)
+        root_probe_tree(m.plain)
+        assert root_probe(m.plain) == expected
+        status = json.loads(os.getxattr(m.mnt, "user.cos.status"))
+        assert status["options"]["default_permissions"] is False
+        m.stop()
+        bad = m.unexpected_log_lines()
+        assert not bad, "\n".join(bad)
+    finally:
+        m.kill9()
+    with open(m.config, "a") as f:
+        f.write("default_permissions: true\n")
+    m.start()
+    try:
+        assert "default_permissions" in mount_flags(m.mnt)
+        assert root_probe(m.plain) == root_probe(str(ref))  # the same answers, by the kernel
+        status = json.loads(os.getxattr(m.mnt, "user.cos.status"))
+        assert status["options"]["default_permissions"] is True
+        m.stop()
+    finally:
+        m.kill9()
+
+
+def test_shared_mount_has_kernel_checks(shared):
+    assert "default_permissions" in mount_flags(shared.mnt)

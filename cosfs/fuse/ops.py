@@ -158,6 +158,13 @@ class Operations(pyfuse3.Operations):
         return self.entry(await self.fs.getattr(inode))
 
     @_translate
+    async def access(self, inode, mode, ctx):
+        # asked only without default_permissions, where every caller is root (see
+        # cosfs.mount.permission_options); the groups of anyone else, to be exact
+        groups = () if ctx.uid == 0 else pyfuse3.get_sup_groups(ctx.pid)
+        return self.fs.access(inode, mode, ctx.uid, ctx.gid, groups)
+
+    @_translate
     async def setattr(self, inode, attr, fields, fh, ctx):
         kw = {}
         if fields.update_mode:
