@@ -941,16 +941,18 @@ def permission_options(config, uid) -> set:
     mounting user is not root (the owner of a file is then subject to its bits too),
     and whenever the configuration asks for it (``default_permissions: true``).
 
-    A mount by root without ``allow_other`` admits only processes whose user and
-    group ids are all 0 (the kernel's rule for FUSE mounts). Those pass every mode-bit
-    check the kernel would make, except execute bits, which the kernel still checks
-    for regular files and the daemon answers for ``access(2)``
-    (:meth:`cosfs.filesystem.FileSystem.access`). Without the option the kernel does
-    not fetch a directory's attributes again after each name created or removed in
-    it before the next check: one request less per file for ``tar x``, ``rm -rf``
-    and the like. Only a uid-0 process stripped of ``CAP_DAC_OVERRIDE`` sees a
-    difference: it is treated as root (as gocryptfs and other single-user file
-    systems do).
+    A mount by root without ``allow_other`` admits only processes whose user ids are
+    all 0 and whose group ids are all the daemon's (the kernel's rule for FUSE mounts).
+    Those pass every mode-bit check the kernel would make, except execute bits, which
+    the kernel still checks for regular files and the daemon answers for ``access(2)``
+    (:meth:`cosfs.filesystem.FileSystem.access`); a request with another file-system
+    uid (the kernel's NFS or SMB server acting for a user) is refused
+    (:meth:`cosfs.fuse.ops.Operations._who`). Without the option the kernel does not
+    fetch a directory's attributes again after each name created or removed in it
+    before the next check: one request less per file for ``tar x``, ``rm -rf`` and
+    the like. Only uid-0 processes that root confined (capabilities dropped, or a
+    user namespace of their own) see a difference: they act as full root there (as
+    with gocryptfs and other single-user file systems).
     """
     if config.allow_other:
         return {"allow_other", "default_permissions"}
@@ -998,12 +1000,14 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         status = DaemonStatus(config, store, objects, fs, mountpoint)
         fs.daemon_info = {"pid": os.getpid(), "store": os.fspath(config.store),
                           "status": status.xattr}
+        permissions = permission_options(config, os.getuid())
         ops = _daemon_operations(fs, blksize=min(objects.chunk_size, 1 << 20),
-                                 writeback_cache=config.writeback_cache)
+                                 writeback_cache=config.writeback_cache,
+                                 root_only="default_permissions" not in permissions)
         options = set(pyfuse3.default_options) - {"default_permissions"}
         # reads never update access times (see README, Times): say so in the mount table
         options |= {"fsname=" + fsname, "subtype=cosfs", "noatime"}
-        options |= permission_options(config, os.getuid())
+        options |= permissions
         options |= set(kernel_options)
         try:
             request_wait = loop.init(ops, mountpoint, options,  # pyfuse3.init

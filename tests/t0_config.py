@@ -472,3 +472,17 @@ def test_only_config_imports_yaml():
     root = Path(config.__file__).parent
     users = [p.name for p in root.glob("*.py") if "import yaml" in p.read_text()]
     assert users == ["config.py"]
+
+
+@pytest.mark.parametrize("extra,uid,options", [
+    ("", 0, set()),                                   # root only: the kernel checks nothing
+    ("default_permissions: true\n", 0, {"default_permissions"}),
+    ("allow_other: true\n", 0, {"allow_other", "default_permissions"}),
+    ("", 1000, {"default_permissions"}),              # a user's mount: its owner is checked
+    ("allow_other: true\n", 1000, {"allow_other", "default_permissions"}),
+])
+def test_who_checks_permissions(tmp_path, extra, uid, options):
+    from cosfs.mount import permission_options
+    p = tmp_path / "c.yaml"
+    p.write_text(MINIMAL + extra)
+    assert permission_options(config.load(p), uid) == options

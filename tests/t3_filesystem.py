@@ -1063,6 +1063,11 @@ async def test_access_follows_the_kernels_rules(tmp_path):
         assert fs.access(f, 0, 1001, 5) and not fs.access(d, X, 1001, 5)
         assert fs.access(script, R | W | X, 1000, 5)
         assert not fs.access(script, R, 1001, 2000) and fs.access(script, X, 1001, 5)
+        # the owner gets the owner's bits even where the group's would allow more
+        await fs.setattr(script, mode=0o070)
+        assert not fs.access(script, R, 1000, 2000) and fs.access(script, R, 1001, 2000)
+        await fs.setattr(script, mode=0o001)  # root may execute what anyone may
+        assert fs.access(script, X, 0, 0) and not fs.access(script, X, 1000, 2000)
         # a chmod of an open file counts at once, committed or not
         fh = await fs.open(f, os.O_RDWR, CTX)
         await fs.write(fh, 0, b"x")
@@ -1071,3 +1076,38 @@ async def test_access_follows_the_kernels_rules(tmp_path):
         await fs.release(fh)
         assert fs.access(f, R, 1001, 5) and not fs.access(f, R, 1001, 2000)
         fails_sync(errno.ENOENT, fs.access, 999999, R, 0, 0)
+
+
+@trio_test
+async def test_root_only_adapter_refuses_other_file_system_uids(tmp_path, caplog):
+    """Without the kernel's checks the FUSE adapter lets only root act: a request with
+    another file-system uid (an NFS or SMB server acting for a user) is refused, and the
+    first refusal per uid is logged, naming the setting that serves such users."""
+    import types
+
+    import pyfuse3
+
+    from cosfs.fuse.ops import Operations
+    async with fs_env(tmp_path) as env:
+        b = env.bucket(PLAIN)
+        f = await mkfile(env.fs, b, b"f")
+
+        def ctx(uid):
+            return types.SimpleNamespace(uid=uid, gid=0, pid=os.getpid(), umask=0o022)
+        checked, root_only = Operations(env.fs), Operations(env.fs, root_only=True)
+        assert (await checked.getattr(f, ctx(1000))).st_ino == f
+        assert (await root_only.getattr(f, ctx(0))).st_ino == f
+        assert await root_only.access(f, os.R_OK, ctx(0))
+        caplog.set_level(logging.WARNING)
+        for call in (lambda: root_only.getattr(f, ctx(1000)),
+                     lambda: root_only.lookup(b, b"f", ctx(1000)),
+                     lambda: root_only.open(f, os.O_RDONLY, ctx(1000)),
+                     lambda: root_only.unlink(b, b"f", ctx(1001)),
+                     lambda: root_only.getxattr(f, b"user.x", ctx(1000))):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await call()
+            assert info.value.errno == errno.EACCES
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 2 and "uid 1000" in refusals[0], refusals
+        assert "default_permissions: true" in refusals[0]
+        assert exists(env, f)

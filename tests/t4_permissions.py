@@ -316,19 +316,64 @@ def root_probe(base):
     return json.loads(res.stdout)
 
 
-def test_root_only_mount_leaves_checks_to_root_rules(tmp_path):
+# Runs as root with file-system uid 65534 (the kernel's NFS server and ksmbd act for a
+# user this way): the errno of reading a 0644 and a 0600 file of root's, or "ok".
+AS_FSUID = r"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.setfsuid(65534)
+assert libc.setfsuid(-1) == 65534
+out = []
+for name in ("public", "secret"):
+    try:
+        open(os.path.join(sys.argv[1], name), "rb").read()
+        out.append("ok")
+    except OSError as exc:
+        out.append(os.strerror(exc.errno))
+print(json.dumps(out))
+"""
+
+
+def fsuid_probe(base):
+    make(os.path.join(base, "public"), b"for all", 0o644)
+    make(os.path.join(base, "secret"), b"root only", 0o600)
+    res = subprocess.run([sys.executable, "-c", AS_FSUID, base], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_root_only_mount_leaves_checks_to_root_rules():
     """Mounted by root without allow_other, the kernel does not check mode bits itself
     (no default_permissions: one GETATTR less per name created or removed); root's
-    access(2), exec, chdir, reads and writes come out as on a local disk.
-    ``default_permissions: true`` keeps the kernel's checks."""
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    root_probe_tree(str(ref))
-    expected = root_probe(str(ref))
+    access(2), exec, chdir, reads and writes come out as on a local disk, and a request
+    for another file-system uid is refused rather than left unchecked.
+    ``default_permissions: true`` brings the kernel's checks back."""
+    # a folder others may search (the pytest temp dir is 0700), for the fsuid probes
+    folder = tempfile.mkdtemp(prefix="cosfs-rootonly-")
+    os.chmod(folder, 0o755)
+    try:
+        root_only_mount(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def root_only_mount(folder):
+    def reference(name):
+        ref = os.path.join(folder, name)
+        os.mkdir(ref, 0o755)
+        root_probe_tree(ref)
+        return root_probe(ref)
+    expected = reference("local")
+    if expected["run x"] != "ok":
+        pytest.skip("cannot run programs from %s (noexec?)" % folder)
     assert expected["run nx"] == EACCES and expected["access nx"] == ["F", "R", "W"]
     assert expected["access d000"] == ["F", "R", "W", "X", "RWX"]
+    os.mkdir(os.path.join(folder, "local-fsuid"), 0o755)
+    # the kernel's checks, on a local disk
+    assert fsuid_probe(os.path.join(folder, "local-fsuid")) == ["ok", EACCES]
 
-    m = Mount(write_config(str(tmp_path / "fs")))
+    m = Mount(write_config(folder))
     m.start()
     try:
         assert "default_permissions" not in mount_flags(m.mnt)
@@ -336,7 +381,12 @@ def test_root_only_mount_leaves_checks_to_root_rules(tmp_path):
         assert root_probe(m.plain) == expected
         status = json.loads(os.getxattr(m.mnt, "user.cos.status"))
         assert status["options"]["default_permissions"] is False
+        os.mkdir(os.path.join(m.plain, "fsuid"))
+        assert fsuid_probe(os.path.join(m.plain, "fsuid")) == [EACCES, EACCES]
         m.stop()
+        log = m.log_text()
+        assert "request from file-system uid 65534 refused" in log
+        assert "default_permissions: true" in log
         bad = m.unexpected_log_lines()
         assert not bad, "\n".join(bad)
     finally:
@@ -346,7 +396,11 @@ def test_root_only_mount_leaves_checks_to_root_rules(tmp_path):
     m.start()
     try:
         assert "default_permissions" in mount_flags(m.mnt)
-        assert root_probe(m.plain) == root_probe(str(ref))  # the same answers, by the kernel
+        os.mkdir(os.path.join(m.plain, "again"))
+        root_probe_tree(os.path.join(m.plain, "again"))
+        assert root_probe(os.path.join(m.plain, "again")) == reference("local2")
+        os.mkdir(os.path.join(m.plain, "fsuid2"))
+        assert fsuid_probe(os.path.join(m.plain, "fsuid2")) == ["ok", EACCES]
         status = json.loads(os.getxattr(m.mnt, "user.cos.status"))
         assert status["options"]["default_permissions"] is True
         m.stop()

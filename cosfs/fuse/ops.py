@@ -81,10 +81,7 @@ async def _make_room(fs):
         return False
 
 
-def _ctx(ctx):
-    if ctx is None:
-        return Ctx()
-    return Ctx(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask)
+_ROOT = Ctx()
 
 
 class Operations(pyfuse3.Operations):
@@ -93,15 +90,38 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs, *, blksize=131072, writeback_cache=False):
+    def __init__(self, fs, *, blksize=131072, writeback_cache=False, root_only=False):
         super().__init__()
         self.fs = fs
         self.blksize = blksize
         self.enable_writeback_cache = writeback_cache
+        #: the kernel does not check permissions (no default_permissions): see _who
+        self.root_only = root_only
+        self._refused_uids = set()
         #: stores of segments that random reads come back to into the kernel's page
         #: cache; never with writeback_cache (see cosfs.fuse.pagefill)
         self.pages = PageFiller(fs.objects, pyfuse3.notify_store,
                                 page_size=resource.getpagesize(), enabled=not writeback_cache)
+
+    def _who(self, ctx):
+        """The caller of a request, as the core takes it.
+
+        On a ``root_only`` mount (cosfs.mount.permission_options) the kernel checks no
+        permissions, and only root may act: a request with another file-system uid (the
+        kernel's NFS or SMB server acting for a user) is refused with EACCES, since
+        nothing would check that user's rights. The first refusal per uid is logged.
+        """
+        if ctx is None:
+            return _ROOT
+        if ctx.uid and self.root_only:
+            if ctx.uid not in self._refused_uids and len(self._refused_uids) < 1000:
+                self._refused_uids.add(ctx.uid)
+                log.warning("request from file-system uid %d refused: a mount by root without "
+                            "allow_other checks no permissions; set default_permissions: true "
+                            "(or allow_other) to serve other users, e.g. through an NFS or "
+                            "SMB export", ctx.uid)
+            raise pyfuse3.FUSEError(errno.EACCES)
+        return Ctx(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask)
 
     def entry(self, inode):
         e = pyfuse3.EntryAttributes()
@@ -125,7 +145,7 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def lookup(self, parent_inode, name, ctx=None):
         try:
-            inode = await self.fs.lookup(parent_inode, name, _ctx(ctx))
+            inode = await self.fs.lookup(parent_inode, name, self._who(ctx))
         except FsError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -155,14 +175,14 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def getattr(self, inode, ctx=None):
+        self._who(ctx)
         return self.entry(await self.fs.getattr(inode))
 
     @_translate
     async def access(self, inode, mode, ctx):
-        # asked only without default_permissions, where every caller is root (see
-        # cosfs.mount.permission_options); the groups of anyone else, to be exact
-        groups = () if ctx.uid == 0 else pyfuse3.get_sup_groups(ctx.pid)
-        return self.fs.access(inode, mode, ctx.uid, ctx.gid, groups)
+        # asked only without default_permissions, where every caller is root (_who)
+        who = self._who(ctx)
+        return self.fs.access(inode, mode, who.uid, who.gid)
 
     @_translate
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -182,7 +202,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_ctime:
             kw["ctime_ns"] = attr.st_ctime_ns
         try:
-            return self.entry(await self.fs.setattr(inode, ctx=_ctx(ctx), **kw))
+            return self.entry(await self.fs.setattr(inode, ctx=self._who(ctx), **kw))
         finally:
             if fields.update_size:
                 # the kernel cuts its pages once answered: no page store may land after that
@@ -190,39 +210,43 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def readlink(self, inode, ctx):
+        self._who(ctx)
         return await self.fs.readlink(inode)
 
     @_translate
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self.entry(await self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
+        return self.entry(await self.fs.mknod(parent_inode, name, mode, rdev, self._who(ctx)))
 
     @_translate
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self.entry(await self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
+        return self.entry(await self.fs.mkdir(parent_inode, name, mode, self._who(ctx)))
 
     @_translate
     async def unlink(self, parent_inode, name, ctx):
+        self._who(ctx)
         await self.fs.unlink(parent_inode, name)
 
     @_translate
     async def rmdir(self, parent_inode, name, ctx):
+        self._who(ctx)
         await self.fs.rmdir(parent_inode, name)
 
     @_translate
     async def symlink(self, parent_inode, name, target, ctx):
-        return self.entry(await self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
+        return self.entry(await self.fs.symlink(parent_inode, name, target, self._who(ctx)))
 
     @_translate
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._who(ctx)
         await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @_translate
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        return self.entry(await self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
+        return self.entry(await self.fs.link(inode, new_parent_inode, new_name, self._who(ctx)))
 
     @_translate
     async def open(self, inode, flags, ctx):
-        fh = await self.fs.open(inode, flags, _ctx(ctx))
+        fh = await self.fs.open(inode, flags, self._who(ctx))
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             # opened, the object is no longer quiet: let page stores under way end before
             # the kernel may write pages (see cosfs.fuse.pagefill)
@@ -231,7 +255,7 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def create(self, parent_inode, name, mode, flags, ctx):
-        fh, inode = await self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
+        fh, inode = await self.fs.create(parent_inode, name, mode, flags, self._who(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.entry(inode)
 
     @_translate
@@ -263,6 +287,7 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def opendir(self, inode, ctx):
+        self._who(ctx)
         return await self.fs.opendir(inode)
 
     @_translate
@@ -283,6 +308,7 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def statfs(self, ctx):
+        self._who(ctx)
         info = await self.fs.statfs()
         s = pyfuse3.StatvfsData()
         for k, v in info.items():
@@ -291,6 +317,7 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def setxattr(self, inode, name, value, ctx):
+        self._who(ctx)
         if not name.startswith(b"user."):
             # the kernel asks for security.capability before every write: answer at once
             raise pyfuse3.FUSEError(errno.ENOTSUP)
@@ -298,6 +325,7 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def getxattr(self, inode, name, ctx):
+        self._who(ctx)
         if not name.startswith(b"user."):
             # the kernel asks for security.capability before every write: answer at once
             raise pyfuse3.FUSEError(errno.ENOTSUP)
@@ -305,10 +333,12 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def listxattr(self, inode, ctx):
+        self._who(ctx)
         return await self.fs.listxattr(inode)
 
     @_translate
     async def removexattr(self, inode, name, ctx):
+        self._who(ctx)
         if not name.startswith(b"user."):
             # the kernel asks for security.capability before every write: answer at once
             raise pyfuse3.FUSEError(errno.ENOTSUP)
