@@ -650,11 +650,12 @@ def _daemon_operations(fs, **kw):
     owner = os.getuid()
 
     class DaemonOperations(Operations):
-        async def getxattr(self, inode, name, ctx=None):
+        async def _getxattr(self, inode, name, ctx=None):
+            # (names outside the user namespace never get here)
             if inode == ROOT_INODE and name == STATUS_XATTR and ctx is not None and \
                     ctx.uid not in (0, owner):
                 raise pyfuse3.FUSEError(errno.EACCES)
-            return await super().getxattr(inode, name, ctx)
+            return await super()._getxattr(inode, name, ctx)
 
     return DaemonOperations(fs, **kw)
 

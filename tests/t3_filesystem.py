@@ -1111,3 +1111,38 @@ async def test_root_only_adapter_refuses_other_file_system_uids(tmp_path, caplog
         assert len(refusals) == 2 and "uid 1000" in refusals[0], refusals
         assert "default_permissions: true" in refusals[0]
         assert exists(env, f)
+
+
+@trio_test
+async def test_adapter_refuses_other_xattr_namespaces_first(tmp_path):
+    """Attributes outside the user namespace are refused (ENOTSUP) before anything else:
+    the kernel's ``security.capability`` lookup before every write(2) costs no caller
+    check, no core call and no timing; ``user.`` names take the full way."""
+    import types
+
+    import pyfuse3
+
+    from cosfs import metrics
+    from cosfs.fuse.ops import Operations
+    async with fs_env(tmp_path) as env:
+        b = env.bucket(PLAIN)
+        f = await mkfile(env.fs, b, b"f")
+        ops = Operations(env.fs, root_only=True)
+        nobody = types.SimpleNamespace(uid=1000, gid=0, pid=os.getpid(), umask=0o022)
+
+        def timed():
+            return metrics.REGISTRY.get_sample_value(
+                "cosfs_fuse_request_seconds_count", {"operation": "getxattr"}) or 0
+        before = timed()
+        for call in (lambda: ops.getxattr(f, b"security.capability", nobody),
+                     lambda: ops.getxattr(f, b"system.posix_acl_access", None),
+                     lambda: ops.setxattr(f, b"trusted.x", b"1", nobody),
+                     lambda: ops.removexattr(f, b"security.selinux", nobody)):
+            with pytest.raises(pyfuse3.FUSEError) as info:
+                await call()
+            assert info.value.errno == errno.ENOTSUP
+        assert timed() == before
+        await ops.setxattr(f, b"user.k", b"v", None)
+        assert await ops.getxattr(f, b"user.k", None) == b"v"
+        assert timed() == before + 1
+        await ops.removexattr(f, b"user.k", None)

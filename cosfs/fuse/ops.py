@@ -32,8 +32,10 @@ ATTR_TIMEOUT = 10.0
 ENTRY_TIMEOUT = 10.0
 
 
-def _translate(fn):
-    observe = metrics.fuse_timer(fn.__name__)
+def _translate(fn, operation=None):
+    """``fn`` with its errors translated and its time observed as ``operation`` (default:
+    its name)."""
+    observe = metrics.fuse_timer(operation or fn.__name__)
 
     @functools.wraps(fn)
     async def wrapper(*args, **kwargs):
@@ -315,20 +317,29 @@ class Operations(pyfuse3.Operations):
             setattr(s, k, v)
         return s
 
-    @_translate
+    # Only names in the user namespace are kept. The others are refused before anything
+    # else, untimed: the kernel asks for security.capability before every write(2) (a
+    # quarter of the requests of tar x, half of those of 4 KiB random writes), and
+    # the way through the translating wrapper cost that answer 10 µs of its 50 (measured
+    # with contrib/request_cost.py). No such attribute exists for anyone to learn of.
     async def setxattr(self, inode, name, value, ctx):
-        self._who(ctx)
         if not name.startswith(b"user."):
-            # the kernel asks for security.capability before every write: answer at once
             raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self._setxattr(inode, name, value, ctx)
+
+    @functools.partial(_translate, operation="setxattr")
+    async def _setxattr(self, inode, name, value, ctx):
+        self._who(ctx)
         await self.fs.setxattr(inode, name, value)
 
-    @_translate
-    async def getxattr(self, inode, name, ctx):
-        self._who(ctx)
+    async def getxattr(self, inode, name, ctx=None):
         if not name.startswith(b"user."):
-            # the kernel asks for security.capability before every write: answer at once
             raise pyfuse3.FUSEError(errno.ENOTSUP)
+        return await self._getxattr(inode, name, ctx)
+
+    @functools.partial(_translate, operation="getxattr")
+    async def _getxattr(self, inode, name, ctx=None):
+        self._who(ctx)
         return await self.fs.getxattr(inode, name)
 
     @_translate
@@ -336,10 +347,12 @@ class Operations(pyfuse3.Operations):
         self._who(ctx)
         return await self.fs.listxattr(inode)
 
-    @_translate
     async def removexattr(self, inode, name, ctx):
-        self._who(ctx)
         if not name.startswith(b"user."):
-            # the kernel asks for security.capability before every write: answer at once
             raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self._removexattr(inode, name, ctx)
+
+    @functools.partial(_translate, operation="removexattr")
+    async def _removexattr(self, inode, name, ctx):
+        self._who(ctx)
         await self.fs.removexattr(inode, name)
