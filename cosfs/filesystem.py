@@ -383,7 +383,10 @@ class FileSystem(XattrOps):
         return json.dumps(out, sort_keys=True).encode()
 
     # -- lookups --------------------------------------------------------------
-    async def lookup(self, parent, name, ctx=None) -> Inode:
+    async def lookup(self, parent, name, ctx=None, *, missing_ok=False) -> Optional[Inode]:
+        """The entry ``name`` of directory ``parent``, counted as a kernel reference.
+        No such name: FsError(ENOENT), or None with ``missing_ok`` (the FUSE adapter's
+        negative entries, asked before every file created: no exception on that path)."""
         if name == b".":
             inode = self.attr(parent)
         elif name == b"..":
@@ -402,6 +405,8 @@ class FileSystem(XattrOps):
                                       self.key_of(parent, key)):
                     ino = self.catalog.lookup(parent, key)
             if ino is None:
+                if missing_ok:
+                    return None
                 raise FsError(errno.ENOENT)
             inode = self.attr(ino)
         self.remember(inode.id)

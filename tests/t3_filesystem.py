@@ -1146,3 +1146,19 @@ async def test_adapter_refuses_other_xattr_namespaces_first(tmp_path):
         assert await ops.getxattr(f, b"user.k", None) == b"v"
         assert timed() == before + 1
         await ops.removexattr(f, b"user.k", None)
+
+
+@trio_test
+async def test_negative_lookup_raises_nothing_for_the_adapter(tmp_path):
+    """A name that does not exist: ENOENT for the core's callers, None for the FUSE
+    adapter (``missing_ok``), which answers the kernel a cached negative entry."""
+    from cosfs.fuse.ops import Operations
+    async with fs_env(tmp_path) as env:
+        b = env.bucket(PLAIN)
+        await mkfile(env.fs, b, b"there")
+        assert await env.fs.lookup(b, b"absent", missing_ok=True) is None
+        await fails(errno.ENOENT, env.fs.lookup(b, b"absent"))
+        assert (await env.fs.lookup(b, b"there", missing_ok=True)).size == 0
+        e = await Operations(env.fs).lookup(b, b"absent", None)
+        assert e.st_ino == 0 and e.entry_timeout > 0
+        await fails(errno.ENAMETOOLONG, env.fs.lookup(b, b"n" * 300, missing_ok=True))

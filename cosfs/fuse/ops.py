@@ -146,11 +146,8 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def lookup(self, parent_inode, name, ctx=None):
-        try:
-            inode = await self.fs.lookup(parent_inode, name, self._who(ctx))
-        except FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        inode = await self.fs.lookup(parent_inode, name, self._who(ctx), missing_ok=True)
+        if inode is None:
             # "no such name", cached by the kernel like a positive entry: names are
             # created through the kernel (which replaces the negative entry) or by the
             # other front-ends, which invalidate it (see cosfs.keyspace)
