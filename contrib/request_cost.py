@@ -30,11 +30,12 @@ Two loops run against one file of each (``--calls`` each, ``--rounds``
 times, medians): ``getxattr("security.capability")``, which the kernel sends
 as two GETXATTR requests that every daemon refuses at once, and a 4 KiB
 ``pwrite`` into the first 1 MiB, which the kernel sends as a GETXATTR (the
-capability check before every write) and a WRITE. Reported per request:
-the caller's wall time and the daemon's CPU time (user + system, all
-threads, from ``/proc/PID/stat``). The request counts are the kernel's
-(tracepoint ``fuse:fuse_request_send``; counted once here if tracefs is
-there). Run as root; needs ``gocryptfs`` for its column.
+capability check before every write; not to ``raw-killpriv``) and a WRITE.
+Reported per request: the caller's wall time and the daemon's CPU time (user
++ system, all threads, from ``/proc/PID/stat``); and the caller's wall time
+per call. The request counts are the kernel's (tracepoint
+``fuse:fuse_request_send``; counted once here if tracefs is there). Run as
+root; needs ``gocryptfs`` for its column.
 """
 
 import argparse
@@ -148,7 +149,10 @@ def serve_raw(mountpoint, killpriv=False, poll_limit=50e-6):
                          0, 0, 0, 4096, 0)
 
     def reply(unique, payload=b"", error=0):
-        os.write(fd, OUT_HEADER.pack(16 + len(payload), -error, unique) + payload)
+        try:
+            os.write(fd, OUT_HEADER.pack(16 + len(payload), -error, unique) + payload)
+        except FileNotFoundError:  # the request was interrupted meanwhile
+            pass
 
     async def lookup(head, body):
         if bytes(body[:-1]) != b"file":
@@ -177,7 +181,7 @@ def serve_raw(mountpoint, killpriv=False, poll_limit=50e-6):
     async def init(head, body):
         _, minor, readahead, flags = INIT_IN.unpack_from(body)
         want = flags & (FLAGS | (HANDLE_KILLPRIV_V2 if killpriv else 0))
-        reply(head[2], INIT_OUT.pack(7, min(minor, 31), readahead, want, 16, 12, 1 << 20, 1,
+        reply(head[2], INIT_OUT.pack(7, min(minor, 33), readahead, want, 16, 12, 1 << 20, 1,
                                      256, 0, 0))
 
     # LOOKUP, FORGET, GETATTR, OPEN, WRITE, RELEASE, GETXATTR, FLUSH, INIT, OPENDIR,

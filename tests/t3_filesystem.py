@@ -1103,7 +1103,9 @@ async def test_root_only_adapter_refuses_other_file_system_uids(tmp_path, caplog
                      lambda: root_only.lookup(b, b"f", ctx(1000)),
                      lambda: root_only.open(f, os.O_RDONLY, ctx(1000)),
                      lambda: root_only.unlink(b, b"f", ctx(1001)),
-                     lambda: root_only.getxattr(f, b"user.x", ctx(1000))):
+                     lambda: root_only.getxattr(f, b"user.x", ctx(1000)),
+                     lambda: root_only.setxattr(f, b"user.x", b"1", ctx(1000)),
+                     lambda: root_only.removexattr(f, b"user.x", ctx(1000))):
             with pytest.raises(pyfuse3.FUSEError) as info:
                 await call()
             assert info.value.errno == errno.EACCES
