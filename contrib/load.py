@@ -228,7 +228,14 @@ class Worker:
             if self.rnd.random() < 0.3:
                 self.rnd.shuffle(pieces)
             for off, piece in pieces:
-                os.pwrite(fd, piece, off)
+                done = os.pwrite(fd, piece, off)
+                if done != len(piece):
+                    # the kernel splits a write into requests and returns what the first
+                    # ones stored when a later one fails: a full disk, as on a local one
+                    if not self.lenient:
+                        self.fail("short write to %s: %d of %d bytes" % (tmp, done, len(piece)))
+                    raise OSError(errno.ENOSPC, "short write (%d of %d bytes)"
+                                  % (done, len(piece)), tmp)
             if self.rnd.random() < 0.1:
                 os.fsync(fd)
             closed = True
