@@ -4,7 +4,7 @@
     python contrib/request_cost.py [--calls N] [--rounds N] [--workdir DIR]
 
 Every small-file workload is made of FUSE requests, so the daemon's CPU time
-per request bounds how fast it can be. This measures it on six targets,
+per request bounds how fast it can be. This measures it on eight targets,
 all on one disk, in one run:
 
 * ``pyfuse3``    a file system that answers every request at once (one file,
@@ -24,7 +24,8 @@ all on one disk, in one run:
   ask for;
 * ``gocryptfs``  an encrypted Go file system (go-fuse), the benchmark's peer;
 * ``cosfs-aes``  a cosfs mount, one file in a bucket with AES256 default
-  encryption.
+  encryption, on cosfs's own FUSE session (``fuse_loop: native``);
+* ``cosfs-aes-pyfuse3``  the same on pyfuse3's request loop (``fuse_loop: pyfuse3``).
 
 Two loops run against one file of each (``--calls`` each, ``--rounds``
 times, medians): ``getxattr("security.capability")``, which the kernel sends
@@ -316,7 +317,8 @@ def main():
         return 0
     root = tempfile.mkdtemp(prefix="cosfs-request-cost-", dir=args.workdir)
     targets = [EmptyFs(root), EmptyWaitFs(root), RawFs(root), RawKillprivFs(root),
-               benchmark.Cosfs(root, "cosfs-aes", "AES256", {})]
+               benchmark.Cosfs(root, "cosfs-aes", "AES256", {"fuse_loop": "native"}),
+               benchmark.Cosfs(root, "cosfs-aes-pyfuse3", "AES256", {"fuse_loop": "pyfuse3"})]
     if shutil.which("gocryptfs"):
         targets.insert(1, benchmark.Gocryptfs(root))
     results = collections.defaultdict(list)

@@ -44,6 +44,8 @@ DEFAULT_CACHE_SIZE = 256 * MiB
 DEFAULT_WRITE_BUFFER = 256 * MiB
 DEFAULT_REQUEST_POLL_US = 50
 MAX_REQUEST_POLL_US = 1000
+#: FUSE request loops: pyfuse3's (through libfuse), or cosfs's own (cosfs.fuse.session)
+FUSE_LOOPS = ("native", "pyfuse3")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_ENCRYPTIONS = ("AES256", "SM4")
 
@@ -51,7 +53,7 @@ TOP_KEYS = (
     "mountpoint", "store", "keys", "appid", "region", "regions", "buckets",
     "chunk_size", "cache_size", "write_buffer", "log_file", "log_level",
     "allow_other", "default_permissions", "writeback_cache", "fsync_on_close",
-    "request_poll_us", "api", "origin",
+    "request_poll_us", "fuse_loop", "api", "origin",
     "inventory", "stores", "console", "snapshots",
 )
 REQUIRED_KEYS = ("store", "keys", "appid")
@@ -220,6 +222,8 @@ class Config:
     fsync_on_close: bool = False
     #: longest busy poll for the next FUSE request before the daemon sleeps (0: none)
     request_poll_us: int = DEFAULT_REQUEST_POLL_US
+    #: which FUSE request loop answers the kernel (FUSE_LOOPS)
+    fuse_loop: str = "native"
     api: ApiConfig = ApiConfig()
     origin: OriginSettings = OriginSettings()
     inventory: InventorySettings = InventorySettings()
@@ -650,6 +654,7 @@ def _build(data, base_dir, ctx, *, path, mountpoint):
         writeback_cache=_flag(ctx, data, ("writeback_cache",)),
         fsync_on_close=_flag(ctx, data, ("fsync_on_close",)),
         request_poll_us=_request_poll(ctx, data),
+        fuse_loop=_fuse_loop(ctx, data),
         api=api,
         origin=origin,
         inventory=inventory,
@@ -783,6 +788,14 @@ def _section(ctx, data, name, keys, what):
     if not isinstance(value, dict):
         ctx.fail((name,), f"expected a mapping of {what}, found {_describe(value)}")
     _check_keys(ctx, value, keys, (name,))
+    return value
+
+
+def _fuse_loop(ctx, data):
+    value = data.get("fuse_loop", "native")
+    if value not in FUSE_LOOPS:
+        ctx.fail(("fuse_loop",), f"expected one of {', '.join(FUSE_LOOPS)}, "
+                                 f"found {_describe(value)}")
     return value
 
 

@@ -565,6 +565,23 @@ class FileSystem(XattrOps):
             self.catalog.update_inode(ino, **fields)
         return self.attr(ino)
 
+    async def drop_setid(self, ino) -> bool:
+        """Clear a regular file's set-user-ID bit, and its set-group-ID bit if the group
+        may execute it (without that, the bit marks mandatory locking, not a privilege),
+        as Linux does when a caller without ``CAP_FSETID`` writes or truncates a file and
+        whenever a file changes owner. True if a bit was cleared (the change time moves);
+        nothing else changes."""
+        inode = self.attr(ino)
+        if not inode.is_reg:
+            return False
+        mode = inode.mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            mode &= ~stat.S_ISGID
+        if mode == inode.mode:
+            return False
+        await self.setattr(ino, mode=mode)
+        return True
+
     async def readlink(self, ino, ctx=None) -> bytes:
         inode = self.catalog.get_inode(ino)
         if not stat.S_ISLNK(inode.mode):

@@ -617,7 +617,8 @@ class DaemonStatus:
                         permission_options(self.config, os.getuid()),
                         "writeback_cache": self.config.writeback_cache,
                         "fsync_on_close": self.config.fsync_on_close,
-                        "request_poll_us": self.config.request_poll_us},
+                        "request_poll_us": self.config.request_poll_us,
+                        "fuse_loop": self.config.fuse_loop},
             "buckets": buckets,
             "buckets_total": len(rows),
             "replication": (self.fs.replication.status()
@@ -864,12 +865,15 @@ class KernelNotifier:
     only queues: the kernel call (which may wait for a FUSE request on the same
     directory, answered by this very trio thread) runs in a worker thread.
     ``settle()`` waits until every invalidation queued before it is done; the API
-    awaits it before each answer. Before :meth:`attach` invalidations go to pyfuse3's
-    own notification thread; after :meth:`unmounted` there is no kernel cache left and
-    they are dropped.
+    awaits it before each answer. Before :meth:`attach` invalidations go to the FUSE
+    session's own notification thread; before the mount (``kernel`` None) and after
+    :meth:`unmounted` there is no kernel cache and they are dropped.
     """
 
     def __init__(self):
+        #: the FUSE session's kernel calls (cosfs.fuse.session.Session or
+        #: cosfs.fuse.loop.Pyfuse3Session), once mounted
+        self.kernel = None
         self._nursery = None
         self._gone = False
         self._pending = set()
@@ -882,22 +886,21 @@ class KernelNotifier:
         self._gone = True
 
     def invalidate(self, parent, name):
-        import pyfuse3
-        if self._gone:
+        if self._gone or self.kernel is None:
             return
         if self._nursery is None:
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            self.kernel.invalidate_entry_async(parent, name, ignore_enoent=True)
             return
         done = trio.Event()
         self._pending.add(done)
         self._nursery.start_soon(self._invalidate, parent, name, done)
 
     async def _invalidate(self, parent, name, done):
-        import pyfuse3
+        invalidate_entry = self.kernel.invalidate_entry
 
         def kernel():
             try:
-                pyfuse3.invalidate_entry(parent, name)
+                invalidate_entry(parent, name)
             except OSError as exc:
                 # ENOENT: the kernel holds no entry for the name, nothing to drop
                 if exc.errno != errno.ENOENT:
@@ -969,10 +972,6 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
     extra mount flags (``ro``, ``noexec``); ``fsname`` is the source the mount
     table shows. Raises CosfsError for any setup problem (nothing mounted).
     """
-    import pyfuse3
-
-    from .fuse import loop
-
     mountpoint = os.fspath(config.mountpoint)
     if not os.path.isdir(mountpoint):
         raise CosfsError("mount point %s is not a directory" % mountpoint, errno=errno.ENOTDIR,
@@ -1005,16 +1004,17 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         ops = _daemon_operations(fs, blksize=min(objects.chunk_size, 1 << 20),
                                  writeback_cache=config.writeback_cache,
                                  root_only="default_permissions" not in permissions)
-        options = set(pyfuse3.default_options) - {"default_permissions"}
+        # (pyfuse3's default options hold only default_permissions, decided below)
         # reads never update access times (see README, Times): say so in the mount table
-        options |= {"fsname=" + fsname, "subtype=cosfs", "noatime"}
+        options = {"fsname=" + fsname, "subtype=cosfs", "noatime"}
         options |= permissions
         options |= set(kernel_options)
+        session = _fuse_session(config, ops, mountpoint, options)
         try:
-            request_wait = loop.init(ops, mountpoint, options,  # pyfuse3.init
-                                     poll_limit=config.request_poll_us * 1e-6)
+            session.mount()
         except RuntimeError as exc:
             raise CosfsError("cannot mount at %s: %s" % (mountpoint, exc)) from None
+        ops.kernel = notifier.kernel = session
         log.warning("cosfs mounted %s at %s (pid %d)", config.store, mountpoint, os.getpid())
         root = logging.getLogger()
         root.addHandler(status.errors)
@@ -1022,7 +1022,7 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         try:
             try:
                 trio.run(_serve, objects, mountpoint, app, config.api, ready, notifier,
-                         services, control, console, fs, ops.pages, request_wait)
+                         services, control, console, fs, ops.pages, session)
             except BaseExceptionGroup as exc:
                 inner = _unwrap_group(exc)
                 if inner is None:
@@ -1032,11 +1032,24 @@ def run_mount(config, *, ready=None, kernel_options=(), fsname="cosfs", break_le
         finally:
             if ops.pages.busy:
                 _abort_page_stores(ops.pages, mountpoint)
-            pyfuse3.close(unmount=True)
+            session.close(unmount=True)
             log.warning("cosfs unmounted %s%s", mountpoint, "" if unmounted else " after an error")
             root.removeHandler(status.errors)
     finally:
         store.close()
+
+
+def _fuse_session(config, ops, mountpoint, options):
+    """The FUSE session the configuration asks for (``fuse_loop``), not mounted yet."""
+    poll_limit = config.request_poll_us * 1e-6
+    if config.fuse_loop == "native" and os.geteuid() != 0:
+        log.info("fuse_loop native mounts as root only: pyfuse3's request loop serves "
+                 "this mount of uid %d", os.geteuid())
+    elif config.fuse_loop == "native":
+        from .fuse.session import Session
+        return Session(ops, mountpoint, options, poll_limit=poll_limit)
+    from .fuse.loop import Pyfuse3Session
+    return Pyfuse3Session(ops, mountpoint, options, poll_limit=poll_limit)
 
 
 def _abort_page_stores(pages, mountpoint, timeout=5.0):
@@ -1102,7 +1115,7 @@ async def _start_server(nursery, serve, app, settings, stop, what):
 
 async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=None,
                  services=(), control=None, console=None, fs=None, pages=None,
-                 request_wait=None):
+                 session=None):
     """Serve the mount (and the API) until unmounted. ``services``: the daemon's services
     (``run(task_status)``, ``stop()``), started before the mount is reported ready and
     stopped when it is unmounted, before the final commit. ``control``: (application,
@@ -1110,9 +1123,8 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
     :class:`~cosfs.filesystem.FileSystem`, whose forgotten nameless objects are purged in
     batches while it runs. ``pages``: the FUSE adapter's
     :class:`~cosfs.fuse.pagefill.PageFiller`, storing pages while the mount runs.
-    ``request_wait``: a :class:`~cosfs.fuse.loop.RequestWait` for pyfuse3's request loop,
-    or None for pyfuse3's own; installed only while ``pyfuse3.main()`` runs."""
-    import pyfuse3
+    ``session``: the mounted FUSE session (:class:`~cosfs.fuse.session.Session` or
+    :class:`~cosfs.fuse.loop.Pyfuse3Session`), whose requests are answered here."""
 
     stopping = []
 
@@ -1125,7 +1137,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         log.warning("received signal %d: committing and unmounting", signum)
         notify_stopping("committing buffered writes and unmounting")
         if pages is None:
-            pyfuse3.terminate()
+            session.terminate()
         else:
             nursery.start_soon(stop_pages_then_terminate)
 
@@ -1133,7 +1145,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         # while requests are still answered: a page store may wait for a page that a READ
         # holds locked, and after terminate() nobody would answer that READ
         await pages.stop()
-        pyfuse3.terminate()
+        session.terminate()
 
     async with trio.open_nursery() as nursery:
         objects.attach(nursery)
@@ -1155,13 +1167,7 @@ async def _serve(objects, mountpoint, app=None, api=None, ready=None, notifier=N
         if ready is not None:
             ready()
         nursery.start_soon(trio.to_thread.run_sync, _raise_read_ahead, mountpoint)
-        try:
-            if request_wait is not None:
-                request_wait.install()  # pyfuse3.terminate() becomes its terminate()
-            await pyfuse3.main()
-        finally:
-            if request_wait is not None:
-                request_wait.uninstall()
+        await session.main()
         if pages is not None:
             await pages.stop()  # the kernel is gone: nothing left to store
         for service in services:

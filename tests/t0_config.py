@@ -72,6 +72,7 @@ def test_minimal_file_defaults(tmp_path):
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (False, False, False)
     assert cfg.default_permissions is False
     assert cfg.request_poll_us == 50
+    assert cfg.fuse_loop == "native"
 
 
 def test_relative_paths_follow_the_file_not_the_cwd(tmp_path, monkeypatch):
@@ -123,6 +124,7 @@ def test_all_keys(tmp_path):
         writeback_cache: on
         fsync_on_close: true
         request_poll_us: 0
+        fuse_loop: pyfuse3
     """))
     assert cfg.mountpoint == Path("/mnt/cos")
     assert cfg.appid == "1250000000"
@@ -138,6 +140,7 @@ def test_all_keys(tmp_path):
     assert (cfg.allow_other, cfg.writeback_cache, cfg.fsync_on_close) == (True, True, True)
     assert cfg.default_permissions is True
     assert cfg.request_poll_us == 0
+    assert cfg.fuse_loop == "pyfuse3"
 
 
 def test_region_defaults_to_first_of_regions(tmp_path):
@@ -333,6 +336,14 @@ def test_bad_log_level(tmp_path):
 )
 def test_bad_sizes(tmp_path, line, expected):
     assert load_error(tmp_path, MINIMAL + line + "\n").startswith(expected)
+
+
+@pytest.mark.parametrize("value", ["libfuse", "true", "1"])
+def test_bad_fuse_loop(tmp_path, value):
+    assert load_error(tmp_path, MINIMAL + "fuse_loop: %s\n" % value) == (
+        "F:4: fuse_loop: expected one of native, pyfuse3, found "
+        + {"libfuse": "the text 'libfuse'", "1": "the number 1",
+           "true": "the boolean true (YAML reads yes/no/on/off as booleans)"}[value])
 
 
 @pytest.mark.parametrize("value", ["-1", "1001", "true", "50us", "2.5"])

@@ -51,7 +51,10 @@ LAYERS = [
     ["services.replication", "services.inventory", "services.origin"],
     # the kernel page-cache stores and the request loop's wait of the FUSE adapter, then
     # the adapter
+    ["fuse.protocol"],
     ["fuse.pagefill", "fuse.loop"],
+    # the FUSE session of cosfs's own (the protocol spoken over /dev/fuse)
+    ["fuse.session"],
     ["fuse.ops"],
     ["fsck"],
     # the XML API's request authentication and body decoding (pure)
@@ -84,7 +87,7 @@ SAME_RANK_OK = {
 
 # Third-party modules with a single owner: module -> {allowed importers: lazily only?}
 OWNED = {
-    "pyfuse3": {"fuse.ops": False, "fuse.loop": False, "mount": True},
+    "pyfuse3": {"fuse.ops": False, "fuse.loop": False, "fuse.session": False, "mount": True},
     "yaml": {"config": False},
     "hypercorn": {"api.server": True, "console.server": True},
     "prometheus_client": {"metrics": False},
@@ -96,7 +99,7 @@ OWNED = {
 }
 NO_TRIO = {"errors", "durable", "config", "names", "xmldoc", "keys", "cipher", "resolver", "bucketconf",
            "credentials", "api.chunked", "api.auth", "originconf", "inventoryconf", "metrics",
-           "progress",
+           "progress", "fuse.protocol",
            "console.sessions", "console.forms"}
 
 

@@ -42,6 +42,10 @@ def run(step):
             with open(args[0], "r+b") as f:
                 f.write(args[1].encode())
             return {"ok": None}
+        if op == "overwrite":  # open(O_TRUNC) and write
+            with open(args[0], "wb") as f:
+                f.write(args[1].encode())
+            return {"ok": None}
         if op == "create":
             with open(args[0], "xb") as f:
                 f.write(args[1].encode())
@@ -86,7 +90,8 @@ def shared(request):
     pytest temp dir)."""
     folder = tempfile.mkdtemp(prefix="cosfs-perm-")
     os.chmod(folder, 0o755)
-    m = Mount(write_config(folder, extra="allow_other: true\n"))
+    loop = getattr(request, "param", "native")  # the FUSE request loop (fuse_loop)
+    m = Mount(write_config(folder, extra="allow_other: true\nfuse_loop: %s\n" % loop))
     m.start()
     try:
         yield m
@@ -234,6 +239,8 @@ def test_secret_and_metadata_file_modes(tmp_path):
             assert mode_of(os.path.join(root, name)) & 0o077 == 0, os.path.join(root, name)
 
 
+# set-ID bits are cleared by the kernel on pyfuse3's loop, by cosfs on its own
+@pytest.mark.parametrize("shared", ["native", "pyfuse3"], indirect=True)
 def test_setid_bits(shared):
     """A setgid directory gives its group (and, to subdirectories, its setgid bit) to new
     entries; another user's write clears a file's setuid/setgid bits. As on local disks."""
@@ -253,6 +260,31 @@ def test_setid_bits(shared):
     m.restart()
     assert os.stat(os.path.join(d, "f")).st_gid == 4242
     assert stat.S_IMODE(os.stat(os.path.join(d, "sub")).st_mode) == 0o2755
+
+
+@pytest.mark.parametrize("shared", ["native", "pyfuse3"], indirect=True)
+def test_setid_bits_after_truncation_and_change_of_owner(shared):
+    """Another user's truncate(2) and open(O_TRUNC) clear a file's set-ID bits; a change
+    of owner clears them even when root makes it; root's own writes keep them. The
+    set-group-ID bit of a file its group may not execute is no privilege and stays."""
+    m = shared
+    p = lambda name: os.path.join(m.plain, name)  # noqa: E731
+    for name in ("truncated", "overwritten", "rootwrites"):
+        make(p(name), b"#!/bin/sh\n", 0o6777)
+    make(p("chowned"), b"#!/bin/sh\n", 0o6755)
+    make(p("nogroupexec"), b"data", 0o2666)
+    r = as_nobody(["truncate", p("truncated"), 2], ["overwrite", p("overwritten"), "#"])
+    assert r == [None, None]
+    with open(p("rootwrites"), "r+b") as f:
+        f.write(b"#")
+    os.chown(p("chowned"), NOBODY, NOBODY)
+    os.chown(p("nogroupexec"), NOBODY, NOBODY)
+    want = {"truncated": 0o777, "overwritten": 0o777, "rootwrites": 0o6777,
+            "chowned": 0o755, "nogroupexec": 0o2666}
+    assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
+    assert os.path.getsize(p("truncated")) == 2
+    m.restart()
+    assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
 
 
 def mount_flags(mnt):

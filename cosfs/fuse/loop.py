@@ -201,6 +201,8 @@ class RequestWait:
         self._token = None
         self._watch = _Watch(self)
         self._original = None     # pyfuse3's (wait, terminate) while installed
+        self._attached = False    # the instrument watches the trio loop
+        self._close = pyfuse3.terminate  # what terminate() ends the device's wait with
 
     def install(self):
         """Replace pyfuse3's wait and ``terminate``; in ``trio.run``, right before
@@ -210,14 +212,7 @@ class RequestWait:
             log.info("pyfuse3 %s has no _wait_fuse_readable: its own request loop is used",
                      getattr(pyfuse3, "__version__", "?"))
             return False
-        self._token = trio.lowlevel.current_trio_token()
-        epoll = _trio_epoll() if self.poll_limit else None
-        self._watch = (_PollingWatch(self, _Poll(epoll, self.poll_limit))
-                       if epoll is not None else _Watch(self))
-        if self.poll_limit and epoll is None:
-            log.info("trio %s: no epoll descriptor found, the request loop does not poll",
-                     trio.__version__)
-        trio.lowlevel.add_instrument(self._watch)
+        self.attach(pyfuse3.terminate)
         self._original = (wait, pyfuse3.terminate)
         pyfuse3._wait_fuse_readable = self.wait
         pyfuse3.terminate = self.terminate
@@ -229,6 +224,29 @@ class RequestWait:
             return
         pyfuse3._wait_fuse_readable, pyfuse3.terminate = self._original
         self._original = None
+        self.detach()
+
+    def attach(self, close):
+        """Start watching the trio loop (in ``trio.run``) for a request loop that calls
+        :meth:`wait` itself; :meth:`terminate` then calls ``close()``, which must make the
+        task waiting on the device leave ``trio.lowlevel.wait_readable`` (with
+        ``trio.ClosedResourceError``). Undone by :meth:`detach`."""
+        self._close = close
+        self._token = trio.lowlevel.current_trio_token()
+        epoll = _trio_epoll() if self.poll_limit else None
+        self._watch = (_PollingWatch(self, _Poll(epoll, self.poll_limit))
+                       if epoll is not None else _Watch(self))
+        if self.poll_limit and epoll is None:
+            log.info("trio %s: no epoll descriptor found, the request loop does not poll",
+                     trio.__version__)
+        trio.lowlevel.add_instrument(self._watch)
+        self._attached = True
+
+    def detach(self):
+        """Stop watching the trio loop."""
+        if not self._attached:
+            return
+        self._attached = False
         self._served.clear()
         self._answering.clear()
         try:
@@ -241,18 +259,23 @@ class RequestWait:
         """The poll's current window in seconds (see :class:`_Poll`), or None while it
         does not poll (not installed, ``poll_limit`` 0, or no epoll descriptor found)."""
         poll = self._watch.poll
-        return None if poll is None or self._original is None else poll.window
+        return None if poll is None or not self._attached else poll.window
 
     @property
     def tasks_used(self):
         """How many tasks that have read a request are in the loop (each keeps a buffer)."""
         return len(self._served)
 
+    @property
+    def tasks_parked(self):
+        """How many tasks are parked, ready to take over the waiting."""
+        return len(self._parked)
+
     def terminate(self):
         """``pyfuse3.terminate()`` for a loop that waits here. Trio thread only."""
         self._closed = True
         self._wake_all()
-        (self._original[1] if self._original else pyfuse3.terminate)()
+        self._close()
 
     async def wait(self):
         """True once the device is readable for this task; False if it must leave the loop."""
@@ -325,3 +348,46 @@ class RequestWait:
             self._handover = False
             return
         self._wake_one()
+
+
+class Pyfuse3Session:
+    """pyfuse3's FUSE session behind the interface of :class:`cosfs.fuse.session.Session`
+    (``mount``, ``main``, ``terminate``, ``close`` and the adapter's kernel calls), with
+    :class:`RequestWait` as its wait for the next request when pyfuse3 allows it."""
+
+    readdir_reply = staticmethod(pyfuse3.readdir_reply)
+    invalidate_inode = staticmethod(pyfuse3.invalidate_inode)
+    invalidate_entry = staticmethod(pyfuse3.invalidate_entry)
+    invalidate_entry_async = staticmethod(pyfuse3.invalidate_entry_async)
+    notify_store = staticmethod(pyfuse3.notify_store)
+
+    def __init__(self, ops, mountpoint, options, *, poll_limit=POLL_MAX):
+        self.ops = ops
+        self.mountpoint = mountpoint
+        self.options = set(options)
+        self.poll_limit = poll_limit
+        self.request_wait = None
+
+    def mount(self):
+        """``pyfuse3.init``: mount. Raises RuntimeError (nothing mounted)."""
+        self.request_wait = init(self.ops, self.mountpoint, self.options,
+                                 poll_limit=self.poll_limit)
+
+    async def main(self):
+        """``pyfuse3.main()`` with :class:`RequestWait` installed while it runs."""
+        wait = self.request_wait
+        try:
+            if wait is not None:
+                wait.install()  # pyfuse3.terminate() becomes its terminate()
+            await pyfuse3.main()
+        finally:
+            if wait is not None:
+                wait.uninstall()
+
+    def terminate(self):
+        """End :meth:`main`; trio thread only."""
+        pyfuse3.terminate()
+
+    def close(self, unmount=True):
+        """``pyfuse3.close``."""
+        pyfuse3.close(unmount=unmount)

@@ -101,10 +101,16 @@ class Operations(pyfuse3.Operations):
         #: the kernel does not check permissions (no default_permissions): see _who
         self.root_only = root_only
         self._refused_uids = set()
+        #: the kernel calls (readdir_reply, invalidate_inode, notify_store): pyfuse3's, or
+        #: those of the session that runs this adapter (cosfs.fuse.session.Session)
+        self.kernel = pyfuse3
         #: stores of segments that random reads come back to into the kernel's page
         #: cache; never with writeback_cache (see cosfs.fuse.pagefill)
-        self.pages = PageFiller(fs.objects, pyfuse3.notify_store,
+        self.pages = PageFiller(fs.objects, self._notify_store,
                                 page_size=resource.getpagesize(), enabled=not writeback_cache)
+
+    def _notify_store(self, inode, offset, data):
+        self.kernel.notify_store(inode, offset, data)
 
     def _who(self, ctx):
         """The caller of a request, as the core takes it.
@@ -209,6 +215,19 @@ class Operations(pyfuse3.Operations):
                 await self.pages.settle(inode)
 
     @_translate
+    async def drop_setid(self, inode):
+        """Clear the set-ID bits of ``inode`` as the kernel asks, with
+        ``FUSE_HANDLE_KILLPRIV_V2``, before a write, truncation or change of owner
+        (:meth:`cosfs.filesystem.FileSystem.drop_setid`); returns the new attributes if
+        a bit was cleared (the kernel's copy is dropped then), else None. Not part of
+        pyfuse3's interface: cosfs's own session calls it (cosfs.fuse.session)."""
+        if not await self.fs.drop_setid(inode):
+            return None
+        # attributes only: no page cache is touched, so this cannot wait on us
+        self.kernel.invalidate_inode(inode, attr_only=True)
+        return self.entry(self.fs.attr(inode))
+
+    @_translate
     async def readlink(self, inode, ctx):
         self._who(ctx)
         return await self.fs.readlink(inode)
@@ -273,7 +292,7 @@ class Operations(pyfuse3.Operations):
         if stale is not None:
             # attributes only: no page cache is touched, so this cannot wait on us
             try:
-                pyfuse3.invalidate_inode(stale, attr_only=True)
+                self.kernel.invalidate_inode(stale, attr_only=True)
             except OSError as exc:  # the commit stands: close must not fail for this
                 log.warning("cannot drop the kernel's attributes of inode %d: %s", stale, exc)
 
@@ -292,8 +311,9 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def readdir(self, fh, start_id, token):
+        reply = self.kernel.readdir_reply
         for name, inode, next_id, counted in self.fs.readdir(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self.entry(inode), next_id):
+            if not reply(token, name, self.entry(inode), next_id):
                 break
             if counted:
                 self.fs.readdir_sent(fh, name, inode.id)
