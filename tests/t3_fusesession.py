@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import struct
+import time
 import types
 
 import pyfuse3
@@ -249,7 +250,7 @@ def test_setattr_fields_and_now():
     _, inode, update_size, size, update_mtime, mtime_ns, update_mode, fh = ops.calls[0]
     assert (inode, update_size, size, update_mtime, update_mode, fh) == \
         (5, True, 123, True, False, 9)
-    assert abs(mtime_ns / 1e9 - __import__("time").time()) < 60
+    assert abs(mtime_ns / 1e9 - time.time()) < 60
 
 
 def test_notifications_carry_their_code_and_no_request():
@@ -311,3 +312,54 @@ def test_another_user_mounts_through_pyfuse3(monkeypatch):
     cfg.fuse_loop = "pyfuse3"
     monkeypatch.undo()
     assert isinstance(mount._fuse_session(cfg, FakeOps(), "/m", set()), Pyfuse3Session)
+
+
+def test_requests_read_in_a_row_leave_other_tasks_their_turn():
+    """With the poll on, a task reads the next request without going back to trio while
+    trio has nothing else to do; timers and worker threads still get their turn while a
+    program sends requests as fast as it can."""
+    ops = FakeOps()
+    kernel_end, daemon_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    session = Session(ops, "/nonexistent", set(), poll_limit=50e-6)
+    ops.kernel = session
+    session.fd = daemon_end.fileno()
+    daemon_end.setblocking(False)
+    ticks = []
+    answers = []
+
+    def program():
+        kernel_end.send(request(P.INIT, 1, body=P.INIT_IN.pack(7, 38, 131072, 0)))
+        kernel_end.recv(4096)
+        for i in range(3000):
+            kernel_end.send(request(P.LOOKUP, 10 + i, body=b"f\0"))
+            error, unique, _ = split_reply(kernel_end.recv(4096))
+            answers.append((error, unique - 10 - i))
+
+    async def timer(done):
+        while not done.is_set():
+            await trio.sleep(0.001)
+            ticks.append("timer")
+
+    async def threads(done):
+        while not done.is_set():
+            await trio.to_thread.run_sync(time.sleep, 0)
+            ticks.append("thread")
+
+    async def main():
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.main)
+            nursery.start_soon(timer, done)
+            nursery.start_soon(threads, done)
+            t0 = time.monotonic()
+            await trio.to_thread.run_sync(program)
+            elapsed = time.monotonic() - t0
+            done.set()
+            kernel_end.close()
+        return elapsed
+    elapsed = trio.run(main)
+    daemon_end.close()
+    assert answers == [(0, 0)] * 3000
+    # a timer every millisecond at least every few: the requests did not starve it
+    assert ticks.count("timer") >= elapsed * 1000 / 5, (ticks.count("timer"), elapsed)
+    assert ticks.count("thread") >= 10

@@ -69,6 +69,18 @@ def _trio_epoll():
         return None
 
 
+def _trio_runner():
+    """The running trio loop's runner (whose ``runq`` holds the tasks ready to run), or
+    None if this trio's internals differ."""
+    try:
+        from trio._core import _run
+        runner = _run.GLOBAL_RUN_CONTEXT.runner
+        len(runner.runq)
+        return runner
+    except Exception:
+        return None
+
+
 def _fuse_fds():
     """The descriptors of this process open on ``/dev/fuse``."""
     found = set()
@@ -117,14 +129,43 @@ class _Poll:
     def __init__(self, fd, limit):
         self.limit = limit
         self.window = limit
+        self._epoll = fd
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._idle_since = None  # when the thread went idle, if it went to sleep
+        self._device = None      # (fd, select.poll of it and of trio's epoll descriptor)
+        self._polled_since = None  # poll_device() polled a whole window from then
+
+    def poll_device(self, fd):
+        """Poll the device ``fd`` and trio's epoll descriptor for up to the window: True
+        if a request is there and trio has nothing to do. If the window passes, the next
+        :meth:`before_sleep` polls no more (it has been done) and counts the thread idle
+        from the start of this poll."""
+        if not self.window:
+            return False
+        if self._device is None or self._device[0] != fd:
+            device = select.poll()
+            device.register(fd, select.POLLIN)
+            device.register(self._epoll, select.POLLIN)
+            self._device = (fd, device)
+        poll = self._device[1].poll
+        start = time.perf_counter()
+        end = start + self.window
+        while True:
+            ready = poll(0)
+            if ready:
+                return all(f == fd for f, _ in ready)
+            if time.perf_counter() >= end:
+                self._polled_since = start
+                return False
 
     def before_sleep(self, timeout):
         """Poll for up to the window (and at most ``timeout``); returns at once if trio
         has something to do."""
         start = time.perf_counter()
+        if self._polled_since is not None:  # poll_device() has just polled
+            self._idle_since, self._polled_since = self._polled_since, None
+            return
         if self.window:
             end = start + min(self.window, timeout)
             poll = self._poll.poll
@@ -202,6 +243,7 @@ class RequestWait:
         self._watch = _Watch(self)
         self._original = None     # pyfuse3's (wait, terminate) while installed
         self._attached = False    # the instrument watches the trio loop
+        self._runner = None       # trio's runner (its run queue), if it can be found
         self._close = pyfuse3.terminate  # what terminate() ends the device's wait with
 
     def install(self):
@@ -233,6 +275,7 @@ class RequestWait:
         ``trio.ClosedResourceError``). Undone by :meth:`detach`."""
         self._close = close
         self._token = trio.lowlevel.current_trio_token()
+        self._runner = _trio_runner()
         epoll = _trio_epoll() if self.poll_limit else None
         self._watch = (_PollingWatch(self, _Poll(epoll, self.poll_limit))
                        if epoll is not None else _Watch(self))
@@ -265,6 +308,23 @@ class RequestWait:
     def tasks_used(self):
         """How many tasks that have read a request are in the loop (each keeps a buffer)."""
         return len(self._served)
+
+    def poll_next(self):
+        """Whether the calling task, which has just answered a request, may read the next
+        request at once, without going back to trio's scheduler (and its two system
+        calls, to wait on the device and to wait for events): polls the device for up to
+        the poll window (see :class:`_Poll`). False when not polling, when trio has tasks
+        to run or events to process, or another task is answering a request (a poll would
+        hold the GIL against the worker thread it may wait for). The caller bounds how
+        many requests it reads in a row this way: tasks already picked to run in the
+        scheduler's current batch are not seen here."""
+        poll = self._watch.poll
+        if poll is None or self._closed or len(self._answering) > 1:
+            return False
+        runner = self._runner
+        if runner is None or runner.runq:
+            return False
+        return poll.poll_device(self.fd)
 
     @property
     def tasks_parked(self):

@@ -33,14 +33,21 @@ Contracts:
   :class:`~cosfs.fuse.loop.RequestWait` (its contracts hold here: the task that
   answered a request reads the next; another takes over the waiting when a handler
   blocks). A new task is started whenever none is parked, up to ``max_tasks``.
+  A task that has answered a request reads the next one at once, without going back
+  to trio's scheduler, when trio has nothing else to do and the request comes within
+  the poll window (:meth:`~cosfs.fuse.loop.RequestWait.poll_next`): that saves two
+  system calls and a pass of the scheduler per request. At most :data:`IN_A_ROW`
+  requests are read so; then the task waits through trio once, so that other tasks
+  run.
 * Every request but FORGET, BATCH_FORGET and INTERRUPT gets exactly one reply: its
   handler's answer, the errno of a ``FUSEError``, ENOSYS for an operation the adapter
   does not implement, EIO (logged with a traceback) for anything else. A reply to a
   request the kernel has given up (interrupted, or the connection aborted) is dropped.
   INTERRUPT is not acted on: every request runs to its end.
 * :meth:`Session.main` returns once the file system is unmounted or
-  :meth:`Session.terminate` was called; :meth:`Session.close` then unmounts (unless
-  the kernel ended the connection already) and closes the device.
+  :meth:`Session.terminate` was called; :meth:`Session.close` then closes the device
+  (requests still queued fail with ENOTCONN) and unmounts lazily, unless the kernel
+  ended the connection already.
 * The kernel calls may be made from any thread; a failed one raises OSError
   (``invalidate_entry`` ignores ENOENT when asked to), as pyfuse3's do.
 """
@@ -68,6 +75,10 @@ MAX_WRITE = 1 << 20
 BUFFER_SIZE = MAX_WRITE + 4096
 #: Tasks answering requests at most (as pyfuse3's default).
 MAX_TASKS = 99
+#: Requests a task reads in a row while trio has nothing else to do, without going back
+#: to its scheduler (see RequestWait.poll_next); then it waits through trio once, so that
+#: tasks of the scheduler's current batch run.
+IN_A_ROW = 32
 
 # mount(2) flags and umount2(2)'s lazy detach
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_NOATIME = 1, 2, 4, 8, 1024
@@ -77,6 +88,10 @@ _KERNEL_OPTIONS = ("default_permissions", "allow_other")
 _MNT_DETACH = 2
 
 _XATTR_CREATE, _XATTR_REPLACE = 1, 2
+
+#: the SETATTR fields that change something (the rest: the handle, lock owner, ctime)
+_SETATTR_CHANGES = (P.FATTR_MODE | P.FATTR_UID | P.FATTR_GID | P.FATTR_SIZE | P.FATTR_ATIME
+                    | P.FATTR_MTIME | P.FATTR_ATIME_NOW | P.FATTR_MTIME_NOW)
 
 #: what this session asks the kernel for, of what it offers (see the module)
 _WANT = (P.ASYNC_READ | P.ATOMIC_O_TRUNC | P.BIG_WRITES | P.AUTO_INVAL_DATA
@@ -198,21 +213,22 @@ class Session:
         self.fd = fd
 
     def close(self, unmount=True):
-        """Unmount (lazily, if ``unmount`` and the connection is still alive) and close
-        the device."""
+        """Close the device, which ends the connection, then unmount (lazily, if
+        ``unmount`` and the connection was still alive)."""
         fd, self.fd = self.fd, -1
         if fd < 0:
             return
         if self._notices is not None:
             self._notices.put(None)
             self._notices = None
-        try:
-            if unmount and self._alive(fd):
-                if _libc().umount2(os.fsencode(self.mountpoint), _MNT_DETACH) != 0:
-                    err = ctypes.get_errno()
-                    log.warning("cannot unmount %s: %s", self.mountpoint, os.strerror(err))
-        finally:
-            os.close(fd)
+        alive = self._alive(fd)
+        # closed first, as libfuse does: the connection ends, and whatever waits on it
+        # fails with ENOTCONN, before the mount point would show the folder beneath
+        os.close(fd)
+        if unmount and alive:
+            if _libc().umount2(os.fsencode(self.mountpoint), _MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                log.warning("cannot unmount %s: %s", self.mountpoint, os.strerror(err))
 
     @staticmethod
     def _alive(fd):
@@ -256,18 +272,24 @@ class Session:
         wait = self._wait
         fd = self.fd
         started = True
+        in_a_row = 0  # requests read without going back to trio's scheduler
         try:
             while True:
                 if started:
                     started = False
                     self._starting -= 1
-                if not await wait.wait():
-                    return
+                if in_a_row and in_a_row < IN_A_ROW and wait.poll_next():
+                    in_a_row += 1
+                else:
+                    if not await wait.wait():
+                        return
+                    in_a_row = 1
                 if buf is None:
                     buf = bytearray(BUFFER_SIZE)
                 try:
                     n = os.readv(fd, [buf])
                 except (BlockingIOError, InterruptedError):
+                    in_a_row = 0
                     continue
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:  # interrupted before it was read
@@ -406,7 +428,10 @@ class Session:
         fields.update_size = bool(valid & P.FATTR_SIZE)
         e = await self.ops.setattr(head[3], values, fields,
                                    fh if valid & P.FATTR_FH else None, self._ctx(head))
-        if valid & P.FATTR_KILL_SUIDGID:  # a truncation or change of owner went through
+        if valid & P.FATTR_KILL_SUIDGID or not valid & _SETATTR_CHANGES:
+            # a truncation or change of owner went through; or a SETATTR that changes
+            # nothing, which is chown(-1, -1): Linux clears set-ID bits then too, and the
+            # kernel flags only a chown that names an owner or a group
             e = await self.ops.drop_setid(head[3]) or e
         self._reply(head[2], P.attr_out(e))
 
