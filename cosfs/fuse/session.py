@@ -523,18 +523,23 @@ class Session:
         self._reply(head[2], P.kstatfs(await self.ops.statfs(self._ctx(head))))
 
     async def _release(self, head, buf, n):
-        (fh, _, _, _) = P.RELEASE_IN.unpack_from(buf, P.IN_HEADER.size)
-        await self.ops.release(fh)
-        self._reply(head[2])
+        await self._handle_only(head, buf, P.RELEASE_IN, self.ops.release)
 
     async def _flush(self, head, buf, n):
-        (fh, _, _, _) = P.FLUSH_IN.unpack_from(buf, P.IN_HEADER.size)
-        await self.ops.flush(fh)
-        self._reply(head[2])
+        await self._handle_only(head, buf, P.FLUSH_IN, self.ops.flush)
 
     async def _fsync(self, head, buf, n):
+        await self._sync(head, buf, self.ops.fsync)
+
+    async def _handle_only(self, head, buf, layout, call):
+        """A request whose only argument is the handle that opens ``layout``: ``call(fh)``."""
+        await call(layout.unpack_from(buf, P.IN_HEADER.size)[0])
+        self._reply(head[2])
+
+    async def _sync(self, head, buf, call):
+        """FSYNC or FSYNCDIR: ``call(fh, datasync)``."""
         fh, flags, _ = P.FSYNC_IN.unpack_from(buf, P.IN_HEADER.size)
-        await self.ops.fsync(fh, bool(flags & P.FSYNC_FDATASYNC))
+        await call(fh, bool(flags & P.FSYNC_FDATASYNC))
         self._reply(head[2])
 
     async def _access(self, head, buf, n):
@@ -557,14 +562,10 @@ class Session:
         self._reply(head[2], b"".join(token.records))
 
     async def _releasedir(self, head, buf, n):
-        (fh, _, _, _) = P.RELEASE_IN.unpack_from(buf, P.IN_HEADER.size)
-        await self.ops.releasedir(fh)
-        self._reply(head[2])
+        await self._handle_only(head, buf, P.RELEASE_IN, self.ops.releasedir)
 
     async def _fsyncdir(self, head, buf, n):
-        fh, flags, _ = P.FSYNC_IN.unpack_from(buf, P.IN_HEADER.size)
-        await self.ops.fsyncdir(fh, bool(flags & P.FSYNC_FDATASYNC))
-        self._reply(head[2])
+        await self._sync(head, buf, self.ops.fsyncdir)
 
     # -- handlers: extended attributes ------------------------------------------------
 
