@@ -45,6 +45,11 @@ def test_attr_splits_nanosecond_times():
     assert mode == stat.S_IFREG | 0o644
 
 
+def test_times_before_1970_are_negative_seconds():
+    fields = P.ATTR.unpack(P.attr(attributes(st_mtime_ns=-1_500_000_000)))
+    assert (fields[4], fields[7]) == (-2, 500_000_000)  # the kernel's time64_t and nsec
+
+
 def test_entry_splits_timeouts():
     raw = P.entry(attributes())
     assert len(raw) == 128
@@ -68,7 +73,7 @@ def test_direntplus_is_padded_to_eight_bytes():
         assert not any(rec[152 + len(name):])
 
 
-def test_negative_values_are_refused():
+def test_negative_sizes_are_refused():
     with pytest.raises(Exception):
         P.attr(attributes(st_size=-1))
 

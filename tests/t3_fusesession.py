@@ -253,6 +253,22 @@ def test_setattr_fields_and_now():
     assert abs(mtime_ns / 1e9 - time.time()) < 60
 
 
+def test_setattr_takes_times_before_1970():
+    async def test(ask, session, ops):
+        body = P.SETATTR_IN.pack(P.FATTR_MTIME, 0, 0, 0, 0, 0, -2, 0, 0, 500_000_000, 0, 0, 0,
+                                 0, 0, 0)
+        error, _, _ = await ask(request(P.SETATTR, 2, nodeid=5, body=body))
+        assert error == 0
+    ops = run(test)
+    assert ops.calls[0][4:6] == (True, -1_500_000_000)
+
+
+def test_a_terminate_before_main_ends_it_at_once():
+    session = Session(FakeOps(), "/nonexistent", set())
+    session.terminate()
+    trio.run(session.main)  # returns
+
+
 def test_notifications_carry_their_code_and_no_request():
     async def test(ask, session, ops):
         session.notify_store(5, 4096, b"data")

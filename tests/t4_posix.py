@@ -1008,3 +1008,18 @@ def test_no_segment_goes_to_the_page_cache_while_the_object_may_be_written(mount
         assert _resident_pages(fd, len(data)) == want
     finally:
         os.close(fd)
+
+
+def test_times_before_1970(mount):
+    """A time before the epoch (``touch -d 1960-01-01``, an old archive's members) is kept
+    to the nanosecond, in the listing too, and survives a remount."""
+    p = os.path.join(mount.plain, "old")
+    put(p, b"x")
+    when = -315_619_200_000_000_000 + 123_456_789  # 1960-01-01 plus some nanoseconds
+    os.utime(p, ns=(when, when - 1))
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (when, when - 1)
+    assert subprocess.run(["ls", "--full-time", p], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, TZ="UTC")).stdout.split()[5] == "1960-01-01"
+    mount.restart()
+    assert os.stat(p).st_mtime_ns == when - 1

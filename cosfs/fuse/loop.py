@@ -178,6 +178,7 @@ class _Poll:
 
     def after_sleep(self):
         """Adapt the window to how long the thread was idle."""
+        self._polled_since = None  # (a poll_device() that no sleep followed)
         if self._idle_since is None:
             return
         idle = time.perf_counter() - self._idle_since

@@ -126,7 +126,9 @@ NOTIFY_DELETE = 6
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")     # len, opcode, unique, nodeid, uid, gid, pid, ..
 OUT_HEADER = struct.Struct("<IiQ")          # len, error (negative errno), unique
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")   # fuse_attr
+#: fuse_attr; the times' seconds are signed (the kernel casts them to and from time64_t:
+#: a time before 1970 travels as a negative number)
+ATTR = struct.Struct("<QQQqqqIIIIIIIIII")
 ENTRY_OUT = struct.Struct("<QQQQII")        # fuse_entry_out up to its fuse_attr
 ATTR_OUT = struct.Struct("<QII")            # fuse_attr_out up to its fuse_attr
 INIT_IN = struct.Struct("<IIII")            # major, minor, max_readahead, flags
@@ -135,7 +137,7 @@ FORGET_IN = struct.Struct("<Q")             # nlookup
 BATCH_FORGET_IN = struct.Struct("<II")      # count, dummy
 FORGET_ONE = struct.Struct("<QQ")           # nodeid, nlookup
 GETATTR_IN = struct.Struct("<IIQ")          # getattr_flags, dummy, fh
-SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
+SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")  # (signed seconds, as in ATTR)
 MKNOD_IN = struct.Struct("<IIII")           # mode, rdev, umask, padding
 MKDIR_IN = struct.Struct("<II")             # mode, umask
 RENAME_IN = struct.Struct("<Q")             # newdir

@@ -57,6 +57,7 @@ import errno
 import logging
 import os
 import queue
+import resource
 import select
 import threading
 import time
@@ -168,6 +169,7 @@ class Session:
         self.proto_minor = None  # the kernel's minor version, once INIT is answered
         self.flags = 0           # the capabilities agreed on at INIT
         self._wait = None
+        self._terminated = False
         self._tasks = 0
         self._starting = 0
         self._nursery = None
@@ -197,10 +199,10 @@ class Session:
                                "(fuse_loop: pyfuse3 mounts as any user)")
         flags, kernel, source, fstype = _mount_parameters(self.options, "cosfs")
         try:
+            st = os.stat(self.mountpoint)
             fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            raise RuntimeError("cannot open /dev/fuse: %s" % exc.strerror) from None
-        st = os.stat(self.mountpoint)
+            raise RuntimeError("cannot open %s: %s" % (exc.filename, exc.strerror)) from None
         data = ",".join(["fd=%d" % fd, "rootmode=%o" % (st.st_mode & 0o170000),
                          "user_id=%d" % os.getuid(), "group_id=%d" % os.getgid()] + kernel)
         libc = _libc()
@@ -240,7 +242,10 @@ class Session:
     # -- the request loop -------------------------------------------------------------
 
     async def main(self):
-        """Answer requests until the file system is unmounted or :meth:`terminate`."""
+        """Answer requests until the file system is unmounted or :meth:`terminate`
+        (also if that was called before)."""
+        if self._terminated:
+            return
         self._wait = RequestWait(self.fd, self.poll_limit)
         self._wait.attach(self._end_wait)
         try:
@@ -253,6 +258,7 @@ class Session:
 
     def terminate(self):
         """End :meth:`main` (trio thread only): requests being answered are answered."""
+        self._terminated = True
         if self._wait is not None:
             self._wait.terminate()
 
@@ -334,6 +340,9 @@ class Session:
             os.writev(self.fd, parts)
         except FileNotFoundError:  # the kernel gave the request up meanwhile
             pass
+        except OSError as exc:  # a reply the kernel refused: say so, answer the next
+            log.error("the kernel refused a reply (%d bytes): %s",
+                      sum(len(p) for p in parts), exc.strerror)
 
     def _reply(self, unique, payload=b""):
         self._send([P.OUT_HEADER.pack(16 + len(payload), 0, unique), payload])
@@ -371,7 +380,7 @@ class Session:
         self.proto_minor = min(minor, P.MINOR)
         self._reply(head[2], P.INIT_OUT.pack(P.MAJOR, self.proto_minor, readahead,
                                              self.flags, 0, 0, MAX_WRITE, 1,
-                                             MAX_WRITE // 4096, 0, 0))
+                                             MAX_WRITE // resource.getpagesize(), 0, 0))
         init = getattr(self.ops, "init", None)
         if init is not None:
             init()
@@ -493,9 +502,9 @@ class Session:
 
     async def _open(self, head, buf, n):
         flags, open_flags = P.OPEN_IN.unpack_from(buf, P.IN_HEADER.size)
+        fi = await self.ops.open(head[3], flags, self._ctx(head))
         if open_flags & P.OPEN_KILL_SUIDGID:  # an O_TRUNC by a caller without CAP_FSETID
             await self.ops.drop_setid(head[3])
-        fi = await self.ops.open(head[3], flags, self._ctx(head))
         self._reply(head[2], self._open_out(fi))
 
     async def _create(self, head, buf, n):
