@@ -379,3 +379,18 @@ def test_requests_read_in_a_row_leave_other_tasks_their_turn():
     # a timer every millisecond at least every few: the requests did not starve it
     assert ticks.count("timer") >= elapsed * 1000 / 5, (ticks.count("timer"), elapsed)
     assert ticks.count("thread") >= 10
+
+
+def test_a_refused_reply_is_logged_and_the_session_goes_on(caplog):
+    """A reply the kernel will not take (here: a descriptor that cannot be written) is a
+    log line, not the end of the session."""
+    session = Session(FakeOps(), "/nonexistent", set())
+    read_end, write_end = os.pipe()
+    try:
+        session.fd = read_end
+        with caplog.at_level(logging.ERROR):
+            session._reply(7, b"x")
+        assert "the kernel refused a reply (17 bytes)" in caplog.text
+    finally:
+        os.close(read_end)
+        os.close(write_end)
