@@ -932,6 +932,23 @@ class Catalog:
         self._chunkless.discard(ino)
         self._cache_chunk(ino, idx, Chunk(idx, blob, length, data))
 
+    def drop_chunk(self, ino, idx, region):
+        """Remove chunk ``idx`` (a hole punched into the object); its blob goes to garbage
+        unless another inode shares it."""
+        self._chunks_changed(ino)
+        self.db.execute(
+            "INSERT OR IGNORE INTO garbage SELECT blob, ? FROM chunks c"
+            " WHERE inode=? AND idx=? AND data IS NULL AND " + _UNSHARED, (region, ino, idx))
+        self.db.execute("DELETE FROM chunks WHERE inode=? AND idx=?", (ino, idx))
+
+    def chunk_indexes(self, ino, first, last):
+        """Indexes of the stored chunks of ``ino`` in ``[first, last]``, ascending."""
+        if ino in self._chunkless:
+            return []
+        return [r[0] for r in self.db.execute(
+            "SELECT idx FROM chunks WHERE inode=? AND idx BETWEEN ? AND ? ORDER BY idx",
+            (ino, first, last))]
+
     def drop_chunks_from(self, ino, first_idx, region):
         """Remove chunks with index >= first_idx (truncate)."""
         self._chunks_changed(ino)

@@ -59,6 +59,13 @@ INVENTORY_KIND = "inventory:"
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+#: fallocate(2) modes (linux/falloc.h)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_MODES = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+#: Largest size an object may grow to (the kernel's limit for FUSE files, 2**63 - 1).
+MAX_SIZE = (1 << 63) - 1
 
 
 @dataclass
@@ -946,6 +953,36 @@ class FileSystem(XattrOps):
 
     async def write(self, fh, offset, data) -> int:
         return await self.objects.write(self._ino(fh), offset, data)
+
+    async def fallocate(self, fh, offset, length, mode=0):
+        """fallocate(2) on a handle open for writing.
+
+        Modes, as on ext4: 0 grows the size to ``offset+length`` if it is smaller;
+        ``KEEP_SIZE`` alone changes nothing but the times; ``PUNCH_HOLE|KEEP_SIZE``
+        makes the range read as zeros and stores whole chunks of it as nothing;
+        ``ZERO_RANGE`` does the same and, without ``KEEP_SIZE``, grows the size as mode
+        0 does. Nothing is reserved: a later write may still fail with ENOSPC (as on
+        every copy-on-write store). Other modes (collapse, insert, unshare): EOPNOTSUPP;
+        a punch without ``KEEP_SIZE`` or together with ``ZERO_RANGE``: EOPNOTSUPP, as
+        Linux answers. A negative offset or a length under 1: EINVAL; a range past
+        :data:`MAX_SIZE`: EFBIG; a handle not open for writing: EBADF; anything but a
+        regular file: ENODEV.
+        """
+        ino = self._ino(fh)
+        if fh in self.readonly:
+            raise FsError(errno.EBADF, "handle %d is not open for writing" % fh)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL, "fallocate of %d bytes at %d" % (length, offset))
+        if mode & ~FALLOC_MODES or (mode & FALLOC_FL_PUNCH_HOLE and (
+                not mode & FALLOC_FL_KEEP_SIZE or mode & FALLOC_FL_ZERO_RANGE)):
+            raise FsError(errno.EOPNOTSUPP, "fallocate mode %#x" % mode)
+        if offset + length > MAX_SIZE:
+            raise FsError(errno.EFBIG)
+        if not self.catalog.get_inode(ino).is_reg:
+            raise FsError(errno.ENODEV)
+        await self.objects.fallocate(
+            ino, offset, length, zero=bool(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)),
+            keep_size=bool(mode & FALLOC_FL_KEEP_SIZE))
 
     async def flush(self, fh) -> Optional[int]:
         """close(2) of one descriptor: commit so the content survives a daemon kill.

@@ -587,7 +587,7 @@ class DaemonStatus:
         objects, catalog, keys = self.objects, self.store.catalog, self.store.keys
         states = list(objects.states.values())
         buffered = objects.budget.total
-        sealed = sum(ch.length for st in states for ch in st.pending.values())
+        sealed = sum(ch.length for st in states for ch in st.pending.values() if ch is not None)
         changed = sum(1 for st in states if st.modified or st.dirty or st.pending)
         rows = catalog.buckets()
         buckets = []

@@ -99,7 +99,8 @@ class ObjectState:
         self.open_count = 0
         self.dirty: Dict[int, bytearray] = {}
         self.gens: Dict[int, int] = {}
-        self.pending: Dict[int, Chunk] = {}
+        #: chunks sealed (or punched out: None) since the last commit, which records them
+        self.pending: Dict[int, Optional[Chunk]] = {}
         self.flushing: Dict[int, trio.Event] = {}
         self.cut_from: Optional[int] = None
         self.modified = False
@@ -455,8 +456,8 @@ class ObjectStore:
                     piece = bytes(buf[lo:hi])
             elif st is not None and idx in st.pending:
                 ch = st.pending[idx]
-                piece = await self.reader.read(self.store_of(st.region), st.session[0], ino,
-                                               idx, ch, lo, hi, ahead)
+                piece = b"" if ch is None else await self.reader.read(  # None: a hole
+                    self.store_of(st.region), st.session[0], ino, idx, ch, lo, hi, ahead)
             else:
                 if st is not None and st.cut_from is not None and idx >= st.cut_from:
                     ch = None
@@ -906,7 +907,9 @@ class ObjectStore:
                     st.dirty_bytes -= held(st.dirty.pop(idx))
                     st.gens[idx] = st.gens.get(idx, 0) + 1
                 for idx in [i for i in st.pending if i >= keep]:
-                    self._discard(st.pending.pop(idx), st.region)
+                    prev = st.pending.pop(idx)
+                    if prev is not None:
+                        self._discard(prev, st.region)
                 st.cut_from = keep if st.cut_from is None else min(st.cut_from, keep)
             st.size = size
             st.modified = True
@@ -914,6 +917,94 @@ class ObjectStore:
             await self.commit(ino)
         finally:
             self._maybe_drop(st)
+
+    async def fallocate(self, ino, offset, length, *, zero, keep_size):
+        """The data path's part of fallocate(2) on ``[offset, offset+length)``, then a
+        commit (as a truncate's): ``close`` finds nothing left to do, and ``st_blocks``
+        shows the holes at once.
+
+        ``zero``: the range (within the object's size) reads as zeros afterwards. A chunk
+        whose stored bytes it covers wholly becomes a hole, stored as nothing; one it
+        covers from some byte to the end of its stored bytes is cut there; in one it
+        covers in the middle the bytes are zeroed (and stored, sealed, as any write).
+        So memory stays flat: at most the two chunks at the range's ends are loaded.
+        ``keep_size`` False: the size grows to ``offset+length`` if it is smaller (the
+        new bytes are a hole). No room is reserved: chunks are stored when data is
+        written, as always; but without ``zero`` the store's disk must have room for the
+        range's bytes past the end of the object, or FsError(ENOSPC) (a preallocation
+        that could never be filled fails early, as on a local disk). The times move, as
+        on ext4, in every mode.
+        """
+        st = self.state(ino)
+        if st.error is not None:
+            err, st.error = st.error, None
+            raise err
+        try:
+            end = offset + length
+            if not zero and end > st.size:
+                try:
+                    self.store_of(st.region).check_room(end - max(offset, st.size),
+                                                        "%d bytes allocated" % length)
+                except StoreError as exc:  # the request's size, not the disk, is at fault
+                    raise FsError(exc.errno, str(exc)) from None
+            self._begin(st)
+            if zero and offset < st.size:
+                await self._zero(st, offset, min(end, st.size))
+            if not keep_size and end > st.size:
+                st.size = end
+            st.modified = True
+            st.mtime_ns = st.ctime_ns = now_ns()
+            await self.commit(ino)
+        finally:
+            self._maybe_drop(st)
+
+    async def _zero(self, st, start, end):
+        """Make ``[start, end)`` of the object (``end`` <= its size) read as zeros."""
+        cs = self.chunk_size
+        first, last = start // cs, (end - 1) // cs
+        # the chunks at both ends, which the range may cover in part, one at a time: each
+        # load awaits, and a write may change any chunk meanwhile
+        ends = sorted({first, last})
+        for idx in ends:
+            lo, hi = max(start - idx * cs, 0), min(end - idx * cs, cs)
+            buf = st.dirty.get(idx)
+            length = self._existing_length(st, idx) if buf is None else \
+                (buf.length if isinstance(buf, PartialChunk) else len(buf))
+            if lo == 0 and hi >= length:
+                self._hole(st, idx)
+            elif lo < length:
+                buf = await self._load(st, idx)
+                if hi >= len(buf):
+                    st.dirty_bytes -= len(buf) - lo
+                    del buf[lo:]
+                else:
+                    buf[lo:hi] = bytes(hi - lo)
+                st.gens[idx] += 1
+        # the chunks between, which it covers wholly (no await from here on)
+        if last - first > 1:
+            inner = set(self.catalog.chunk_indexes(st.ino, first + 1, last - 1))
+            inner.update(i for i in itertools.chain(st.dirty, st.pending)
+                         if first < i < last)
+            for idx in inner:
+                self._hole(st, idx)
+        if self.budget.total > self.write_buffer:
+            self._start_relief(st)
+
+    def _hole(self, st, idx):
+        """Make chunk ``idx`` a hole: its buffer and its sealed but uncommitted chunk are
+        dropped; a committed chunk is dropped by the next commit (``pending`` maps it to
+        None). A seal of its buffer under way is discarded when it ends (its generation
+        moved)."""
+        buf = st.dirty.pop(idx, None)
+        if buf is not None:
+            st.dirty_bytes -= held(buf)
+        st.gens[idx] = st.gens.get(idx, 0) + 1
+        prev = st.pending.pop(idx, None)
+        if prev is not None:
+            self._discard(prev, st.region)
+        if not (st.cut_from is not None and idx >= st.cut_from) and \
+                self.catalog.chunk(st.ino, idx) is not None:
+            st.pending[idx] = None
 
     # -- commit -----------------------------------------------------------
     async def commit(self, ino, durable=False, then=None):
@@ -1029,7 +1120,10 @@ class ObjectStore:
             if st.cut_from is not None:
                 cat.drop_chunks_from(st.ino, st.cut_from, st.region)
             for idx, ch in st.pending.items():
-                cat.set_chunk(st.ino, idx, ch.blob, ch.length, st.region, ch.data)
+                if ch is None:  # a hole punched into it
+                    cat.drop_chunk(st.ino, idx, st.region)
+                else:
+                    cat.set_chunk(st.ino, idx, ch.blob, ch.length, st.region, ch.data)
             cat.update_inode(st.ino, **fields)
             for i, key in enumerate(keys):
                 vs.stamp(st.ino, before.bucket, key, new=not st.version_made and i == 0)
@@ -1195,7 +1289,8 @@ class ObjectStore:
             if st is not None:
                 self.states.pop(inode.id, None)
                 for ch in st.pending.values():
-                    self._discard(ch, region)
+                    if ch is not None:
+                        self._discard(ch, region)
                 # a seal still running finds no buffer and discards its blob itself
                 st.dirty.clear()
                 st.dirty_bytes = 0

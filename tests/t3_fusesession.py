@@ -74,6 +74,11 @@ class FakeOps(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         self.xattrs[name] = value
 
+    async def fallocate(self, fh, mode, offset, length):
+        self.calls.append(("fallocate", fh, mode, offset, length))
+        if mode & 0x08:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
     async def drop_setid(self, inode):
         self.calls.append(("drop_setid", inode))
         return entry(inode, mode=stat.S_IFREG | 0o755) if inode == 5 else None
@@ -304,6 +309,23 @@ def test_set_id_bits_are_dropped_where_the_kernel_flags_it():
     ops = run(test)
     assert [c for c in ops.calls if c[0] in ("drop_setid", "write")] == [
         ("drop_setid", 6), ("write", 9, 0, b"x"), ("write", 9, 0, b"y"), ("drop_setid", 5)]
+
+
+def test_fallocate_reaches_the_adapter_and_other_users_drop_set_id_bits():
+    async def test(ask, session, ops):
+        error, _, body = await ask(request(P.FALLOCATE, 2, nodeid=5, body=P.FALLOCATE_IN.pack(
+            9, 1 << 40, 4096, 0x03, 0)))
+        assert (error, body) == (0, b"")
+        error, _, _ = await ask(request(P.FALLOCATE, 3, nodeid=5, uid=1000,
+                                        body=P.FALLOCATE_IN.pack(9, 0, 10, 0, 0)))
+        assert error == 0
+        error, _, _ = await ask(request(P.FALLOCATE, 4, nodeid=5, uid=1000,
+                                        body=P.FALLOCATE_IN.pack(9, 0, 10, 0x08, 0)))
+        assert error == -errno.EOPNOTSUPP
+    ops = run(test)
+    assert [c for c in ops.calls if c[0] in ("drop_setid", "fallocate")] == [
+        ("fallocate", 9, 0x03, 1 << 40, 4096), ("fallocate", 9, 0, 0, 10), ("drop_setid", 5),
+        ("fallocate", 9, 0x08, 0, 10)]
 
 
 def test_mount_parameters():

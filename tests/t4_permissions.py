@@ -46,6 +46,10 @@ def run(step):
             with open(args[0], "wb") as f:
                 f.write(args[1].encode())
             return {"ok": None}
+        if op == "fallocate":
+            with open(args[0], "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, args[1])
+            return {"ok": None}
         if op == "create":
             with open(args[0], "xb") as f:
                 f.write(args[1].encode())
@@ -264,25 +268,26 @@ def test_setid_bits(shared):
 
 @pytest.mark.parametrize("shared", ["native", "pyfuse3"], indirect=True)
 def test_setid_bits_after_truncation_and_change_of_owner(shared):
-    """Another user's truncate(2) and open(O_TRUNC) clear a file's set-ID bits; a change
-    of owner clears them even when root makes it (even chown(-1, -1), as on ext4); root's
-    own writes keep them. The set-group-ID bit of a file its group may not execute is no
-    privilege and stays."""
+    """Another user's truncate(2), open(O_TRUNC) and fallocate(2) clear a file's set-ID
+    bits; a change of owner clears them even when root makes it (even chown(-1, -1), as on
+    ext4); root's own writes keep them. The set-group-ID bit of a file its group may not
+    execute is no privilege and stays."""
     m = shared
     p = lambda name: os.path.join(m.plain, name)  # noqa: E731
-    for name in ("truncated", "overwritten", "rootwrites"):
+    for name in ("truncated", "overwritten", "rootwrites", "fallocated"):
         make(p(name), b"#!/bin/sh\n", 0o6777)
     make(p("chowned"), b"#!/bin/sh\n", 0o6755)
     make(p("nogroupexec"), b"data", 0o2666)
     make(p("chownsame"), b"#!/bin/sh\n", 0o4755)
-    r = as_nobody(["truncate", p("truncated"), 2], ["overwrite", p("overwritten"), "#"])
-    assert r == [None, None]
+    r = as_nobody(["truncate", p("truncated"), 2], ["overwrite", p("overwritten"), "#"],
+                  ["fallocate", p("fallocated"), 8192])
+    assert r == [None, None, None]
     with open(p("rootwrites"), "r+b") as f:
         f.write(b"#")
     os.chown(p("chowned"), NOBODY, NOBODY)
     os.chown(p("nogroupexec"), NOBODY, NOBODY)
     os.chown(p("chownsame"), -1, -1)  # names no owner: Linux clears the bits all the same
-    want = {"truncated": 0o777, "overwritten": 0o777, "rootwrites": 0o6777,
+    want = {"truncated": 0o777, "overwritten": 0o777, "fallocated": 0o777, "rootwrites": 0o6777,
             "chowned": 0o755, "nogroupexec": 0o2666, "chownsame": 0o755}
     assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
     assert os.path.getsize(p("truncated")) == 2

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import APPID, ENC, PLAIN, get, put, write_config
+from conftest import APPID, ENC, PLAIN, get, mounted, put, write_config
 
 CHUNK = 64 * 1024
 
@@ -830,6 +830,90 @@ def test_st_blocks_counts_what_is_stored(mount, bucket):
     assert os.stat(p).st_blocks == (4096 + 110 + 511) // 512
     assert os.stat(f.name).st_blocks == (CHUNK + 1 + 511) // 512
     assert get(p)[(512 << 20) - 1:(512 << 20) + 4097] == b"\0" + b"x" * 4096 + b"\0"
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_ZERO_RANGE = 0x08, 0x10
+
+
+def fallocate(fd, mode, offset, length):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@pytest.mark.parametrize("bucket", ["plain", "enc"])
+def test_fallocate_punches_holes_that_du_sees(mount, bucket):
+    """fallocate(2): holes punched read as zeros and leave the store (st_blocks, du);
+    zeroed ranges and the sizes of every mode as on ext4; unsupported modes refused."""
+    p = os.path.join(getattr(mount, bucket), "img")
+    data = os.urandom(4 * CHUNK + 1000)
+    put(p, data)
+    blocks = os.stat(p).st_blocks
+    expect = bytearray(data)
+    fd = os.open(p, os.O_RDWR | os.O_APPEND)  # O_APPEND does not stop fallocate
+    try:
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, CHUNK, 2 * CHUNK)
+        expect[CHUNK:3 * CHUNK] = bytes(2 * CHUNK)
+        st = os.fstat(fd)
+        assert st.st_size == len(data) and st.st_blocks == blocks - 2 * CHUNK // 512
+        assert os.pread(fd, len(data) + 10, 0) == bytes(expect)
+        fallocate(fd, FALLOC_FL_ZERO_RANGE, 10, 20)                   # inside: zeroed
+        expect[10:30] = bytes(20)
+        fallocate(fd, FALLOC_FL_ZERO_RANGE, 4 * CHUNK + 500, CHUNK)  # over the end: grows
+        expect[4 * CHUNK + 500:] = bytes(CHUNK)
+        assert os.fstat(fd).st_size == len(expect)
+        os.posix_fallocate(fd, 0, 10 * CHUNK)                        # grows, stores nothing
+        expect.extend(bytes(10 * CHUNK - len(expect)))
+        fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 20 * CHUNK)
+        st = os.fstat(fd)
+        assert st.st_size == 10 * CHUNK
+        # chunks 0 and 3, and chunk 4 cut where the zeroed range began
+        assert st.st_blocks == (2 * CHUNK + 500 + 511) // 512
+        for mode in (FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE):
+            assert oserr(fallocate, fd, mode, 0, CHUNK) == errno.EOPNOTSUPP
+        assert oserr(fallocate, fd, 0, -1, CHUNK) == errno.EINVAL
+        assert oserr(os.posix_fallocate, fd, 0, 1 << 50) == errno.ENOSPC  # fails early
+        assert os.fstat(fd).st_size == 10 * CHUNK
+    finally:
+        os.close(fd)
+    ro = os.open(p, os.O_RDONLY)
+    try:
+        assert oserr(fallocate, ro, 0, 0, 10) == errno.EBADF
+    finally:
+        os.close(ro)
+    mount.restart()
+    assert get(p) == bytes(expect)
+    # fallocate --dig-holes finds the zeros written as data and punches them out
+    q = os.path.join(getattr(mount, bucket), "zeros")
+    put(q, b"a" * 100 + bytes(3 * CHUNK) + b"b")
+    subprocess.run(["fallocate", "--dig-holes", q], check=True)
+    assert os.stat(q).st_blocks == (CHUNK + 101 + 511) // 512  # its reads were of 64 KiB
+    assert get(q) == b"a" * 100 + bytes(3 * CHUNK) + b"b"
+
+
+def test_fallocate_on_pyfuse3s_loop_is_emulated(tmp_path):
+    """pyfuse3 has no fallocate: through its loop the kernel answers EOPNOTSUPP, and
+    posix_fallocate falls back to writing zeros (glibc)."""
+    cfg = write_config(str(tmp_path / "fs"), chunk_size="64KiB", extra="fuse_loop: pyfuse3\n")
+    gen = mounted(cfg)
+    m = next(gen)
+    try:
+        p = os.path.join(m.plain, "f")
+        put(p, b"abc")
+        fd = os.open(p, os.O_RDWR)
+        try:
+            assert oserr(fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1) \
+                == errno.EOPNOTSUPP
+            os.posix_fallocate(fd, 0, 2 * CHUNK)
+            assert os.fstat(fd).st_size == 2 * CHUNK
+        finally:
+            os.close(fd)
+        assert get(p) == b"abc" + bytes(2 * CHUNK - 3)
+    finally:
+        gen.close()
 
 
 def test_reads_leave_access_times_alone(mount):

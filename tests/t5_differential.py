@@ -13,8 +13,9 @@ RENAME_NOREPLACE / RENAME_EXCHANGE), unlink, mkdir, rmdir, link, symlink,
 readlink, user xattrs (with XATTR_CREATE / XATTR_REPLACE), chmod, chown,
 utime with nanoseconds, and up to six descriptors kept open at once: writes,
 reads, ftruncate, fsync, fstat, writes through a shared mapping,
-copy_file_range between descriptors and posix_fallocate, also after the file
-was renamed or unlinked. Names longer than NAME_MAX, missing parents and
+copy_file_range between descriptors, posix_fallocate and fallocate's modes
+(punched holes, zeroed ranges, with and without KEEP_SIZE), also after the file was
+renamed or unlinked. Names longer than NAME_MAX, missing parents and
 files used as directories make the error paths agree too.
 
 The chunk size is 64 KiB so writes of up to 300 KiB at random offsets cross
@@ -64,6 +65,18 @@ def renameat2(src, dst, flags):
 
 class Mismatch(AssertionError):
     pass
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+FALLOC_MODES = [0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd, mode, offset, length):
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def digest(data):
@@ -232,6 +245,9 @@ class Side:
     def op_hfallocate(self, hid, offset, length):
         os.posix_fallocate(self.fds[hid], offset, length)
 
+    def op_hfalloc(self, hid, mode, offset, length):
+        fallocate(self.fds[hid], mode, offset, length)
+
     def op_hstat(self, hid):
         st = os.fstat(self.fds[hid])
         return (st.st_size, st.st_nlink, stat.S_IMODE(st.st_mode))
@@ -254,8 +270,11 @@ class Differential:
     """
 
     def __init__(self, seed, cos_root, ref_root, *, restart=None, log_path=None,
-                 max_size=300 * 1024):
+                 max_size=300 * 1024, fallocate=True):
         self.seed = seed
+        #: the mount answers fallocate(2) itself (cosfs's own FUSE session; through
+        #: pyfuse3's loop glibc emulates posix_fallocate and other modes fail)
+        self.fallocate = fallocate
         self.rng = random.Random(seed)
         self.cos = Side(cos_root)
         self.ref = Side(ref_root)
@@ -353,7 +372,7 @@ class Differential:
         if open_hids:
             choices += [("close", 4), ("hwrite", 12), ("hread", 4), ("htruncate", 3),
                         ("hfsync", 2), ("hstat", 2), ("hmmap", 2), ("hcopy", 2),
-                        ("hfallocate", 1)]
+                        ("hfallocate", 1), ("hfalloc", 3 if self.fallocate else 0)]
         kinds = [k for k, w in choices for _ in range(w)]
         kind = rng.choice(kinds)
         hid = rng.choice(open_hids) if open_hids else None
@@ -434,12 +453,16 @@ class Differential:
         if kind == "hcopy":
             return (kind, hid, rng.choice(open_hids), self.size(), self.offset(), self.offset())
         if kind == "hfallocate":
-            # cosfs has no fallocate, so glibc emulates it with writes, which it refuses
+            # through pyfuse3's loop glibc emulates it with writes, which it refuses
             # (EBADF) on O_APPEND descriptors; local file systems allocate natively
-            plain = [h for h in open_hids if not self.hflags[h] & os.O_APPEND]
+            plain = [h for h in open_hids
+                     if self.fallocate or not self.hflags[h] & os.O_APPEND]
             if not plain:
                 return ("hstat", hid)
             return (kind, rng.choice(plain), self.offset(), rng.randint(1, 2 * CHUNK))
+        if kind == "hfalloc":  # punch holes, zero ranges (whole chunks too), grow
+            return (kind, hid, rng.choice(FALLOC_MODES), self.offset(),
+                    rng.randint(1, 3 * CHUNK))
         raise AssertionError(kind)
 
     # -- comparisons -------------------------------------------------------------
@@ -537,7 +560,7 @@ class Differential:
         elif kind == "hcopy":
             return [], [op[1], op[2]]
         elif kind in ("close", "hwrite", "hread", "hpages", "htruncate", "hfsync", "hstat", "hmmap",
-                      "hfallocate"):
+                      "hfallocate", "hfalloc"):
             return [], [op[1]] if kind != "close" else []
         else:
             paths = [op[1]]
@@ -620,7 +643,8 @@ def test_differential(small_chunk_mount, tmp_path, bucket, seed, write_buffer, c
     # files of up to four large chunks and a bit
     max_size = 300 * 1024 if chunk_size == "64KiB" else 1100 * 1024
     d = Differential(seed, cos_root, str(ref), restart=m.restart,
-                     log_path=str(tmp_path / "oplog.txt"), max_size=max_size)
+                     log_path=str(tmp_path / "oplog.txt"), max_size=max_size,
+                     fallocate=fuse_loop == "native")
     t0 = time.monotonic()
     d.run(STEPS, remount_at=(STEPS // 2,))
     print("seed %d: %d steps in %.1fs" % (seed, STEPS, time.monotonic() - t0))

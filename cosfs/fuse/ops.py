@@ -287,6 +287,11 @@ class Operations(pyfuse3.Operations):
         return await self.fs.write(fh, off, buf)
 
     @_translate
+    async def fallocate(self, fh, mode, offset, length):
+        """fallocate(2) (cosfs's own session only: pyfuse3 has no such operation)."""
+        await self.fs.fallocate(fh, offset, length, mode)
+
+    @_translate
     async def flush(self, fh):
         stale = await self.fs.flush(fh)
         if stale is not None:

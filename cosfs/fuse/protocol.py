@@ -153,6 +153,7 @@ WRITE_IN = struct.Struct("<QQIIQII")        # fh, offset, size, write_flags, loc
 WRITE_OUT = struct.Struct("<II")            # size, padding
 KSTATFS = struct.Struct("<QQQQQIIII24x")    # fuse_kstatfs (statfs_out)
 FSYNC_IN = struct.Struct("<QII")            # fh, fsync_flags, padding
+FALLOCATE_IN = struct.Struct("<QQQII")      # fh, offset, length, mode, padding
 SETXATTR_IN = struct.Struct("<II")          # size, flags (without FUSE_SETXATTR_EXT)
 GETXATTR_IN = struct.Struct("<II")          # size, padding
 GETXATTR_OUT = struct.Struct("<II")         # size, padding

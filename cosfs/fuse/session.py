@@ -187,7 +187,7 @@ class Session:
             P.READDIRPLUS: self._readdirplus, P.RELEASEDIR: self._releasedir,
             P.FSYNCDIR: self._fsyncdir, P.ACCESS: self._access, P.CREATE: self._create,
             P.INTERRUPT: self._ignore, P.DESTROY: self._destroy,
-            P.BATCH_FORGET: self._batch_forget,
+            P.BATCH_FORGET: self._batch_forget, P.FALLOCATE: self._fallocate,
         }
 
     # -- mounting ---------------------------------------------------------------------
@@ -527,6 +527,15 @@ class Session:
             data = bytes(view[start:start + size])
         written = await self.ops.write(fh, offset, data)
         self._reply(head[2], P.WRITE_OUT.pack(written, 0))
+
+    async def _fallocate(self, head, buf, n):
+        fh, offset, length, mode, _ = P.FALLOCATE_IN.unpack_from(buf, P.IN_HEADER.size)
+        await self.ops.fallocate(fh, mode, offset, length)
+        if head[4]:
+            # the kernel flags no fallocate for set-ID bits: a caller other than root
+            # changed the file as a writer does (ext4 clears them for it too)
+            await self.ops.drop_setid(head[3])
+        self._reply(head[2])
 
     async def _statfs(self, head, buf, n):
         self._reply(head[2], P.kstatfs(await self.ops.statfs(self._ctx(head))))
