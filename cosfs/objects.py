@@ -930,10 +930,12 @@ class ObjectStore:
         So memory stays flat: at most the two chunks at the range's ends are loaded.
         ``keep_size`` False: the size grows to ``offset+length`` if it is smaller (the
         new bytes are a hole). No room is reserved: chunks are stored when data is
-        written, as always; but without ``zero`` the store's disk must have room for the
-        range's bytes past the end of the object, or FsError(ENOSPC) (a preallocation
-        that could never be filled fails early, as on a local disk). The times move, as
-        on ext4, in every mode.
+        written, as always; but without ``zero`` a local store's disk must have room for
+        the range's bytes past the end of the object, or FsError(ENOSPC) (a preallocation
+        that could never be filled fails early, as on a local disk; an S3 store reports no
+        limit). The times move, as on ext4, in every mode. If the commit fails (the
+        store), the changes stay buffered for the next one, as a write's do: the size,
+        the times and the holes are then those of the request.
         """
         st = self.state(ino)
         if st.error is not None:
@@ -941,10 +943,10 @@ class ObjectStore:
             raise err
         try:
             end = offset + length
-            if not zero and end > st.size:
+            store = self.store_of(st.region)
+            if not zero and end > st.size and not getattr(store, "remote", False):
                 try:
-                    self.store_of(st.region).check_room(end - max(offset, st.size),
-                                                        "%d bytes allocated" % length)
+                    store.check_room(end - max(offset, st.size), "%d bytes allocated" % length)
                 except StoreError as exc:  # the request's size, not the disk, is at fault
                     raise FsError(exc.errno, str(exc)) from None
             self._begin(st)
@@ -959,28 +961,46 @@ class ObjectStore:
             self._maybe_drop(st)
 
     async def _zero(self, st, start, end):
-        """Make ``[start, end)`` of the object (``end`` <= its size) read as zeros."""
+        """Make ``[start, end)`` of the object (``end`` <= its size) read as zeros.
+
+        All or nothing: the chunks at the range's ends that it covers in part are loaded
+        first (each load awaits, and may fail: then nothing has changed), until both are
+        in memory at once; then every change is made with no await in between."""
         cs = self.chunk_size
         first, last = start // cs, (end - 1) // cs
-        # the chunks at both ends, which the range may cover in part, one at a time: each
-        # load awaits, and a write may change any chunk meanwhile
         ends = sorted({first, last})
-        for idx in ends:
-            lo, hi = max(start - idx * cs, 0), min(end - idx * cs, cs)
+
+        def span(idx):
+            """(lo, hi): the part of chunk idx the range covers, and the chunk's bytes."""
             buf = st.dirty.get(idx)
             length = self._existing_length(st, idx) if buf is None else \
                 (buf.length if isinstance(buf, PartialChunk) else len(buf))
+            return max(start - idx * cs, 0), min(end - idx * cs, cs), length
+
+        while True:
+            loads = []
+            for idx in ends:
+                lo, hi, length = span(idx)
+                whole = isinstance(st.dirty.get(idx), (bytes, bytearray))
+                if lo < length and not (lo == 0 and hi >= length) and not whole:
+                    loads.append(idx)
+            if not loads:
+                break
+            for idx in loads:
+                await self._load(st, idx)
+        for idx in ends:
+            lo, hi, length = span(idx)
             if lo == 0 and hi >= length:
                 self._hole(st, idx)
             elif lo < length:
-                buf = await self._load(st, idx)
+                buf = self._mutable(st, idx, st.dirty[idx])
                 if hi >= len(buf):
                     st.dirty_bytes -= len(buf) - lo
                     del buf[lo:]
                 else:
                     buf[lo:hi] = bytes(hi - lo)
                 st.gens[idx] += 1
-        # the chunks between, which it covers wholly (no await from here on)
+        # the chunks between, which it covers wholly
         if last - first > 1:
             inner = set(self.catalog.chunk_indexes(st.ino, first + 1, last - 1))
             inner.update(i for i in itertools.chain(st.dirty, st.pending)

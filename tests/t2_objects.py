@@ -276,6 +276,30 @@ async def test_fallocate_modes_and_sizes(tmp_path):
 
 
 @trio_test
+async def test_a_punch_that_cannot_load_its_end_chunk_changes_nothing(tmp_path):
+    """The chunk at the far end of the range is damaged: the fallocate fails with EIO
+    before it changes anything (the near end, which a careless order would cut first,
+    stays)."""
+    async with fs_env(tmp_path, chunk_size=CS) as env:
+        data = pattern(4 * CS, 4)
+        ino = await write_file(env, "d", data, bucket=ENC)
+        path = env.region_store._path(env.catalog.chunk(ino, 3).blob)
+        raw = bytearray(open(path, "rb").read())
+        raw[cipher.HEADER_SIZE + 100] ^= 1
+        open(path, "wb").write(raw)
+        fh = await env.fs.open(ino, os.O_RDWR)
+        with pytest.raises(CosfsError) as info:
+            await env.fs.fallocate(fh, CS - 1000, 2 * CS + 2000, PUNCH_HOLE | KEEP_SIZE)
+        assert info.value.errno == errno.EIO
+        st = env.objects.states[ino]
+        assert not st.pending and all(  # chunk 0 may stay loaded, as it was
+            bytes(buf) == data[i * CS:(i + 1) * CS] for i, buf in st.dirty.items())
+        await env.fs.release(fh)
+        assert await committed_reader(env).read(ino, 0, 3 * CS) == data[:3 * CS]
+        assert [c.idx for c in env.catalog.chunks(ino)] == [0, 1, 2, 3]
+
+
+@trio_test
 async def test_a_punch_wins_over_a_seal_under_way(tmp_path, monkeypatch):
     """A chunk being sealed (in a worker) when a hole is punched over it: the seal's
     result is discarded, the hole is what the commit records."""

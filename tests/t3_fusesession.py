@@ -324,8 +324,8 @@ def test_fallocate_reaches_the_adapter_and_other_users_drop_set_id_bits():
         assert error == -errno.EOPNOTSUPP
     ops = run(test)
     assert [c for c in ops.calls if c[0] in ("drop_setid", "fallocate")] == [
-        ("fallocate", 9, 0x03, 1 << 40, 4096), ("fallocate", 9, 0, 0, 10), ("drop_setid", 5),
-        ("fallocate", 9, 0x08, 0, 10)]
+        ("fallocate", 9, 0x03, 1 << 40, 4096), ("drop_setid", 5), ("fallocate", 9, 0, 0, 10),
+        ("drop_setid", 5), ("fallocate", 9, 0x08, 0, 10)]
 
 
 def test_mount_parameters():

@@ -289,7 +289,18 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def fallocate(self, fh, mode, offset, length):
         """fallocate(2) (cosfs's own session only: pyfuse3 has no such operation)."""
-        await self.fs.fallocate(fh, offset, length, mode)
+        try:
+            await self.fs.fallocate(fh, offset, length, mode)
+        except CosfsError as exc:
+            if exc.errno in (errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                # the store failed the commit: the change stays buffered for the next one,
+                # while the kernel, which changes nothing on an error, keeps its size and
+                # pages; taking the attributes again (new times) makes it drop both
+                try:
+                    self.kernel.invalidate_inode(self.fs.inode_of(fh), attr_only=True)
+                except (OSError, CosfsError):
+                    pass
+            raise
 
     @_translate
     async def flush(self, fh):

@@ -530,11 +530,12 @@ class Session:
 
     async def _fallocate(self, head, buf, n):
         fh, offset, length, mode, _ = P.FALLOCATE_IN.unpack_from(buf, P.IN_HEADER.size)
-        await self.ops.fallocate(fh, mode, offset, length)
         if head[4]:
             # the kernel flags no fallocate for set-ID bits: a caller other than root
-            # changed the file as a writer does (ext4 clears them for it too)
+            # changes the file as a writer does, and ext4 clears them first. (By uid: the
+            # request does not tell whether the caller holds CAP_FSETID.)
             await self.ops.drop_setid(head[3])
+        await self.ops.fallocate(fh, mode, offset, length)
         self._reply(head[2])
 
     async def _statfs(self, head, buf, n):
