@@ -652,11 +652,15 @@ class Catalog:
             row = self.db.execute(_SELECT_INODE + " WHERE id=?", (ino,)).fetchone()
             if row is None:
                 raise FsError(errno.ENOENT, "no inode %d" % ino)
-            if len(self._inodes) >= INODE_CACHE_SIZE:
-                for old in list(itertools.islice(self._inodes, INODE_CACHE_SIZE // 4)):
-                    del self._inodes[old]
-            self._inodes[ino] = row
+            self._cache_inode(row)
         return Inode(*row)
+
+    def _cache_inode(self, row):
+        """Keep ``row`` (INODE_COLUMNS, as read from ``inodes``) in the inode cache."""
+        if row[0] not in self._inodes and len(self._inodes) >= INODE_CACHE_SIZE:
+            for old in list(itertools.islice(self._inodes, INODE_CACHE_SIZE // 4)):
+                del self._inodes[old]
+        self._inodes[row[0]] = row
 
     def new_inode(self, *, mode, uid, gid, rdev=0, nlink=1, bucket=0, target=None,
                   object_id=None, enc_request=None, enc=None, wrapped_key=None, size=0,
@@ -819,13 +823,16 @@ class Catalog:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        if not stored:
-            return [(r[0], Inode(*r[1:])) for r in self.db.execute(sql, args)]
         out = []
         cache = self._stored
         for r in self.db.execute(sql, args):
-            inode = Inode(*r[1:-1])
-            if r[-1] is not None:  # a regular file with content (the rest have no chunks)
+            row = r[1:-1] if stored else r[1:]
+            # the rows join the inode cache (as get_inode's do): a listing with attributes
+            # is followed by requests for its entries (open, stat), which then find them in
+            # memory instead of reading the table again (from the disk, when it is cold)
+            self._cache_inode(row)
+            inode = Inode(*row)
+            if stored and r[-1] is not None:  # a regular file with content (others: none)
                 if len(cache) >= STORED_CACHE_SIZE:
                     cache.clear()
                 cache[inode.id] = int(r[-1])

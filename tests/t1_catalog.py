@@ -471,7 +471,7 @@ def test_caches_agree_with_the_database_through_commits_and_rollbacks(cat):
     rnd = random.Random(7)
     inos = []
     for step in range(600):
-        op = rnd.choice(["new", "update", "delete", "move", "fail"])
+        op = rnd.choice(["new", "update", "delete", "move", "fail", "list"])
         if op == "new" or not inos:
             with cat.transaction():
                 ino = cat.new_inode(mode=rnd.choice([REG, DIR]), uid=rnd.randrange(9), gid=0,
@@ -493,16 +493,34 @@ def test_caches_agree_with_the_database_through_commits_and_rollbacks(cat):
                     row = _fresh_parent(cat, ino)
                     cat.set_dentry(ROOT_INODE, b"m%d" % step, ino)
                     cat.remove_dentry(*row)
+                elif op == "list":  # a listing's rows join the inode cache
+                    cat.list_dir(ROOT_INODE, stored=rnd.random() < 0.5)
                 elif op == "fail":
                     cat.update_inode(ino, size=999999)
                     cat.get_inode(ino)
                     cat.parent_of(ino)
+                    cat.list_dir(ROOT_INODE, stored=rnd.random() < 0.5)
                     raise RuntimeError("roll back")
         except RuntimeError:
             pass
         for i in inos:
             assert cat.get_inode(i) == _fresh(cat, i), (step, op, i)
             assert cat.parent_of(i) == _fresh_parent(cat, i), (step, op, i)
+
+
+def test_a_listing_fills_the_inode_cache(cat, monkeypatch):
+    """The entries a listing with attributes returned are opened and stat'ed next: their
+    rows come from memory then, not from the table (a disk read when it is cold)."""
+    inos = []
+    for i in range(5):
+        with cat.transaction():
+            ino = cat.new_inode(mode=REG, uid=1, gid=2, object_id=os.urandom(16)).id
+            cat.add_dentry(ROOT_INODE, b"f%d" % i, ino)
+        inos.append(ino)
+    cat._inodes.clear()
+    listed = dict(cat.list_dir(ROOT_INODE, stored=True))
+    monkeypatch.setattr(cat, "db", None)  # any query now fails
+    assert [cat.get_inode(i) for i in inos] == [listed[b"f%d" % i] for i in range(5)]
 
 
 def test_a_failed_commit_empties_the_caches(cat, monkeypatch):
