@@ -27,6 +27,7 @@ passed to ``trio.to_thread.run_sync`` (sealing, opening, store I/O), which
 touch no shared state besides the stores (thread-safe) and the key store.
 """
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -84,6 +85,15 @@ READ_AHEAD_CHUNKS = 2
 
 #: Default of :meth:`ObjectStore.rewrite`: leave the override request as it is.
 _KEEP = object()
+
+@contextlib.contextmanager
+def _releasing(lock):
+    """Release ``lock`` (acquired already) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        lock.release()
+
 
 class ObjectState:
     """In-memory state of one object with open handles or uncommitted changes."""
@@ -1045,7 +1055,18 @@ class ObjectStore:
             if durable:
                 await self.sync_catalog()
             return
-        async with st.commit_lock:
+        if (then is None and not durable and st.error is None and not st.commit_lock.locked()
+                and not (st.modified or st.pending or st.dirty or st.flushing)):
+            # nothing to commit and no commit under way (it would hold the lock, and the
+            # changes it takes stay in pending until it has recorded them): a reader's
+            # close returns without a trip through trio's scheduler, which taking the lock
+            # costs
+            return
+        try:
+            st.commit_lock.acquire_nowait()  # the usual case: no pass through the scheduler
+        except trio.WouldBlock:
+            await st.commit_lock.acquire()
+        with _releasing(st.commit_lock):
             if st.error is not None:
                 err, st.error = st.error, None
                 log.warning("retrying storage of inode %d after: %s", ino, err)
@@ -1072,6 +1093,11 @@ class ObjectStore:
         while st.dirty or st.flushing:
             if st.flushing:
                 await next(iter(st.flushing.values())).wait()
+                continue
+            if len(st.dirty) == 1:
+                # one chunk (a small file's only one): sealed by this task, without a
+                # nursery, whose tasks would start only at the scheduler's next pass
+                await self._flush_chunk(st, next(iter(st.dirty)))
                 continue
             try:
                 async with trio.open_nursery() as n:

@@ -195,6 +195,37 @@ async def test_random_ops_match_model(tmp_path, bucket, seed):
         assert env.blobs() == referenced(env)
 
 
+@trio_test
+async def test_a_small_files_commit_does_not_pass_through_the_scheduler(tmp_path):
+    """A reader's close commits nothing and never waits, and the commit of a small file
+    (one chunk, sealed inline) does not wait either: neither passes through trio's
+    scheduler (a checkpoint would raise Cancelled here). A commit that must wait for a
+    worker (a chunk too large to seal inline) does."""
+    async with fs_env(tmp_path, chunk_size=256 * KiB) as env:
+        ino = await write_file(env, "r", b"data")
+        fh = await env.fs.open(ino, os.O_RDWR)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await env.objects.commit(ino)
+            await env.fs.release(fh)
+        assert not scope.cancelled_caught
+        fh = await env.fs.open(ino, os.O_RDWR)
+        await env.fs.write(fh, 0, b"more")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await env.objects.commit(ino)
+        assert not scope.cancelled_caught
+        assert await read_all(committed_reader(env), ino) == b"more"
+        big = pattern(objects_module.INLINE_WRITE_LIMIT + 1)  # one chunk, sealed in a worker
+        await env.fs.write(fh, 0, big)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await env.objects.commit(ino)
+        assert scope.cancelled_caught
+        await env.fs.release(fh)
+        assert await read_all(committed_reader(env), ino) == big
+
+
 # -- fallocate -------------------------------------------------------------------------
 KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 0x01, 0x02, 0x10
 
