@@ -922,11 +922,16 @@ class ObjectStore:
                         self._discard(prev, st.region)
                 st.cut_from = keep if st.cut_from is None else min(st.cut_from, keep)
             st.size = size
-            st.modified = True
-            st.mtime_ns = st.ctime_ns = now_ns()
-            await self.commit(ino)
+            await self._commit_now(st)
         finally:
             self._maybe_drop(st)
+
+    async def _commit_now(self, st):
+        """A change made by other means than ``write`` (truncate, fallocate): the times
+        move, and it is committed at once."""
+        st.modified = True
+        st.mtime_ns = st.ctime_ns = now_ns()
+        await self.commit(st.ino)
 
     async def fallocate(self, ino, offset, length, *, zero, keep_size):
         """The data path's part of fallocate(2) on ``[offset, offset+length)``, then a
@@ -964,9 +969,7 @@ class ObjectStore:
                 await self._zero(st, offset, min(end, st.size))
             if not keep_size and end > st.size:
                 st.size = end
-            st.modified = True
-            st.mtime_ns = st.ctime_ns = now_ns()
-            await self.commit(ino)
+            await self._commit_now(st)
         finally:
             self._maybe_drop(st)
 
