@@ -86,6 +86,7 @@ READ_AHEAD_CHUNKS = 2
 #: Default of :meth:`ObjectStore.rewrite`: leave the override request as it is.
 _KEEP = object()
 
+
 @contextlib.contextmanager
 def _releasing(lock):
     """Release ``lock`` (acquired already) when the block ends, however it ends."""
@@ -984,7 +985,8 @@ class ObjectStore:
         ends = sorted({first, last})
 
         def span(idx):
-            """(lo, hi): the part of chunk idx the range covers, and the chunk's bytes."""
+            """(lo, hi, length): the part of chunk idx the range covers, and how many
+            bytes the chunk holds."""
             buf = st.dirty.get(idx)
             length = self._existing_length(st, idx) if buf is None else \
                 (buf.length if isinstance(buf, PartialChunk) else len(buf))
