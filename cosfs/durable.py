@@ -9,8 +9,12 @@ system (ext4, xfs, btrfs, tmpfs, NFS, FUSE file systems) keeps:
   - ``fsync`` of a directory makes that directory's entries durable: the
     names created, renamed or removed in it.
 
-``syncfs(2)``/``sync(2)`` are deliberately not used: the kernel never passes
-them to a FUSE file system, and other file systems give them weaker meaning.
+``sync(2)`` is never used, and ``syncfs(2)`` only through :class:`WholeSync`,
+on the few local file systems where its meaning is known (it writes back and
+waits for every file's data and then commits the journal or log, which holds
+every directory change) and on kernels that report write-back errors to its
+caller (5.8 and later). Elsewhere it may promise less: the kernel does not pass
+it to most FUSE file systems, and network file systems give it weaker meaning.
 A failed ``fsync`` leaves the data in an unknown state (the kernel may have
 dropped the dirty pages), so callers must never retry it as if nothing had
 happened.
@@ -111,3 +115,72 @@ def write_private(fd, data):
     while view:
         view = view[os.write(fd, view):]
     os.fsync(fd)
+
+
+#: statfs(2) ``f_type`` of the file systems whose syncfs(2) makes every file's data and every
+#: directory entry durable, as fdatasync of each file and fsync of each folder would
+SYNCFS_FULL = {0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs",
+               0xF2F52010: "f2fs"}
+#: first kernel whose syncfs(2) reports write-back errors (its caller's, since it opened
+#: the descriptor); before it, a failed write-back could pass unnoticed
+SYNCFS_ERRORS_SINCE = (5, 8)
+
+
+def _fs_type(libc, path):
+    """statfs(2) ``f_type`` of the file system holding ``path`` (os.statvfs has none)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _kernel_at_least(version):
+    try:
+        release = os.uname().release.split("-")[0].split(".")
+        return tuple(int(x) for x in release[:2]) >= version
+    except ValueError:
+        return False
+
+
+class WholeSync:
+    """One syncfs(2) instead of many fdatasyncs, where that promises as much.
+
+    ``WholeSync.open(path)`` gives None unless the file system holding ``path`` is
+    one of :data:`SYNCFS_FULL` and the kernel reports write-back errors to syncfs.
+    The descriptor it keeps is opened before the first file it must cover is
+    written and stays open: syncfs reports the write-back errors that happened
+    since that descriptor last asked, so a fresh one could miss an error that
+    another process's syncfs had already collected.
+    """
+
+    def __init__(self, libc, fd, kind):
+        self._libc = libc
+        self._fd = fd
+        self.kind = kind
+
+    @classmethod
+    def open(cls, path):
+        if not _kernel_at_least(SYNCFS_ERRORS_SINCE):
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            kind = SYNCFS_FULL.get(_fs_type(libc, path))
+            if kind is None or not hasattr(libc, "syncfs"):
+                return None
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return cls(libc, fd, kind)
+
+    def sync(self):
+        """Every file and directory entry of the file system is durable on return
+        (blocks; OSError if write-back failed since the last call)."""
+        if self._libc.syncfs(self._fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    def close(self):
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 #: Threads that fsync blobs and directories in parallel at a durability point
 #: (fsync waits for the disk, not the CPU; the file system batches concurrent ones).
 SYNC_THREADS = 8
+#: From this many unsynced blobs on, a durability point is one syncfs(2) of the store's file
+#: system where that promises as much as fdatasync of each (see :class:`durable.WholeSync`):
+#: 3,000 blobs of 24 KiB took 0.9-1.1 s and 0.5 s of CPU one by one, 0.15 s that way.
+#: Below it, the blobs go one by one, and other files' dirty pages do not delay the sync.
+SYNCFS_MIN_BLOBS = 32
 
 #: Blobs at least this large start their write-back as soon as they are written,
 #: so that the durability point has little left to wait for.
@@ -72,7 +77,8 @@ class LocalStore:
     daemon. The store remembers which blobs are not yet on stable storage;
     :meth:`sync_all` fdatasyncs each of them and fsyncs every directory that
     gained one, the only primitives every file system honours (see
-    :mod:`cosfs.durable`). The data path calls it before any catalog commit
+    :mod:`cosfs.durable`), or, for many blobs on ext4, xfs, btrfs or f2fs, makes
+    them all durable with one syncfs. The data path calls it before any catalog commit
     that must survive a machine crash, so a durable catalog never points at a
     blob that a power loss could take away.
     """
@@ -88,6 +94,9 @@ class LocalStore:
         #: depends on are still being synced by the first
         self._sync_lock = threading.Lock()
         self._pool = None
+        #: durable.WholeSync of the store's file system, False where there is none; opened
+        #: before the first blob is written, so that its syncfs sees every write-back error
+        self._whole = None
         self._sizeless_warned = False
         self._open = collections.OrderedDict()  # blob id -> _OpenBlob, oldest first
         self._nowait = hasattr(os, "RWF_NOWAIT")  # see get_range
@@ -155,6 +164,8 @@ class LocalStore:
         """
         path = self._path(blob_id)
         self._check_room(blob_id, len(data))
+        if self._whole is None:
+            self._open_whole()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -282,6 +293,21 @@ class LocalStore:
         with self._lock:
             while self._open:
                 self._evict(self._open.popitem()[1])
+            if self._whole and not self._unsynced:
+                self._whole.close()
+                self._whole = None
+
+    def _open_whole(self):
+        whole = durable.WholeSync.open(self.root)
+        with self._lock:
+            if self._whole is None:
+                self._whole = whole or False
+                if whole:
+                    log.debug("chunk store %s is on %s: many blobs are synced by syncfs",
+                              self.root, whole.kind)
+                    return
+        if whole:
+            whole.close()
 
     def size(self, blob_id: bytes) -> int:
         """Length of a stored blob; StoreError if missing."""
@@ -338,10 +364,13 @@ class LocalStore:
         if not blobs:
             return
         try:
-            order = list(blobs)
-            present = [b for b, ok in zip(order, self._each(self._sync_blob, order)) if ok]
-            dirs = {os.path.dirname(self._path(b)) for b in present}
-            self._each(durable.fsync_dir, dirs)
+            if self._whole and len(blobs) >= SYNCFS_MIN_BLOBS:
+                self._whole.sync()
+            else:
+                order = list(blobs)
+                present = [b for b, ok in zip(order, self._each(self._sync_blob, order)) if ok]
+                dirs = {os.path.dirname(self._path(b)) for b in present}
+                self._each(durable.fsync_dir, dirs)
         except OSError as exc:
             with self._lock:
                 self._unsynced |= blobs
@@ -352,6 +381,8 @@ class LocalStore:
         """Make every blob in the store durable (after a crash of an earlier process, whose
         record of unsynced blobs was lost with it). Returns the number of blobs."""
         blobs = list(self.list())
+        if self._whole is None:
+            self._open_whole()
         with self._lock:
             self._unsynced.update(blobs)
         self.sync_all()

@@ -226,9 +226,9 @@ def test_statvfs(store):
 
 
 def test_sync_all_fdatasyncs_every_blob_and_directory(store, monkeypatch):
-    """Durability must not depend on syncfs (a FUSE file system never sees it): every
-    unsynced blob is fdatasynced and every directory that gained one is fsynced,
-    however many there are."""
+    """Durability must not depend on syncfs where its meaning is not known (a FUSE file
+    system never sees it; tmpfs here): every unsynced blob is fdatasynced and every
+    directory that gained one is fsynced, however many there are."""
     from cosfs import durable
     synced, dirs = [], []
     real_fdatasync, real_fsync_dir = durable.fdatasync_path, durable.fsync_dir
@@ -290,6 +290,71 @@ def test_failed_sync_keeps_blobs_unsynced(store, monkeypatch):
     monkeypatch.undo()
     store.sync_all()
     assert store.unsynced_count == 0
+
+
+@pytest.fixture
+def disk_store(tmp_path_factory):
+    """A store on the disk's file system (not tmpfs), skipped unless its syncfs is full."""
+    root = tmp_path_factory.mktemp("disk") / "blobs"
+    root.parent.mkdir(exist_ok=True)
+    whole = durable.WholeSync.open(root.parent)
+    if whole is None:
+        pytest.skip("the test directory's file system is not one whose syncfs is full")
+    whole.close()
+    s = LocalStore(root)
+    s.create()
+    yield s
+    s.close()
+
+
+def test_many_blobs_are_made_durable_by_one_syncfs(disk_store, monkeypatch):
+    """On ext4, xfs, btrfs or f2fs, from SYNCFS_MIN_BLOBS unsynced blobs on, one syncfs
+    replaces the fdatasync of each blob and the fsync of each folder; fewer go one by one."""
+    from cosfs import store as store_mod
+    calls = []
+    real_sync = durable.WholeSync.sync
+    monkeypatch.setattr(durable.WholeSync, "sync",
+                        lambda self: (calls.append("syncfs"), real_sync(self)))
+    monkeypatch.setattr(durable, "fdatasync_path", lambda p: calls.append("fdatasync"))
+    monkeypatch.setattr(durable, "fsync_dir", lambda p: calls.append("fsync_dir"))
+    for i in range(store_mod.SYNCFS_MIN_BLOBS):
+        disk_store.put(bid(i), b"x")
+    disk_store.sync_all()
+    assert calls == ["syncfs"] and disk_store.unsynced_count == 0
+    calls.clear()
+    disk_store.put(bid(1000), b"x")
+    disk_store.sync_all()
+    assert calls == ["fdatasync", "fsync_dir"]
+
+
+def test_failed_syncfs_keeps_blobs_unsynced(disk_store, monkeypatch):
+    from cosfs import store as store_mod
+
+    def failing(self):
+        raise OSError(errno.EIO, "Input/output error")
+
+    for i in range(store_mod.SYNCFS_MIN_BLOBS):
+        disk_store.put(bid(i), b"x")
+    monkeypatch.setattr(durable.WholeSync, "sync", failing)
+    with pytest.raises(StoreError) as ei:
+        disk_store.sync_all()
+    assert ei.value.errno == errno.EIO
+    assert disk_store.unsynced_count == store_mod.SYNCFS_MIN_BLOBS
+    monkeypatch.undo()
+    disk_store.sync_all()
+    assert disk_store.unsynced_count == 0
+
+
+def test_syncfs_only_where_it_promises_as_much(tmp_path, tmp_path_factory, monkeypatch):
+    """Not on tmpfs (nor FUSE, NFS, ...), not on kernels whose syncfs hides write-back
+    errors; a store whose file system cannot be asked goes blob by blob."""
+    if str(tmp_path).startswith("/dev/shm"):
+        assert durable.WholeSync.open(tmp_path) is None
+    disk = tmp_path_factory.mktemp("kernel")
+    monkeypatch.setattr(durable, "_kernel_at_least", lambda version: False)
+    assert durable.WholeSync.open(disk) is None
+    monkeypatch.undo()
+    assert durable.WholeSync.open(disk / "missing") is None
 
 
 def test_sync_everything_after_a_crash(store):
