@@ -3,8 +3,10 @@
 The core (data path, read path, collector) counts through the module-level
 helpers below; each is one dictionary lookup and one ``inc`` on a
 pre-bound :mod:`prometheus_client` child, cheap enough for every chunk. The
-FUSE adapter times every request with the child :func:`fuse_timer` binds
-once per handler (one ``observe`` per request, about a microsecond).
+FUSE adapter times every request with the function :func:`fuse_timer` binds
+once per handler: a bucket count and a sum kept in plain lists (0.2 µs, against
+2 µs for the library's histogram, whose locks a request loop does not need),
+exported by :class:`_FuseCollector` when scraped.
 Everything lives in one private :class:`prometheus_client.CollectorRegistry`
 (:data:`REGISTRY`), so several stores in one test process never clash with
 the library's global registry.
@@ -16,15 +18,18 @@ state) comes from a ``state()`` callable the composition root registers with
 on the thread that renders (the daemon's trio thread).
 
 Metric names and meanings are listed in docs/console.md ("Metrics").
-Safe on any thread (the library's counters hold their own locks); no trio.
+Safe on any thread (the library's counters hold their own locks), except the FUSE
+timers: one thread at a time (the request loop's); no trio.
 """
 
+import bisect
 import logging
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter,
                                generate_latest)
 from prometheus_client import disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +73,8 @@ _API = Counter("cosfs_api_requests", "XML API requests, by operation (the handle
                registry=REGISTRY)
 #: upper bounds (seconds) of the FUSE latency histogram: 100 µs .. 5 s
 FUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
-_FUSE = Histogram("cosfs_fuse_request_seconds", "FUSE requests, by operation (the handler of "
-                  "cosfs.fuse.ops): count and time from the handler's start to its answer",
-                  ["operation"], buckets=FUSE_BUCKETS, registry=REGISTRY)
+_FUSE_HELP = ("FUSE requests, by operation (the handler of cosfs.fuse.ops): count and time "
+              "from the handler's start to its answer")
 _commits = {}
 _bytes_sealed = {}
 _bytes_opened = {}
@@ -133,12 +137,47 @@ def resolved(algorithm, source):
 
 
 def fuse_timer(operation):
-    """The ``observe(seconds)`` of the FUSE latency histogram's ``operation`` child.
+    """The ``observe(seconds)`` of the FUSE latency histogram's ``operation`` series.
 
     Bound once per handler (at import of :mod:`cosfs.fuse.ops`), so a request costs
-    one ``observe`` (about a microsecond) and no label lookup.
+    one bisection and two additions, and no label lookup. Call it from one thread
+    at a time (the request loop's); a scrape on another thread may see a sum a
+    request ahead of the counts.
     """
-    return _FUSE.labels(operation).observe
+    counts, total = _fuse.setdefault(operation, ([0] * (len(FUSE_BUCKETS) + 1), [0.0]))
+
+    def observe(seconds, bounds=FUSE_BUCKETS, counts=counts, total=total,
+                where=bisect.bisect_left):
+        counts[where(bounds, seconds)] += 1  # first bound >= seconds: its "le" bucket
+        total[0] += seconds
+    return observe
+
+
+#: operation -> (per-bucket counts, the last for +Inf; [sum of seconds])
+_fuse = {}
+
+
+class _FuseCollector:
+    """The FUSE timers as the histogram ``cosfs_fuse_request_seconds``."""
+
+    _LE = [floatToGoString(b) for b in FUSE_BUCKETS] + ["+Inf"]
+
+    def collect(self):
+        family = HistogramMetricFamily("cosfs_fuse_request_seconds", _FUSE_HELP,
+                                       labels=["operation"])
+        for operation, (counts, total) in sorted(_fuse.items()):
+            cumulative, buckets = 0, []
+            for le, count in zip(self._LE, list(counts)):
+                cumulative += count
+                buckets.append((le, float(cumulative)))
+            family.add_metric([operation], buckets, total[0])
+        yield family
+
+    def describe(self):
+        return []
+
+
+REGISTRY.register(_FuseCollector())
 
 
 def login(result):
