@@ -928,6 +928,7 @@ class Catalog:
 
         A stored blob that is replaced goes to garbage; a packed one simply goes.
         """
+        stored = 0 if ino in self._chunkless else self._stored.get(ino)
         old = self.chunk(ino, idx)
         if old is not None and not old.packed and old.blob != blob and self.db.execute(
                 "SELECT 1 FROM chunks WHERE blob=? AND inode<>? LIMIT 1",
@@ -935,8 +936,13 @@ class Catalog:
             self.db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (old.blob, region))
         self.db.execute("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                         (ino, idx, blob, length, data))
-        self._stored.pop(ino, None)
         self._chunkless.discard(ino)
+        if stored is None:
+            self._stored.pop(ino, None)
+        else:  # kept up to date: the getattr after a commit asks for it
+            if len(self._stored) >= STORED_CACHE_SIZE:
+                self._stored.clear()
+            self._stored[ino] = stored - (0 if old is None else old.length) + length
         self._cache_chunk(ino, idx, Chunk(idx, blob, length, data))
 
     def drop_chunk(self, ino, idx, region):
