@@ -342,6 +342,7 @@ class Catalog:
         #: inodes made by this catalog that have had no chunk rows since: chunk() and
         #: stored_length() answer them without a query (a new file's first commit)
         self._chunkless = set()
+        self._missing = None  # (parent, name) last found missing: see lookup
         self._inode_count = None  # see inode_count
         self._buckets = {}  # inode -> bucket row or None: see bucket_by_inode
         self._configs = {}  # (bucket inode, kind) -> document or None: see get_bucket_config
@@ -623,6 +624,7 @@ class Catalog:
         """Empty the write-through caches (after a rollback they may hold undone rows)."""
         self._inodes.clear()
         self._parents.clear()
+        self._missing = None
         self._chunks.clear()
         self._chunk_rows = 0
         self._stored.clear()
@@ -770,14 +772,27 @@ class Catalog:
 
     # -- dentries --------------------------------------------------------
     def lookup(self, parent, name) -> Optional[int]:
+        """The inode named ``name`` in ``parent``, or None.
+
+        The last name found missing is remembered until a dentry changes: the
+        kernel's LOOKUP of a new name is followed by the CREATE that checks it again.
+        """
+        key = (parent, name)
+        if key == self._missing:
+            return None
         row = self.db.execute("SELECT inode FROM dentries WHERE parent=? AND name=?",
-                              (parent, name)).fetchone()
-        return None if row is None else row[0]
+                              key).fetchone()
+        if row is None:
+            self._missing = key
+            return None
+        return row[0]
 
     def add_dentry(self, parent, name, ino):
+        self._missing = None
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
 
     def remove_dentry(self, parent, name):
+        self._missing = None
         for (gone,) in self.db.execute(
                 "DELETE FROM dentries WHERE parent=? AND name=? RETURNING inode", (parent, name)):
             self._parents.pop(gone, None)
@@ -786,6 +801,7 @@ class Catalog:
         """Point (parent, name) at ``ino``, replacing the entry it had, if any."""
         self.remove_dentry(parent, name)
         self._parents.pop(ino, None)
+        self._missing = None
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
 
     def has_children(self, parent) -> bool:

@@ -293,6 +293,36 @@ def test_dentry_helpers(cat):
     assert cat.lookup(d.id, b"c\xff") is None
 
 
+def test_a_name_found_missing_is_remembered_until_a_dentry_changes(cat):
+    """The kernel's LOOKUP of a new name and the CREATE after it ask SQLite once; every
+    change of a dentry, and a rollback, forgets the missing name."""
+    with cat.transaction():
+        d = cat.new_inode(mode=DIR, uid=0, gid=0, nlink=2)
+        cat.add_dentry(ROOT_INODE, b"dir", d.id)
+        f = cat.new_inode(mode=REG, uid=0, gid=0).id
+    queries = []
+    cat.db.set_trace_callback(lambda sql: queries.append(sql) if "dentries" in sql else None)
+    assert cat.lookup(d.id, b"new") is None
+    assert cat.lookup(d.id, b"new") is None
+    assert len(queries) == 1
+    with cat.transaction():
+        cat.add_dentry(d.id, b"new", f)
+    assert cat.lookup(d.id, b"new") == f
+    with cat.transaction():
+        cat.remove_dentry(d.id, b"new")
+    assert cat.lookup(d.id, b"new") is None
+    with cat.transaction():
+        cat.set_dentry(d.id, b"new", f)
+    assert cat.lookup(d.id, b"new") == f
+    with pytest.raises(RuntimeError):
+        with cat.transaction():
+            cat.remove_dentry(d.id, b"new")
+            assert cat.lookup(d.id, b"new") is None
+            raise RuntimeError("roll back")
+    assert cat.lookup(d.id, b"new") == f  # the rollback brought it back
+    cat.db.set_trace_callback(None)
+
+
 # -- chunks and garbage -------------------------------------------------------------------
 def test_chunk_helpers(cat):
     ino = new_file(cat).id
