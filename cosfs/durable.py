@@ -12,9 +12,9 @@ system (ext4, xfs, btrfs, tmpfs, NFS, FUSE file systems) keeps:
 ``sync(2)`` is never used, and ``syncfs(2)`` only through :class:`WholeSync`,
 on the few local file systems where its meaning is known (it writes back and
 waits for every file's data and then commits the journal or log, which holds
-every directory change) and on kernels that report write-back errors to its
-caller (5.8 and later). Elsewhere it may promise less: the kernel does not pass
-it to most FUSE file systems, and network file systems give it weaker meaning.
+every directory change) and on kernels that report its failures to its caller
+(5.17 and later). Elsewhere it may promise less: the kernel does not pass it to
+most FUSE file systems, and network file systems give it weaker meaning.
 A failed ``fsync`` leaves the data in an unknown state (the kernel may have
 dropped the dirty pages), so callers must never retry it as if nothing had
 happened.
@@ -26,6 +26,7 @@ import ctypes
 import errno
 import logging
 import os
+import weakref
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +118,30 @@ def write_private(fd, data):
     os.fsync(fd)
 
 
-#: statfs(2) ``f_type`` of the file systems whose syncfs(2) makes every file's data and every
-#: directory entry durable, as fdatasync of each file and fsync of each folder would
-SYNCFS_FULL = {0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs",
-               0xF2F52010: "f2fs"}
-#: first kernel whose syncfs(2) reports write-back errors (its caller's, since it opened
-#: the descriptor); before it, a failed write-back could pass unnoticed
-SYNCFS_ERRORS_SINCE = (5, 8)
+#: file system types (as /proc/self/mountinfo names them) whose syncfs(2) makes every file's
+#: data and size and every directory entry durable and reports the failures an fsync would:
+#: ext3 and ext4 (one driver; its ext2 is not journalled and does not flush the disk's cache
+#: at syncfs), xfs and btrfs. Not f2fs: its syncfs answers 0 after a checkpoint error and,
+#: mounted with ``checkpoint=disable``, makes no directory change durable.
+SYNCFS_FULL = frozenset({"ext3", "ext4", "xfs", "btrfs"})
+#: first kernel whose syncfs(2) reports both write-back errors (since the descriptor was
+#: opened) and the file system's own failure to commit its journal or log (Linux 5.17:
+#: before it, the latter was dropped)
+SYNCFS_ERRORS_SINCE = (5, 17)
 
 
-def _fs_type(libc, path):
-    """statfs(2) ``f_type`` of the file system holding ``path`` (os.statvfs has none)."""
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    if libc.statfs(os.fsencode(path), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+def _mount_type(path):
+    """The file system type of the mount holding ``path``: the mountinfo line whose device
+    is ``path``'s; None if none or several differ (a btrfs subvolume may share a device)."""
+    st = os.stat(path)
+    dev = "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev))
+    kinds = set()
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == dev and " - " in line:
+                kinds.add(line.split(" - ", 1)[1].split()[0])
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _kernel_at_least(version):
@@ -146,27 +155,34 @@ def _kernel_at_least(version):
 class WholeSync:
     """One syncfs(2) instead of many fdatasyncs, where that promises as much.
 
-    ``WholeSync.open(path)`` gives None unless the file system holding ``path`` is
-    one of :data:`SYNCFS_FULL` and the kernel reports write-back errors to syncfs.
-    The descriptor it keeps is opened before the first file it must cover is
-    written and stays open: syncfs reports the write-back errors that happened
-    since that descriptor last asked, so a fresh one could miss an error that
-    another process's syncfs had already collected.
+    ``WholeSync.open(path, folders)`` gives None unless ``path`` and every folder
+    of ``folders`` are on one file system of a type in :data:`SYNCFS_FULL` and
+    the kernel reports errors to syncfs. The descriptor it keeps must be opened
+    before the first file it is to cover is written, and stays open as long as
+    the object lives: syncfs reports the write-back errors that happened since
+    that descriptor last asked, so a fresh one could miss an error that another
+    process's syncfs had already collected. Thread-safe.
     """
 
     def __init__(self, libc, fd, kind):
         self._libc = libc
         self._fd = fd
         self.kind = kind
+        weakref.finalize(self, os.close, fd)
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path, folders=()):
         if not _kernel_at_least(SYNCFS_ERRORS_SINCE):
             return None
         try:
+            kind = _mount_type(path)
+            if kind not in SYNCFS_FULL:
+                return None
+            dev = os.stat(path).st_dev
+            if any(os.stat(folder).st_dev != dev for folder in folders):
+                return None  # a folder mounted or linked elsewhere: its own file system
             libc = ctypes.CDLL(None, use_errno=True)
-            kind = SYNCFS_FULL.get(_fs_type(libc, path))
-            if kind is None or not hasattr(libc, "syncfs"):
+            if not hasattr(libc, "syncfs"):
                 return None
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -179,8 +195,3 @@ class WholeSync:
         if self._libc.syncfs(self._fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
-
-    def close(self):
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1

@@ -77,7 +77,7 @@ class LocalStore:
     daemon. The store remembers which blobs are not yet on stable storage;
     :meth:`sync_all` fdatasyncs each of them and fsyncs every directory that
     gained one, the only primitives every file system honours (see
-    :mod:`cosfs.durable`), or, for many blobs on ext4, xfs, btrfs or f2fs, makes
+    :mod:`cosfs.durable`), or, for many blobs on ext3, ext4, xfs or btrfs, makes
     them all durable with one syncfs. The data path calls it before any catalog commit
     that must survive a machine crash, so a durable catalog never points at a
     blob that a power loss could take away.
@@ -293,21 +293,17 @@ class LocalStore:
         with self._lock:
             while self._open:
                 self._evict(self._open.popitem()[1])
-            if self._whole and not self._unsynced:
-                self._whole.close()
-                self._whole = None
 
     def _open_whole(self):
-        whole = durable.WholeSync.open(self.root)
+        """Decide, once and before the first blob is written, whether syncs may use syncfs."""
+        folders = [os.path.join(self.root, "%02x" % i) for i in range(256)]
+        whole = durable.WholeSync.open(self.root, folders)
         with self._lock:
             if self._whole is None:
                 self._whole = whole or False
                 if whole:
                     log.debug("chunk store %s is on %s: many blobs are synced by syncfs",
                               self.root, whole.kind)
-                    return
-        if whole:
-            whole.close()
 
     def size(self, blob_id: bytes) -> int:
         """Length of a stored blob; StoreError if missing."""
@@ -356,16 +352,22 @@ class LocalStore:
         must not make durable any catalog state that references them.
         """
         with self._sync_lock:
-            self._sync_all()
+            self._sync_all(self._whole)
 
-    def _sync_all(self):
+    def _sync_all(self, whole):
         with self._lock:
             blobs, self._unsynced = self._unsynced, set()
         if not blobs:
             return
         try:
-            if self._whole and len(blobs) >= SYNCFS_MIN_BLOBS:
-                self._whole.sync()
+            if whole and len(blobs) >= SYNCFS_MIN_BLOBS:
+                try:
+                    whole.sync()
+                except OSError:
+                    # the error is now collected: a later syncfs would not see it again,
+                    # but the fdatasync of each blob still reports its own
+                    self._whole = False
+                    raise
             else:
                 order = list(blobs)
                 present = [b for b, ok in zip(order, self._each(self._sync_blob, order)) if ok]
@@ -381,11 +383,12 @@ class LocalStore:
         """Make every blob in the store durable (after a crash of an earlier process, whose
         record of unsynced blobs was lost with it). Returns the number of blobs."""
         blobs = list(self.list())
-        if self._whole is None:
-            self._open_whole()
         with self._lock:
             self._unsynced.update(blobs)
-        self.sync_all()
+        with self._sync_lock:
+            # one by one: a write-back error of the earlier process may have been collected
+            # by a syncfs since, but fdatasync of the blob still reports it
+            self._sync_all(None)
         return len(blobs)
 
     def _sync_blob(self, blob_id):

@@ -297,10 +297,8 @@ def disk_store(tmp_path_factory):
     """A store on the disk's file system (not tmpfs), skipped unless its syncfs is full."""
     root = tmp_path_factory.mktemp("disk") / "blobs"
     root.parent.mkdir(exist_ok=True)
-    whole = durable.WholeSync.open(root.parent)
-    if whole is None:
+    if durable.WholeSync.open(root.parent) is None:
         pytest.skip("the test directory's file system is not one whose syncfs is full")
-    whole.close()
     s = LocalStore(root)
     s.create()
     yield s
@@ -308,7 +306,7 @@ def disk_store(tmp_path_factory):
 
 
 def test_many_blobs_are_made_durable_by_one_syncfs(disk_store, monkeypatch):
-    """On ext4, xfs, btrfs or f2fs, from SYNCFS_MIN_BLOBS unsynced blobs on, one syncfs
+    """On ext3, ext4, xfs or btrfs, from SYNCFS_MIN_BLOBS unsynced blobs on, one syncfs
     replaces the fdatasync of each blob and the fsync of each folder; fewer go one by one."""
     from cosfs import store as store_mod
     calls = []
@@ -327,7 +325,10 @@ def test_many_blobs_are_made_durable_by_one_syncfs(disk_store, monkeypatch):
     assert calls == ["fdatasync", "fsync_dir"]
 
 
-def test_failed_syncfs_keeps_blobs_unsynced(disk_store, monkeypatch):
+def test_failed_syncfs_keeps_blobs_unsynced_and_is_not_trusted_again(disk_store, monkeypatch):
+    """A syncfs that failed has collected the error: a second one would succeed. So the
+    blobs stay unsynced and from then on go one by one, whose fdatasync still reports
+    each blob's own write-back error."""
     from cosfs import store as store_mod
 
     def failing(self):
@@ -341,8 +342,26 @@ def test_failed_syncfs_keeps_blobs_unsynced(disk_store, monkeypatch):
     assert ei.value.errno == errno.EIO
     assert disk_store.unsynced_count == store_mod.SYNCFS_MIN_BLOBS
     monkeypatch.undo()
+    synced = []
+    real = durable.fdatasync_path
+    monkeypatch.setattr(durable, "fdatasync_path", lambda p: (synced.append(p), real(p)))
     disk_store.sync_all()
     assert disk_store.unsynced_count == 0
+    assert len(synced) == store_mod.SYNCFS_MIN_BLOBS
+
+
+def test_sync_after_a_crash_goes_blob_by_blob(disk_store, monkeypatch):
+    """The blobs an earlier process left: their write-back errors may have been collected
+    by some syncfs meanwhile, but not by an fdatasync of each."""
+    from cosfs import store as store_mod
+    for i in range(store_mod.SYNCFS_MIN_BLOBS + 1):
+        disk_store.put(bid(i), b"x")
+    calls = []
+    monkeypatch.setattr(durable.WholeSync, "sync", lambda self: calls.append("syncfs"))
+    monkeypatch.setattr(durable, "fdatasync_path", lambda p: calls.append("fdatasync"))
+    fresh = LocalStore(disk_store.root)
+    assert fresh.sync_everything() == store_mod.SYNCFS_MIN_BLOBS + 1
+    assert "syncfs" not in calls and calls.count("fdatasync") == store_mod.SYNCFS_MIN_BLOBS + 1
 
 
 def test_syncfs_only_where_it_promises_as_much(tmp_path, tmp_path_factory, monkeypatch):
@@ -351,10 +370,15 @@ def test_syncfs_only_where_it_promises_as_much(tmp_path, tmp_path_factory, monke
     if str(tmp_path).startswith("/dev/shm"):
         assert durable.WholeSync.open(tmp_path) is None
     disk = tmp_path_factory.mktemp("kernel")
+    if durable.WholeSync.open(disk) is not None and os.access("/dev/shm", os.W_OK):
+        # a folder of the store on another file system: its own syncfs would be needed
+        assert durable.WholeSync.open(disk, [disk, "/dev/shm"]) is None
     monkeypatch.setattr(durable, "_kernel_at_least", lambda version: False)
     assert durable.WholeSync.open(disk) is None
     monkeypatch.undo()
     assert durable.WholeSync.open(disk / "missing") is None
+    monkeypatch.setattr(durable, "_mount_type", lambda path: "ext2")
+    assert durable.WholeSync.open(disk) is None  # not journalled: syncfs does not flush
 
 
 def test_sync_everything_after_a_crash(store):
