@@ -89,6 +89,8 @@ class LocalStore:
         #: which its checkpoint may need as room in the database file)
         self.headroom = None
         self._unsynced = set()
+        #: blobs whose fdatasync failed: see _sync_blob
+        self._suspect = set()
         self._lock = threading.Lock()
         #: held for a whole sync_all: a second caller must not return while blobs it
         #: depends on are still being synced by the first
@@ -316,6 +318,7 @@ class LocalStore:
         """Remove a blob; a missing blob is not an error."""
         with self._lock:
             self._unsynced.discard(blob_id)
+            self._suspect.discard(blob_id)
             ob = self._open.pop(blob_id, None)
             if ob is not None:
                 self._evict(ob)
@@ -392,12 +395,65 @@ class LocalStore:
         return len(blobs)
 
     def _sync_blob(self, blob_id):
-        """fdatasync one blob; False if it was deleted meanwhile (superseded before commit)."""
+        """fdatasync one blob; False if it was deleted meanwhile (superseded before commit).
+
+        A failed fdatasync may have left the blob's data lost on the disk while the
+        page cache still holds it, and a second fdatasync would answer 0: the kernel
+        reports a write-back error once. So the blob becomes suspect and is written
+        again from what the page cache holds, under a temporary name that is synced
+        and renamed over it (same bytes, so readers and cached descriptors do not
+        care); until that succeeds, every sync fails and tries again the same way.
+        """
+        path = self._path(blob_id)
+        with self._lock:
+            suspect = blob_id in self._suspect
         try:
-            durable.fdatasync_path(self._path(blob_id))
+            if not suspect:
+                try:
+                    durable.fdatasync_path(path)
+                    return True
+                except FileNotFoundError:
+                    raise
+                except OSError as exc:
+                    with self._lock:
+                        self._suspect.add(blob_id)
+                    log.warning("chunk store %s: fdatasync of blob %s failed (%s); writing it "
+                                "again", self.root, blob_id.hex(), exc.strerror)
+            self._rewrite(path)
         except FileNotFoundError:
+            with self._lock:
+                self._suspect.discard(blob_id)
             return False
+        with self._lock:
+            self._suspect.discard(blob_id)
+        log.warning("chunk store %s: blob %s written again and synced", self.root,
+                    blob_id.hex())
         return True
+
+    @staticmethod
+    def _rewrite(path):
+        """Write the bytes at ``path`` again, durably, under the same name (its folder's
+        fsync is the caller's). A blob deleted meanwhile may come back as an orphan,
+        which the next start removes."""
+        with open(path, "rb", buffering=0) as f:
+            data = f.read()
+        tmp = path + ".rewrite"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            durable.fdatasync_path(tmp)
+            os.rename(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     def _each(self, fn, items):
         """[fn(item) for item in items], in parallel threads when there are several."""
