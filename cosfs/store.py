@@ -363,7 +363,7 @@ class LocalStore:
         if not blobs:
             return
         try:
-            if whole and len(blobs) >= SYNCFS_MIN_BLOBS:
+            if whole and len(blobs) >= SYNCFS_MIN_BLOBS and not self._suspect:
                 try:
                     whole.sync()
                 except OSError:
@@ -397,63 +397,35 @@ class LocalStore:
     def _sync_blob(self, blob_id):
         """fdatasync one blob; False if it was deleted meanwhile (superseded before commit).
 
-        A failed fdatasync may have left the blob's data lost on the disk while the
-        page cache still holds it, and a second fdatasync would answer 0: the kernel
-        reports a write-back error once. So the blob becomes suspect and is written
-        again from what the page cache holds, under a temporary name that is synced
-        and renamed over it (same bytes, so readers and cached descriptors do not
-        care); until that succeeds, every sync fails and tries again the same way.
+        The kernel reports a write-back error once: after a failed fdatasync, a second
+        one answers 0 whatever the disk holds, and the page cache need not hold the
+        blob's bytes any more (btrfs re-reads them, a failed allocation drops them). So
+        a blob whose fdatasync failed stays suspect: every later sync fails with EIO
+        until the blob is deleted (superseded or collected) or the daemon restarts.
         """
         path = self._path(blob_id)
         with self._lock:
             suspect = blob_id in self._suspect
+        if suspect:
+            if not os.path.lexists(path):
+                with self._lock:
+                    self._suspect.discard(blob_id)
+                return False
+            raise OSError(errno.EIO, "an earlier fdatasync of blob %s failed: its data may "
+                          "not be on the disk" % blob_id.hex())
         try:
-            if not suspect:
-                try:
-                    durable.fdatasync_path(path)
-                    return True
-                except FileNotFoundError:
-                    raise
-                except OSError as exc:
-                    with self._lock:
-                        self._suspect.add(blob_id)
-                    log.warning("chunk store %s: fdatasync of blob %s failed (%s); writing it "
-                                "again", self.root, blob_id.hex(), exc.strerror)
-            self._rewrite(path)
+            durable.fdatasync_path(path)
         except FileNotFoundError:
-            with self._lock:
-                self._suspect.discard(blob_id)
             return False
-        with self._lock:
-            self._suspect.discard(blob_id)
-        log.warning("chunk store %s: blob %s written again and synced", self.root,
-                    blob_id.hex())
-        return True
-
-    @staticmethod
-    def _rewrite(path):
-        """Write the bytes at ``path`` again, durably, under the same name (its folder's
-        fsync is the caller's). A blob deleted meanwhile may come back as an orphan,
-        which the next start removes."""
-        with open(path, "rb", buffering=0) as f:
-            data = f.read()
-        tmp = path + ".rewrite"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            durable.fdatasync_path(tmp)
-            os.rename(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        except OSError as exc:
+            with self._lock:
+                self._suspect.add(blob_id)
+            log.error("chunk store %s: fdatasync of blob %s failed (%s): durability points "
+                      "fail until it is deleted or the daemon restarts; check the disk and "
+                      "run 'cosfs fsck --verify' once unmounted", self.root, blob_id.hex(),
+                      exc.strerror)
             raise
+        return True
 
     def _each(self, fn, items):
         """[fn(item) for item in items], in parallel threads when there are several."""
