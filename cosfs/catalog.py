@@ -328,6 +328,16 @@ def now_ns():
     return time.clock_gettime_ns(_COARSE)
 
 
+TIME_MIN_NS = -(1 << 63)   # the times the catalog stores: signed 64-bit nanoseconds,
+TIME_MAX_NS = (1 << 63) - 1  # from 1677-09-21 to 2262-04-11
+
+
+def clamp_ns(t):
+    """``t`` (ns since the epoch) brought into the range the catalog stores, as a local
+    file system brings a time into the range of its inodes (ext4: 1901 to 2446)."""
+    return TIME_MIN_NS if t < TIME_MIN_NS else TIME_MAX_NS if t > TIME_MAX_NS else t
+
+
 class Catalog:
     """The SQLite catalog. Methods run on the trio thread and do not block for long."""
 

@@ -39,7 +39,7 @@ from .bucketconf import parse_encryption, render_encryption
 from .originconf import parse_origin, render_origin
 from .inventoryconf import (MAX_CONFIGS as MAX_INVENTORIES, check_destination, check_id,
                            parse_inventory, render_inventory)
-from .catalog import ROOT_INODE, Inode, now_ns
+from .catalog import ROOT_INODE, Inode, clamp_ns, now_ns
 from .chunkio import stored_label
 from .errors import (BucketNotEmpty, CosfsError, FsError, InvalidArgument, NotAnObject,
                      NoSuchEncryptionConfiguration)
@@ -538,10 +538,11 @@ class FileSystem(XattrOps):
 
         The change time becomes ``ctime_ns`` if given (the kernel's, when it caches
         writes), else now. A call that sets nothing (``chown`` to the same owner and
-        group) still moves the change time, as POSIX asks.
+        group) still moves the change time, as POSIX asks. A time outside the range the
+        catalog stores is brought to its nearer end (``catalog.clamp_ns``).
         """
         inode = self.catalog.get_inode(ino)
-        t = now_ns() if ctime_ns is None else ctime_ns
+        t = now_ns() if ctime_ns is None else clamp_ns(ctime_ns)
         if size is not None:
             if not inode.is_reg:
                 raise FsError(errno.EISDIR if inode.is_dir else errno.EINVAL)
@@ -554,9 +555,9 @@ class FileSystem(XattrOps):
         if gid is not None:
             fields["gid"] = gid
         if atime_ns is not None:
-            fields["atime_ns"] = atime_ns
+            fields["atime_ns"] = clamp_ns(atime_ns)
         if mtime_ns is not None:
-            fields["mtime_ns"] = mtime_ns
+            fields["mtime_ns"] = mtime_ns = clamp_ns(mtime_ns)
             st = self.objects.states.get(ino)
             if st is not None:
                 st.mtime_ns = mtime_ns

@@ -1094,6 +1094,24 @@ def test_no_segment_goes_to_the_page_cache_while_the_object_may_be_written(mount
         os.close(fd)
 
 
+def test_times_beyond_what_the_catalog_stores_are_clamped(mount):
+    """``touch -d 2300-01-01`` or a time before 1677 (an archive from elsewhere) is brought
+    into the catalog's range (64-bit nanoseconds: 1677-09-21 to 2262-04-11), as ext4
+    clamps to its own; it is not refused, and the mount logs no error."""
+    p = os.path.join(mount.plain, "far")
+    put(p, b"x")
+    far = 2 ** 34 * 10 ** 9  # year 2514
+    os.utime(p, ns=(far, -far))
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == ((1 << 63) - 1, -(1 << 63))
+    subprocess.run(["touch", "-d", "2300-01-01 00:00:00 UTC", p], check=True)
+    assert os.stat(p).st_mtime_ns == (1 << 63) - 1
+    mount.restart()
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == ((1 << 63) - 1, (1 << 63) - 1)
+    assert not mount.unexpected_log_lines()
+
+
 def test_times_before_1970(mount):
     """A time before the epoch (``touch -d 1960-01-01``, an old archive's members) is kept
     to the nanosecond, in the listing too, and survives a remount."""
