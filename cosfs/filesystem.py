@@ -573,17 +573,20 @@ class FileSystem(XattrOps):
             self.catalog.update_inode(ino, **fields)
         return self.attr(ino)
 
-    async def drop_setid(self, ino) -> bool:
+    async def drop_setid(self, ino, in_group=None) -> bool:
         """Clear a regular file's set-user-ID bit, and its set-group-ID bit if the group
-        may execute it (without that, the bit marks mandatory locking, not a privilege),
-        as Linux does when a caller without ``CAP_FSETID`` writes or truncates a file and
-        whenever a file changes owner. True if a bit was cleared (the change time moves);
-        nothing else changes."""
+        may execute it, as Linux does when a caller without ``CAP_FSETID`` writes or
+        truncates a file and whenever a file changes owner. ``in_group`` (for such a
+        caller; None for a change of owner): a function of a gid telling whether the
+        caller is in that group; a caller outside the file's group also clears the
+        set-group-ID bit of a file its group may not execute (Linux 6.2 on). True if a
+        bit was cleared (the change time moves); nothing else changes."""
         inode = self.attr(ino)
         if not inode.is_reg:
             return False
         mode = inode.mode & ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or (
+                in_group is not None and not in_group(inode.gid))):
             mode &= ~stat.S_ISGID
         if mode == inode.mode:
             return False

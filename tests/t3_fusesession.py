@@ -39,6 +39,7 @@ class FakeOps(pyfuse3.Operations):
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.setid_callers = []  # per drop_setid: (uid, gid, pid) of the caller, or None
         self.xattrs = {b"user.a": b"value"}
         self.kernel = None
 
@@ -79,8 +80,12 @@ class FakeOps(pyfuse3.Operations):
         if mode & 0x08:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
-    async def drop_setid(self, inode):
+    async def open(self, inode, flags, ctx):
+        return pyfuse3.FileInfo(fh=9)
+
+    async def drop_setid(self, inode, ctx=None):
         self.calls.append(("drop_setid", inode))
+        self.setid_callers.append(None if ctx is None else (ctx.uid, ctx.gid, ctx.pid))
         return entry(inode, mode=stat.S_IFREG | 0o755) if inode == 5 else None
 
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -309,6 +314,27 @@ def test_set_id_bits_are_dropped_where_the_kernel_flags_it():
     ops = run(test)
     assert [c for c in ops.calls if c[0] in ("drop_setid", "write")] == [
         ("drop_setid", 6), ("write", 9, 0, b"x"), ("write", 9, 0, b"y"), ("drop_setid", 5)]
+
+
+def test_set_id_bits_are_dropped_for_the_caller_of_a_write_or_truncation_only():
+    """A write, truncation or O_TRUNC the kernel flags comes from a caller without
+    CAP_FSETID, whose groups decide the set-group-ID bit; a change of owner is flagged
+    for anyone, so it names no caller."""
+    async def test(ask, session, ops):
+        await ask(request(P.WRITE, 2, nodeid=6, uid=1000, pid=77, body=P.WRITE_IN.pack(
+            9, 0, 1, P.WRITE_KILL_SUIDGID, 0, 0, 0) + b"x"))
+        for unique, valid in ((3, P.FATTR_SIZE), (4, P.FATTR_UID | P.FATTR_SIZE)):
+            body = P.SETATTR_IN.pack(valid | P.FATTR_KILL_SUIDGID, 0, 0, 0, 0, 0, 0, 0, 0,
+                                     0, 0, 0, 0, 65534, 0, 0)
+            error, _, _ = await ask(request(P.SETATTR, unique, nodeid=6, uid=1000, pid=77,
+                                            body=body))
+            assert error == 0
+        error, _, _ = await ask(request(P.OPEN, 5, nodeid=6, uid=1000, pid=77,
+                                        body=P.OPEN_IN.pack(os.O_WRONLY | os.O_TRUNC,
+                                                            P.OPEN_KILL_SUIDGID)))
+        assert error == 0
+    ops = run(test)
+    assert ops.setid_callers == [(1000, 0, 77), (1000, 0, 77), None, (1000, 0, 77)]
 
 
 def test_fallocate_reaches_the_adapter_and_other_users_drop_set_id_bits():

@@ -72,10 +72,12 @@ print(json.dumps([run(s) for s in json.loads(sys.stdin.read())]))
 """
 
 
-def as_nobody(*steps):
-    """Run ``steps`` as uid/gid 65534; returns one result per step: errno name or value."""
+def as_nobody(*steps, groups=()):
+    """Run ``steps`` as uid/gid 65534 (with supplementary ``groups``); returns one result
+    per step: errno name or value."""
+    grouping = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
     res = subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
-                          "--clear-groups", sys.executable, "-c", RUNNER],
+                          *grouping, sys.executable, "-c", RUNNER],
                          input=json.dumps(steps), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     out = []
@@ -291,6 +293,30 @@ def test_setid_bits_after_truncation_and_change_of_owner(shared):
             "chowned": 0o755, "nogroupexec": 0o2666, "chownsame": 0o755}
     assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
     assert os.path.getsize(p("truncated")) == 2
+    m.restart()
+    assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
+
+
+def test_setgid_bit_without_group_execute_and_writers_outside_the_group(shared):
+    """A file's set-group-ID bit that its group may not execute is cleared by a write,
+    truncate(2), open(O_TRUNC) or fallocate(2) of a user outside the file's group, and
+    kept by a member of it (by their own group or a supplementary one), as local file
+    systems do from Linux 6.2 on. (On pyfuse3's loop the kernel's FUSE code decides, and
+    it keeps the bit.)"""
+    m = shared
+    p = lambda name: os.path.join(m.plain, name)  # noqa: E731
+    for name in ("written", "truncated", "overwritten", "fallocated", "member", "own"):
+        make(p(name), b"data", 0o2666)
+    os.chown(p("member"), 0, 4242)
+    os.chown(p("own"), 0, NOBODY)
+    r = as_nobody(["write", p("written"), "x"], ["truncate", p("truncated"), 2],
+                  ["overwrite", p("overwritten"), "x"], ["fallocate", p("fallocated"), 8192])
+    assert r == [None] * 4
+    assert as_nobody(["write", p("member"), "x"], groups=[4242]) == [None]
+    assert as_nobody(["write", p("own"), "x"]) == [None]
+    want = {"written": 0o666, "truncated": 0o666, "overwritten": 0o666, "fallocated": 0o666,
+            "member": 0o2666, "own": 0o2666}
+    assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
     m.restart()
     assert {n: stat.S_IMODE(os.stat(p(n)).st_mode) for n in want} == want
 

@@ -32,6 +32,23 @@ ATTR_TIMEOUT = 10.0
 ENTRY_TIMEOUT = 10.0
 
 
+def caller_in_group(ctx, gid) -> bool:
+    """Is the caller of a request (``ctx``: its file-system uid, gid and pid) in group
+    ``gid``, as its own or a supplementary group? The request carries no supplementary
+    groups: they are read from ``/proc/<pid>/status``; a caller gone meanwhile counts by
+    its own group only."""
+    if ctx.gid == gid:
+        return True
+    try:
+        with open("/proc/%d/status" % ctx.pid, "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return gid in {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def _translate(fn, operation=None):
     """``fn`` with its errors translated and its time observed as ``operation`` (default:
     its name)."""
@@ -215,13 +232,16 @@ class Operations(pyfuse3.Operations):
                 await self.pages.settle(inode)
 
     @_translate
-    async def drop_setid(self, inode):
+    async def drop_setid(self, inode, ctx=None):
         """Clear the set-ID bits of ``inode`` as the kernel asks, with
         ``FUSE_HANDLE_KILLPRIV_V2``, before a write, truncation or change of owner
-        (:meth:`cosfs.filesystem.FileSystem.drop_setid`); returns the new attributes if
-        a bit was cleared (the kernel's copy is dropped then), else None. Not part of
-        pyfuse3's interface: cosfs's own session calls it (cosfs.fuse.session)."""
-        if not await self.fs.drop_setid(inode):
+        (:meth:`cosfs.filesystem.FileSystem.drop_setid`); ``ctx``: the caller of a
+        write or truncation, who lacks ``CAP_FSETID`` (None for a change of owner).
+        Returns the new attributes if a bit was cleared (the kernel's copy is dropped
+        then), else None. Not part of pyfuse3's interface: cosfs's own session calls it
+        (cosfs.fuse.session)."""
+        in_group = None if ctx is None else functools.partial(caller_in_group, ctx)
+        if not await self.fs.drop_setid(inode, in_group):
             return None
         # attributes only: no page cache is touched, so this cannot wait on us
         self.kernel.invalidate_inode(inode, attr_only=True)

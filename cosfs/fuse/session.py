@@ -440,8 +440,11 @@ class Session:
         if valid & P.FATTR_KILL_SUIDGID or not valid & _SETATTR_CHANGES:
             # a truncation or change of owner went through; or a SETATTR that changes
             # nothing, which is chown(-1, -1): Linux clears set-ID bits then too, and the
-            # kernel flags only a chown that names an owner or a group
-            e = await self.ops.drop_setid(head[3]) or e
+            # kernel flags only a chown that names an owner or a group. A truncation is
+            # flagged for a caller without CAP_FSETID only, a change of owner always.
+            truncation = valid & (P.FATTR_SIZE | P.FATTR_UID | P.FATTR_GID) == P.FATTR_SIZE
+            e = await self.ops.drop_setid(
+                head[3], self._ctx(head) if truncation else None) or e
         self._reply(head[2], P.attr_out(e))
 
     async def _readlink(self, head, buf, n):
@@ -504,7 +507,7 @@ class Session:
         flags, open_flags = P.OPEN_IN.unpack_from(buf, P.IN_HEADER.size)
         fi = await self.ops.open(head[3], flags, self._ctx(head))
         if open_flags & P.OPEN_KILL_SUIDGID:  # an O_TRUNC by a caller without CAP_FSETID
-            await self.ops.drop_setid(head[3])
+            await self.ops.drop_setid(head[3], self._ctx(head))
         self._reply(head[2], self._open_out(fi))
 
     async def _create(self, head, buf, n):
@@ -521,7 +524,7 @@ class Session:
     async def _write(self, head, buf, n):
         fh, offset, size, flags, _, _, _ = P.WRITE_IN.unpack_from(buf, P.IN_HEADER.size)
         if flags & P.WRITE_KILL_SUIDGID:  # the writer lacks CAP_FSETID
-            await self.ops.drop_setid(head[3])
+            await self.ops.drop_setid(head[3], self._ctx(head))
         start = P.IN_HEADER.size + P.WRITE_IN.size
         with memoryview(buf) as view:  # one copy (a bytearray slice would make two)
             data = bytes(view[start:start + size])
@@ -534,7 +537,7 @@ class Session:
             # the kernel flags no fallocate for set-ID bits: a caller other than root
             # changes the file as a writer does, and ext4 clears them first. (By uid: the
             # request does not tell whether the caller holds CAP_FSETID.)
-            await self.ops.drop_setid(head[3])
+            await self.ops.drop_setid(head[3], self._ctx(head))
         await self.ops.fallocate(fh, mode, offset, length)
         self._reply(head[2])
 
