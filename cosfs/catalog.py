@@ -233,8 +233,14 @@ INODE_COLUMNS = ("id", "mode", "uid", "gid", "rdev", "size", "atime_ns", "mtime_
 _SELECT_INODE = "SELECT %s FROM inodes" % ", ".join(INODE_COLUMNS)
 _INODE_INDEX = {name: i for i, name in enumerate(INODE_COLUMNS)}
 
-#: Inode rows kept in memory (about 200 bytes each); the oldest quarter goes when full.
-INODE_CACHE_SIZE = 65536
+#: Inode rows kept in memory (about 500 bytes each, with their place in the dict); the
+#: oldest quarter goes when full. Listings fill it (their rows join it), so it and SQLite's
+#: page cache (:data:`PAGE_CACHE_KIB`) are most of what the daemon holds beside one entry
+#: per inode the kernel holds: 32,768 rows and 48 MiB keep a daemon that listed a store of
+#: 1,000,000 objects under 200 MiB.
+INODE_CACHE_SIZE = 32768
+#: SQLite's page cache of the catalog, in KiB.
+PAGE_CACHE_KIB = 48 * 1024
 #: Chunk rows kept in memory (about 150 bytes each; packed rows are not kept); the rows of
 #: the oldest quarter of the inodes go when full.
 CHUNK_CACHE_SIZE = 65536
@@ -383,7 +389,7 @@ class Catalog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=OFF")
-            self.db.execute("PRAGMA cache_size=-65536")
+            self.db.execute("PRAGMA cache_size=-%d" % PAGE_CACHE_KIB)
             # Packed chunks of plain objects hold plaintext: a deleted one must not linger.
             # FAST zeroes what was deleted within pages at no extra I/O; the pages that
             # deletions free are cut off the file at the next checkpoint (auto-vacuum).
