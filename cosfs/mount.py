@@ -1046,7 +1046,9 @@ def _fuse_session(config, ops, mountpoint, options):
         log.info("fuse_loop native mounts as root only: pyfuse3's request loop serves "
                  "this mount of uid %d", os.geteuid())
     elif config.fuse_loop == "native":
+        from .fuse.protocol import Entry
         from .fuse.session import Session
+        ops.entry_class = Entry  # the session encodes entries itself: a plain object will do
         return Session(ops, mountpoint, options, poll_limit=poll_limit)
     from .fuse.loop import Pyfuse3Session
     return Pyfuse3Session(ops, mountpoint, options, poll_limit=poll_limit)

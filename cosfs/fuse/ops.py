@@ -121,6 +121,9 @@ class Operations(pyfuse3.Operations):
         #: the kernel calls (readdir_reply, invalidate_inode, notify_store): pyfuse3's, or
         #: those of the session that runs this adapter (cosfs.fuse.session.Session)
         self.kernel = pyfuse3
+        #: what entries are made of: pyfuse3's loop takes only its own class; a session
+        #: that reads them back may set a cheaper one (cosfs.fuse.protocol.Entry)
+        self.entry_class = pyfuse3.EntryAttributes
         #: stores of segments that random reads come back to into the kernel's page
         #: cache; never with writeback_cache (see cosfs.fuse.pagefill)
         self.pages = PageFiller(fs.objects, self._notify_store,
@@ -150,7 +153,7 @@ class Operations(pyfuse3.Operations):
         return Ctx(uid=ctx.uid, gid=ctx.gid, umask=ctx.umask)
 
     def entry(self, inode):
-        e = pyfuse3.EntryAttributes()
+        e = self.entry_class()
         e.st_ino = inode.id
         e.generation = 0
         e.entry_timeout = ENTRY_TIMEOUT
@@ -175,7 +178,7 @@ class Operations(pyfuse3.Operations):
             # "no such name", cached by the kernel like a positive entry: names are
             # created through the kernel (which replaces the negative entry) or by the
             # other front-ends, which invalidate it (see cosfs.keyspace)
-            e = pyfuse3.EntryAttributes()
+            e = self.entry_class()
             e.st_ino = 0
             e.entry_timeout = ENTRY_TIMEOUT
             return e
