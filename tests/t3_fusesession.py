@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from cosfs.fuse import protocol as P
-from cosfs.fuse.session import Session
+from cosfs.fuse.ops import caller_in_group
+from cosfs.fuse.session import RequestContext, Session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -442,3 +443,13 @@ def test_a_refused_reply_is_logged_and_the_session_goes_on(caplog):
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_callers_groups_come_from_proc_and_a_vanished_caller_has_its_own_only():
+    me = RequestContext(os.getuid(), 54321, os.getpid())
+    assert caller_in_group(me, 54321)  # the request's own group
+    for gid in os.getgroups():
+        assert caller_in_group(me, gid)
+    assert not caller_in_group(me, 54322)
+    gone = RequestContext(0, 7, 2 ** 22 + 12345)  # above pid_max: no such process
+    assert caller_in_group(gone, 7) and not caller_in_group(gone, 0)
