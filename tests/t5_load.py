@@ -117,9 +117,12 @@ def test_sigterm_under_load(tmp_path):
         assert proc.wait(timeout=120) == 0, m.log_text()[-3000:]
         m.proc = None
         _, _, failures = engine.summarize(results)
+        # a write the kernel split into requests, cut off by the unmount after the first
+        # ones, returns what they stored: a short write, as an append can be short
         cut_off = ("Transport endpoint is not connected", "Software caused connection abort",
-                   "short append")
-        assert all(any(c in f for c in cut_off) for f in failures), failures[:10]
+                   "short append", "short write")
+        unexpected = [f for f in failures if not any(c in f for c in cut_off)]
+        assert not unexpected, unexpected[:10]
         res = m.cli("fsck", "--config", m.config, check=False)
         assert res.returncode == 0 and "DAMAGED" not in res.stdout, res.stdout
         m.start()
